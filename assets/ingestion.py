@@ -1,0 +1,193 @@
+"""Ingestion assets: DICOM (or MIMIC-CXR-JPG) archive and reports -> Parquet, per shard.
+
+Each asset is thin: it resolves paths, calls the plain functions in `ingestion/`, and turns
+their results into metadata and check results.
+"""
+
+
+import dagster as dg
+import pyarrow.parquet as pq
+
+from assets.metadata import counts, md_table, preview
+from ingestion.dicom_index import header_identifiers
+from ingestion.identifiers import find_leaks, identifier_signatures
+from ingestion.images import build_cxr_images, contact_sheet_markdown
+from ingestion.layout import SHARDS
+from ingestion.shards import index_shard, reports_shard
+from pipeline.resources import ArchiveResource, StorageResource
+from pipeline.storage import file_sha256
+
+shard_partitions = dg.StaticPartitionsDefinition(list(SHARDS))
+
+dicom_files = dg.AssetSpec(
+    "dicom_files",
+    group_name="sources",
+    partitions_def=shard_partitions,
+    description="The image archive (DICOM, or MIMIC-CXR-JPG) in the MIMIC-CXR folder layout; "
+    "one partition per pNN folder. Configured by the `archive` resource.",
+)
+report_files = dg.AssetSpec(
+    "report_files",
+    group_name="sources",
+    partitions_def=shard_partitions,
+    description="Free-text radiology reports, files/pNN/p<subject>/s<study>.txt.",
+)
+
+
+class IndexConfig(dg.Config):
+    max_quarantine_rate: float = 0.05
+
+
+class ImagesConfig(dg.Config):
+    image_size: int = 448
+    workers: int = 2
+    row_group_size: int = 64
+    pad_to_square: bool = False
+
+
+@dg.asset(
+    deps=[dicom_files],
+    partitions_def=shard_partitions,
+    group_name="ingestion",
+    kinds={"parquet", "dicom"},
+    code_version="1",
+    check_specs=[
+        dg.AssetCheckSpec("no_identifier_leaks", asset="dicom_index", blocking=True,
+                          description="No PatientName/PatientID/birth date value seen in headers appears in outputs."),
+        dg.AssetCheckSpec("quarantine_rate", asset="dicom_index",
+                          description="Share of files quarantined stays under the configured rate."),
+    ],
+)
+def dicom_index(
+    context: dg.AssetExecutionContext, config: IndexConfig, storage: StorageResource, archive: ArchiveResource
+) -> dg.MaterializeResult:
+    """One row per image instance: ids, view, geometry, encoding, file sha256, salted patient key.
+    Unusable files go to the `quarantine` table with the reason."""
+    shard = context.partition_key
+    root = archive.image_root(storage)
+    index_path = storage.asset_path("dicom_index", f"{shard}.parquet")
+    quarantine_path = storage.asset_path("quarantine", "index", f"{shard}.parquet")
+    result = index_shard(
+        root, shard, storage.patient_salt(), index_path, quarantine_path,
+        source_format=archive.image_format, metadata_csv=archive.metadata_path(),
+        progress=lambda n: n % 500 == 0 and context.log.info(f"{shard}: indexed {n} files"),
+    )
+    total = result.index.num_rows + result.quarantine.num_rows
+    rate = result.quarantine.num_rows / total if total else 0.0
+    leaks = find_leaks([index_path, quarantine_path], identifier_signatures(result.identifier_values))
+    digest = file_sha256(index_path)
+    context.log.info(f"{shard}: {result.index.num_rows} indexed, {result.quarantine.num_rows} quarantined from {root}")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": result.index.num_rows,
+            "quarantined": result.quarantine.num_rows,
+            "quarantine_reasons": md_table(result.quarantine.select(["source_path", "reason"]).to_pylist()),
+            "views": counts(result.index.column("view_position").to_pylist(), "view"),
+            "photometric": counts(result.index.column("photometric_interpretation").to_pylist(), "photometric"),
+            "transfer_syntax": counts(result.index.column("transfer_syntax_uid").to_pylist(), "transfer syntax"),
+            "archive_root": dg.MetadataValue.path(str(root)),
+            "path": dg.MetadataValue.path(str(index_path)),
+            "sha256": digest,
+            "seconds": round(result.seconds, 2),
+            "preview": preview(result.index, ["dicom_id", "study_id", "view_position", "rows", "columns",
+                                              "photometric_interpretation", "bits_stored"]),
+        },
+        data_version=dg.DataVersion(digest[:16]),
+        check_results=[
+            dg.AssetCheckResult(check_name="no_identifier_leaks", passed=not leaks,
+                                metadata={"identifier_values_checked": len(result.identifier_values),
+                                          "leaks": md_table(leaks)}),
+            dg.AssetCheckResult(check_name="quarantine_rate", passed=rate <= config.max_quarantine_rate,
+                                severity=dg.AssetCheckSeverity.WARN,
+                                metadata={"rate": round(rate, 4), "limit": config.max_quarantine_rate,
+                                          "quarantined": result.quarantine.num_rows, "files": total}),
+        ],
+    )
+
+
+@dg.asset(
+    deps=["dicom_index"],
+    partitions_def=shard_partitions,
+    group_name="ingestion",
+    kinds={"parquet"},
+    code_version="1",
+)
+def cxr_images(
+    context: dg.AssetExecutionContext, config: ImagesConfig, storage: StorageResource, archive: ArchiveResource
+) -> dg.MaterializeResult:
+    """Decoded pixels for training: LUTs applied, MONOCHROME1 inverted, resized, uint8,
+    written row group by row group with several decoding processes."""
+    shard = context.partition_key
+    index = pq.read_table(storage.asset_path("dicom_index", f"{shard}.parquet"))
+    out_path = storage.asset_path("cxr_images", f"{shard}.parquet")
+    step = max(1, index.num_rows // 10)
+    result = build_cxr_images(
+        index, archive.image_root(storage), out_path,
+        storage.asset_path("quarantine", "decode", f"{shard}.parquet"),
+        size=config.image_size, workers=config.workers, row_group_size=config.row_group_size,
+        pad_to_square=config.pad_to_square,
+        progress=lambda done, total: done % step == 0 and context.log.info(f"{shard}: decoded {done}/{total}"),
+    )
+    digest = file_sha256(out_path)
+    rate = result.images / result.seconds if result.seconds else 0.0
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": result.images,
+            "quarantined_at_decode": result.quarantined,
+            "image_size": config.image_size,
+            "row_groups": pq.ParquetFile(out_path).num_row_groups,
+            "images_per_second": round(rate, 1),
+            "workers": config.workers,
+            "path": dg.MetadataValue.path(str(out_path)),
+            "sha256": digest,
+            "sample": dg.MetadataValue.md(contact_sheet_markdown(result.sample)),
+        },
+        data_version=dg.DataVersion(digest[:16]),
+    )
+
+
+@dg.asset(
+    deps=[report_files, "dicom_index"],
+    partitions_def=shard_partitions,
+    group_name="ingestion",
+    kinds={"parquet"},
+    code_version="1",
+    check_specs=[
+        dg.AssetCheckSpec("every_imaged_study_has_a_report", asset="reports",
+                          description="Every study with indexed images has a report row."),
+        dg.AssetCheckSpec("no_identifier_leaks", asset="reports", blocking=True,
+                          description="No patient identifier from the DICOM headers appears in report rows."),
+    ],
+)
+def reports(context: dg.AssetExecutionContext, storage: StorageResource, archive: ArchiveResource) -> dg.MaterializeResult:
+    """One row per study: full text, FINDINGS and IMPRESSION, text sha256; reports without
+    usable text are kept and flagged."""
+    shard = context.partition_key
+    out_path = storage.asset_path("reports", f"{shard}.parquet")
+    table = reports_shard(archive.reports_root(storage), shard, storage.patient_salt(), out_path)
+    index_path = storage.asset_path("dicom_index", f"{shard}.parquet")
+    imaged = set(pq.read_table(index_path, columns=["study_id"]).column("study_id").to_pylist()) if index_path.exists() else set()
+    missing = sorted(imaged - set(table.column("study_id").to_pylist()))
+    identifiers = header_identifiers(archive.image_root(storage), shard) if archive.image_format == "dicom" else set()
+    leaks = find_leaks([out_path], identifier_signatures(identifiers))
+    flags = [f for f in table.column("flag").to_pylist() if f]
+    digest = file_sha256(out_path)
+    context.log.info(f"{shard}: {table.num_rows} reports, {len(flags)} flagged, {len(missing)} imaged studies without report")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": table.num_rows,
+            "usable": sum(table.column("usable").to_pylist()),
+            "flags": counts(flags, "flag"),
+            "path": dg.MetadataValue.path(str(out_path)),
+            "sha256": digest,
+            "preview": preview(table, ["study_id", "findings", "impression", "flag"]),
+        },
+        data_version=dg.DataVersion(digest[:16]),
+        check_results=[
+            dg.AssetCheckResult(check_name="every_imaged_study_has_a_report", passed=not missing,
+                                metadata={"imaged_studies": len(imaged), "without_report": len(missing),
+                                          "examples": ", ".join(missing[:10]) or "none"}),
+            dg.AssetCheckResult(check_name="no_identifier_leaks", passed=not leaks,
+                                metadata={"identifier_values_checked": len(identifiers), "leaks": md_table(leaks)}),
+        ],
+    )

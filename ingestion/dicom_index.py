@@ -1,0 +1,183 @@
+"""Read DICOM headers into index rows; anything unusable becomes a quarantine row with a reason.
+
+A row never carries a direct identifier: the patient becomes a salted key, and the identifier
+values seen are returned separately (in memory only) so the caller can scan outputs for leaks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID
+
+from ingestion.identifiers import IDENTIFIER_KEYWORDS, patient_key
+from ingestion.layout import iter_shard_files, parse_image_path, relative_to_root
+from pipeline.storage import file_sha256
+
+SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2")
+
+INDEX_SCHEMA = pa.schema(
+    [
+        ("dicom_id", pa.string()),
+        ("study_id", pa.string()),
+        ("shard", pa.string()),
+        ("patient_key", pa.string()),
+        ("study_instance_uid", pa.string()),
+        ("series_instance_uid", pa.string()),
+        ("sop_instance_uid", pa.string()),
+        ("view_position", pa.string()),
+        ("rows", pa.int32()),
+        ("columns", pa.int32()),
+        ("bits_allocated", pa.int32()),
+        ("bits_stored", pa.int32()),
+        ("photometric_interpretation", pa.string()),
+        ("transfer_syntax_uid", pa.string()),
+        ("has_modality_lut", pa.bool_()),
+        ("has_voi", pa.bool_()),
+        ("source_format", pa.string()),
+        ("source_path", pa.string()),
+        ("file_sha256", pa.string()),
+        ("file_size", pa.int64()),
+    ]
+)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("source_path", pa.string()),
+        ("shard", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("file_sha256", pa.string()),
+        ("file_size", pa.int64()),
+    ]
+)
+
+
+@dataclass
+class IndexOutcome:
+    row: dict | None = None
+    quarantine: dict | None = None
+    identifiers: list[str] = field(default_factory=list)
+
+
+def index_dicom(path: Path, root: Path, shard: str, salt: bytes) -> IndexOutcome:
+    """Index one file. Never raises for bad input: problems become a quarantine row."""
+    rel = relative_to_root(path, root)
+    size = path.stat().st_size
+    sha = file_sha256(path) if size else None
+
+    def quarantined(reason: str) -> IndexOutcome:
+        return IndexOutcome(quarantine=quarantine_row(rel, shard, "index", reason, sha, size))
+
+    if size == 0:
+        return quarantined("empty file (0 bytes)")
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError as exc:
+        return quarantined(f"not a DICOM file: {exc}")
+    except Exception as exc:  # truncated headers surface as EOFError/struct errors/etc.
+        return quarantined(f"unreadable DICOM ({type(exc).__name__}): {exc}")
+
+    identifiers = [str(ds.get(k)) for k in IDENTIFIER_KEYWORDS if ds.get(k) not in (None, "")]
+    problem = pixel_data_problem(ds)
+    if problem:
+        outcome = quarantined(problem)
+        outcome.identifiers = identifiers
+        return outcome
+
+    ids = parse_image_path(path)
+    subject = ids.subject_id if ids else str(ds.get("PatientID", "") or rel)
+    view = normalise_view(str(ds.get("ViewPosition", "") or ""))
+    row = {
+        "dicom_id": ids.stem if ids else path.stem,
+        "study_id": ids.study_id if ids else str(ds.get("StudyInstanceUID", "")),
+        "shard": shard,
+        "patient_key": patient_key(subject, salt),
+        "study_instance_uid": str(ds.get("StudyInstanceUID", "")) or None,
+        "series_instance_uid": str(ds.get("SeriesInstanceUID", "")) or None,
+        "sop_instance_uid": str(ds.get("SOPInstanceUID", "")) or None,
+        "view_position": view,
+        "rows": int(ds.Rows),
+        "columns": int(ds.Columns),
+        "bits_allocated": int(ds.BitsAllocated),
+        "bits_stored": int(ds.get("BitsStored", ds.BitsAllocated)),
+        "photometric_interpretation": str(ds.PhotometricInterpretation),
+        "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID),
+        "has_modality_lut": "RescaleSlope" in ds or "ModalityLUTSequence" in ds,
+        "has_voi": "WindowCenter" in ds or "VOILUTSequence" in ds,
+        "source_format": "dicom",
+        "source_path": rel,
+        "file_sha256": sha,
+        "file_size": size,
+    }
+    return IndexOutcome(row=row, identifiers=identifiers)
+
+
+def pixel_data_problem(ds: pydicom.Dataset) -> str | None:
+    """Why the pixels of `ds` cannot be decoded, or None if they can be."""
+    if "PixelData" not in ds:
+        return "no Pixel Data element (7FE0,0010)"
+    for keyword in ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation"):
+        if keyword not in ds:
+            return f"missing required element {keyword}"
+    photometric = str(ds.PhotometricInterpretation)
+    if photometric not in SUPPORTED_PHOTOMETRIC:
+        return f"PhotometricInterpretation {photometric!r}, expected one of {SUPPORTED_PHOTOMETRIC}"
+    tsyntax = UID(str(getattr(ds.file_meta, "TransferSyntaxUID", "") or ""))
+    if not tsyntax:
+        return "file meta has no TransferSyntaxUID"
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        return f"transfer syntax {tsyntax} ({tsyntax.name}) is not supported by pydicom"
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies)
+        return f"transfer syntax {tsyntax.name} has no installed decoder ({missing})"
+    if not tsyntax.is_compressed:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1))
+        expected = int(ds.Rows) * int(ds.Columns) * frames * samples * int(ds.BitsAllocated) // 8
+        actual = len(ds.PixelData)
+        if actual < expected:
+            return (
+                f"truncated Pixel Data: {actual} bytes, expected {expected} for "
+                f"{ds.Rows}x{ds.Columns}x{ds.BitsAllocated}-bit x {frames} frame(s)"
+            )
+    return None
+
+
+def normalise_view(view: str) -> str:
+    view = view.strip().upper()
+    if view in ("LL", "RL", "LAT", "LATERAL"):
+        return "LATERAL"
+    return view if view in ("PA", "AP") else (view or "UNKNOWN")
+
+
+def quarantine_row(
+    rel: str, shard: str, stage: str, reason: str, sha: str | None, size: int | None
+) -> dict:
+    return {
+        "source_path": rel,
+        "shard": shard,
+        "stage": stage,
+        "reason": reason,
+        "file_sha256": sha,
+        "file_size": size,
+    }
+
+
+def header_identifiers(root: Path, shard: str) -> set[str]:
+    """Identifier values in the headers of one shard (read without pixels), for leak checks."""
+    values: set[str] = set()
+    for path in iter_shard_files(root, shard, (".dcm", ".dicom")):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(IDENTIFIER_KEYWORDS))
+        except Exception:  # unreadable files are already quarantined by dicom_index
+            continue
+        values.update(str(ds.get(k)) for k in IDENTIFIER_KEYWORDS if ds.get(k) not in (None, ""))
+    return values

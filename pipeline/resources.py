@@ -1,0 +1,49 @@
+"""Resources: where data lives and where the archive is. Each is a ConfigurableResource so a
+deployment swaps values (or a production variant) in one place: pipeline/definitions.py."""
+
+
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+
+from pipeline.settings import Layout, layout, patient_salt
+
+
+class StorageResource(dg.ConfigurableResource):
+    """The local data root. Empty `home` means MEDFILIP_HOME (default ./.medfilip)."""
+
+    home: str = ""
+
+    def layout(self) -> Layout:
+        return layout(self.home or None)
+
+    def asset_path(self, asset: str, *parts: str) -> Path:
+        path = self.layout().asset_dir(asset).joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def patient_salt(self) -> bytes:
+        return patient_salt(self.home or None)
+
+
+class ArchiveResource(dg.ConfigurableResource):
+    """Where the chest X-ray archive is. Empty paths mean the generated corpus in MEDFILIP_HOME.
+
+    `image_format="jpg"` reads MIMIC-CXR-JPG (JPEG files + its metadata CSV) into the same
+    schema as DICOM; `report_root` may point at a separate MIMIC-CXR reports tree.
+    """
+
+    root: str = ""
+    report_root: str = ""
+    image_format: Literal["dicom", "jpg"] = "dicom"
+    metadata_csv: str = ""
+
+    def image_root(self, storage: StorageResource) -> Path:
+        return Path(self.root).expanduser() if self.root else storage.layout().corpus
+
+    def reports_root(self, storage: StorageResource) -> Path:
+        return Path(self.report_root).expanduser() if self.report_root else self.image_root(storage)
+
+    def metadata_path(self) -> Path | None:
+        return Path(self.metadata_csv).expanduser() if self.metadata_csv else None

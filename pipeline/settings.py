@@ -1,0 +1,111 @@
+"""One data root for everything the pipeline writes, and the repo's plain-file folders.
+
+`MEDFILIP_HOME` (default `./.medfilip`) holds the Parquet data, DuckDB caches, the Dagster
+instance (`DAGSTER_HOME` inside it) and the MLflow store, so a user can move, back up or
+delete one folder and nothing leaks elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROMPTS_DIR = REPO_ROOT / "prompts"
+KNOWLEDGE_DIR = REPO_ROOT / "knowledge"
+
+SALT_ENV = "MEDFILIP_PATIENT_SALT"
+
+_DAGSTER_YAML = """\
+# Written by medfilip; edit freely, it is not overwritten once present.
+telemetry:
+  enabled: false
+nux:
+  enabled: false
+run_queue:
+  max_concurrent_runs: 4
+concurrency:
+  pools:
+    # Training steps declare pool "gpu": two trainings never share one GPU by accident.
+    default_limit: 1
+"""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths under one MEDFILIP_HOME."""
+
+    home: Path
+
+    @property
+    def data(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def cache(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def corpus(self) -> Path:
+        return self.home / "corpus"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.home / "mlflow.db"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_db}"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.home / "mlartifacts"
+
+    def asset_dir(self, asset_name: str) -> Path:
+        return self.data / asset_name
+
+
+def medfilip_home() -> Path:
+    return Path(os.environ.get("MEDFILIP_HOME", ".medfilip")).expanduser().resolve()
+
+
+def layout(home: Path | str | None = None) -> Layout:
+    return Layout(Path(home).expanduser().resolve() if home else medfilip_home())
+
+
+def prepare_home(home: Path | str | None = None, *, set_dagster_home: bool = True) -> Layout:
+    """Create the data root and a telemetry-free Dagster instance config inside it."""
+    lay = layout(home)
+    for path in (lay.data, lay.cache, lay.dagster_home, lay.mlflow_artifacts):
+        path.mkdir(parents=True, exist_ok=True)
+    config = lay.dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(_DAGSTER_YAML)
+    if set_dagster_home:
+        os.environ["DAGSTER_HOME"] = str(lay.dagster_home)
+    return lay
+
+
+def patient_salt(home: Path | str | None = None) -> bytes:
+    """Secret salt for patient keys: from the environment, else a file created once (0600).
+
+    Keys must be stable across runs (joins, splits by patient) yet not reversible by anyone
+    who only holds the outputs, hence a per-installation secret rather than a plain hash.
+    """
+    if os.environ.get(SALT_ENV):
+        return os.environ[SALT_ENV].encode()
+    path = layout(home).home / "secrets" / "patient_salt"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+        os.replace(tmp, path)
+    return path.read_text().strip().encode()

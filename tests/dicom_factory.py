@@ -1,0 +1,77 @@
+"""Real DICOM files for tests, written with pydicom (no fixtures checked in)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydicom.encaps import encapsulate
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+
+PATIENT_NAME = "QUIXOTE^ALONSO"
+PATIENT_ID = "MRN77120934"
+BIRTH_DATE = "19470923"
+
+
+def chest_like(rows: int = 128, cols: int = 112, seed: int = 0) -> np.ndarray:
+    """A float image in [0, 1]: dense centre (mediastinum) between two dark lungs."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:cols]
+    img = np.full((rows, cols), 0.6)
+    for cx in (0.27 * cols, 0.73 * cols):
+        lung = ((x - cx) / (0.18 * cols)) ** 2 + ((y - 0.5 * rows) / (0.35 * rows)) ** 2 < 1
+        img[lung] = 0.15
+    img[:, int(0.45 * cols): int(0.55 * cols)] = 0.9
+    return np.clip(img + rng.normal(0, 0.02, img.shape), 0, 1)
+
+
+def write_dicom(
+    path: Path,
+    image: np.ndarray | None = None,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    view: str = "PA",
+    window: tuple[float, float] | None = None,
+    with_pixels: bool = True,
+    transfer_syntax=ExplicitVRLittleEndian,
+    patient_name: str = PATIENT_NAME,
+    patient_id: str = PATIENT_ID,
+) -> Path:
+    image = chest_like() if image is None else image
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.ViewPosition = "DX", view
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = patient_name, patient_id, BIRTH_DATE
+    if with_pixels:
+        top = 2**bits_stored - 1
+        values = image if photometric == "MONOCHROME2" else 1.0 - image
+        ds.Rows, ds.Columns = image.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+        raw = np.round(values * top).astype(np.uint16).tobytes()
+        # A compressed syntax needs encapsulated fragments; these bytes are not a real codestream.
+        ds.PixelData = encapsulate([raw]) if transfer_syntax.is_compressed else raw
+        if window:
+            ds.WindowCenter, ds.WindowWidth = window
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def mimic_path(root: Path, subject: int, study: int, dicom_id: str) -> Path:
+    return root / "files" / f"p{str(subject)[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom_id}.dcm"
+
+
+def write_report(root: Path, subject: int, study: int, text: str) -> Path:
+    path = root / "files" / f"p{str(subject)[:2]}" / f"p{subject}" / f"s{study}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+from pydicom.data import get_testdata_file
+
+from ingestion.decode import decode_dicom
+from tests.dicom_factory import chest_like, write_dicom
+
+SIZE = 224
+
+
+def lung_and_mediastinum_means(image: np.ndarray) -> tuple[float, float]:
+    h, w = image.shape
+    band = slice(int(0.3 * h), int(0.5 * h))
+    lungs = np.concatenate([image[band, int(0.2 * w): int(0.33 * w)], image[band, int(0.67 * w): int(0.8 * w)]])
+    mediastinum = image[band, int(0.46 * w): int(0.54 * w)]
+    return float(lungs.mean()), float(mediastinum.mean())
+
+
+@pytest.mark.parametrize("name", ["RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm"])
+def test_real_monochrome1_radiograph_has_lungs_darker_than_mediastinum(name):
+    image = decode_dicom(get_testdata_file(name), SIZE)
+    assert image.shape == (SIZE, SIZE) and image.dtype == np.uint8
+    lungs, mediastinum = lung_and_mediastinum_means(image)
+    assert lungs + 20 < mediastinum
+
+
+def test_jpeg2000_twins_decode_like_the_uncompressed_original():
+    plain = decode_dicom(get_testdata_file("RG1_UNCR.dcm"), SIZE).astype(int)
+    lossless = decode_dicom(get_testdata_file("RG1_J2KR.dcm"), SIZE).astype(int)
+    lossy = decode_dicom(get_testdata_file("RG1_J2KI.dcm"), SIZE).astype(int)
+    assert np.abs(plain - lossless).max() <= 1
+    assert np.abs(plain - lossy).mean() < 3
+
+
+def test_monochrome1_is_inverted(tmp_path):
+    image = chest_like()
+    m2 = decode_dicom(write_dicom(tmp_path / "m2.dcm", image, photometric="MONOCHROME2"), 64)
+    m1 = decode_dicom(write_dicom(tmp_path / "m1.dcm", image, photometric="MONOCHROME1"), 64)
+    assert np.abs(m1.astype(int) - m2.astype(int)).max() <= 2
+
+
+@pytest.mark.parametrize("bits", [12, 15, 16])
+def test_bit_depths_give_the_same_display(tmp_path, bits):
+    reference = decode_dicom(write_dicom(tmp_path / "ref.dcm", bits_stored=12), 64).astype(int)
+    other = decode_dicom(write_dicom(tmp_path / f"b{bits}.dcm", bits_stored=bits), 64).astype(int)
+    assert np.abs(reference - other).max() <= 2
+
+
+def test_voi_window_is_applied(tmp_path):
+    # A narrow window centred on the lungs saturates the mediastinum to white.
+    top = 2**12 - 1
+    windowed = decode_dicom(write_dicom(tmp_path / "w.dcm", window=(0.15 * top, 0.3 * top)), 64)
+    plain = decode_dicom(write_dicom(tmp_path / "p.dcm"), 64)
+    lungs_w, _ = lung_and_mediastinum_means(windowed)
+    lungs_p, _ = lung_and_mediastinum_means(plain)
+    assert lungs_w > lungs_p + 40  # lungs stretched over the full range
+    assert (windowed == 255).mean() > 0.5
