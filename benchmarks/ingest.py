@@ -1,0 +1,106 @@
+"""Ingestion throughput and memory: `cxr_images` against a bare decode loop on the same files.
+
+    .venv/bin/python benchmarks/ingest.py [--images 500 5000] [--size 448] [--workers 2]
+
+Prints images/s of build_cxr_images (1 and N processes) and of a bare loop of
+`pydicom.dcmread(f).pixel_array` + PIL resize, their ratio, and the peak RSS of each run
+(each in a fresh process) at every corpus size, to show memory stays flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, nargs="+", default=[500, 5000])
+    parser.add_argument("--size", type=int, default=448)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed-studies", type=int, default=150)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="medfilip-bench-") as tmp:
+        base = Path(tmp) / "seed"
+        from corpus.generate import generate_corpus
+
+        generate_corpus(base, studies=args.seed_studies, seed=1, image_size=512)
+        seeds = sorted((base / "files").rglob("*.dcm"))
+        print(f"seed corpus: {len(seeds)} DICOM files")
+        results = []
+        for count in args.images:
+            archive = replicate(seeds, Path(tmp) / f"n{count}", count)
+            for mode, workers in (("bare", 1), ("cxr_images", 1), ("cxr_images", args.workers)):
+                results.append(run_child(mode, archive, args.size, workers) | {"images": count})
+                print(json.dumps(results[-1]))
+        print_table(results)
+
+
+def replicate(seeds: list[Path], root: Path, count: int) -> Path:
+    """A p10 shard of `count` files hard-linked from the seed corpus (same decode work)."""
+    shard = root / "files" / "p10"
+    for i in range(count):
+        target = shard / f"p1{i // 4:07d}" / f"s5{i // 2:07d}" / f"img{i:06d}.dcm"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(seeds[i % len(seeds)], target)
+    return root
+
+
+def run_child(mode: str, archive: Path, size: int, workers: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", mode, str(archive), str(size), str(workers)],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child(mode: str, archive: Path, size: int, workers: int) -> None:
+    from ingestion.shards import index_shard
+
+    index = index_shard(archive, "p10", b"bench", archive / "i.parquet", archive / "q.parquet").index
+    paths = [str(archive / p) for p in index.column("source_path").to_pylist()]
+    start = time.perf_counter()
+    if mode == "bare":
+        import pydicom
+        from PIL import Image
+
+        for path in paths:
+            arr = pydicom.dcmread(path).pixel_array
+            Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR)
+    else:
+        from ingestion.images import build_cxr_images
+
+        build_cxr_images(index, archive, archive / "img.parquet", archive / "dq.parquet", size=size, workers=workers)
+    seconds = time.perf_counter() - start
+    peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"mode": mode, "workers": workers, "seconds": round(seconds, 2),
+                      "images_per_s": round(len(paths) / seconds, 1),
+                      "peak_rss_mb": round(peak_self, 1), "peak_worker_rss_mb": round(peak_children, 1)}))
+
+
+def print_table(results: list[dict]) -> None:
+    print("\nimages  mode              img/s   ratio-vs-bare  peak RSS MB (main / worker)")
+    for count in sorted({r["images"] for r in results}):
+        rows = [r for r in results if r["images"] == count]
+        bare = next(r for r in rows if r["mode"] == "bare")["images_per_s"]
+        for r in rows:
+            label = f"{r['mode']} x{r['workers']}"
+            print(f"{count:>6}  {label:<16} {r['images_per_s']:>6}   {r['images_per_s'] / bare:>6.2f}x"
+                  f"        {r['peak_rss_mb']:>6} / {r['peak_worker_rss_mb']}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+    else:
+        main()
