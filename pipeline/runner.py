@@ -9,6 +9,9 @@ import dagster as dg
 
 from ingestion.layout import SHARDS
 
+# Step-level DEBUG events are in the UI; the terminal gets the asset functions' own logs.
+QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
 
 def materialise(target: str, partitions: Sequence[str] | None = None,
                 instance: dg.DagsterInstance | None = None) -> dict:
@@ -21,11 +24,11 @@ def materialise(target: str, partitions: Sequence[str] | None = None,
     summary = {"target": target, "runs": [], "succeeded": 0, "failed": 0, "rows": {}}
     for key in keys:
         result = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False,
-                                        tags={"medfilip/launched_by": "cli"})
+                                        run_config=QUIET, tags={"medfilip/launched_by": "cli"})
         summary["runs"].append({"partition": key, "run_id": result.run_id, "success": result.success})
         summary["succeeded" if result.success else "failed"] += 1
         for event in result.get_asset_materialization_events():
-            mat = event.asset_materialization
+            mat = event.materialization
             rows = mat.metadata.get("dagster/row_count")
             if rows is not None:
                 name = mat.asset_key.to_user_string()

@@ -24,9 +24,9 @@ telemetry:
   enabled: false
 nux:
   enabled: false
-run_queue:
-  max_concurrent_runs: 4
 concurrency:
+  runs:
+    max_concurrent_runs: 4
   pools:
     # Training steps declare pool "gpu": two trainings never share one GPU by accident.
     default_limit: 1
