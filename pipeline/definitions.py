@@ -1,16 +1,27 @@
-"""The Dagster code location: every asset, check, job and resource, chosen in one place."""
+"""The Dagster code location: every asset, check, job, sensor and resource, chosen in one place."""
 
 import dagster as dg
 
+from assets.extraction import llm_extractions, prompts, triplets
 from assets.ingestion import cxr_images, dicom_files, dicom_index, report_files, reports
+from assets.knowledge import every_triplet_category_described, knowledge_base, ssm, text_embeddings, training_texts
 from pipeline.jobs import jobs
-from pipeline.resources import ArchiveResource, StorageResource
+from pipeline.resources import ArchiveResource, ExtractorResource, StorageResource
+from pipeline.sensors import nightly_extraction_schedule, prompt_change_sensor
 
 defs = dg.Definitions(
-    assets=[dicom_files, report_files, dicom_index, cxr_images, reports],
+    assets=[
+        dicom_files, report_files, dicom_index, cxr_images, reports,
+        prompts, llm_extractions, triplets,
+        knowledge_base, training_texts, text_embeddings, ssm,
+    ],
+    asset_checks=[every_triplet_category_described],
     jobs=jobs,
+    sensors=[prompt_change_sensor],
+    schedules=[nightly_extraction_schedule],
     resources={
         "storage": StorageResource(),
         "archive": ArchiveResource(),
+        "extractor": ExtractorResource(),
     },
 )

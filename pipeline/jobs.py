@@ -11,4 +11,12 @@ ingestion_job = dg.define_asset_job(
     description="Index, decode and parse one shard (pNN folder) of the archive.",
 )
 
-jobs = [ingestion_job]
+# Extraction and everything that derives from its triplets; re-run when a prompt changes.
+extraction_job = dg.define_asset_job(
+    "extraction_job",
+    # Observing `prompts` first records the prompt version this extraction used.
+    selection=dg.AssetSelection.assets("prompts") | dg.AssetSelection.assets("llm_extractions").downstream(),
+    description="Re-extract triplets (only cache misses reach the backend) and rebuild downstream.",
+)
+
+jobs = [ingestion_job, extraction_job]

@@ -47,3 +47,42 @@ class ArchiveResource(dg.ConfigurableResource):
 
     def metadata_path(self) -> Path | None:
         return Path(self.metadata_csv).expanduser() if self.metadata_csv else None
+
+
+class ExtractorResource(dg.ConfigurableResource):
+    """The GPT-IE backend. Default `rules`: offline, no report leaves the machine.
+
+    `openai` talks to any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp
+    server); the API key is read from the environment variable *named* by `api_key_env`.
+    """
+
+    backend: Literal["rules", "openai"] = "rules"
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    prompt_dir: str = ""
+    response_format: Literal["text", "json_object"] = "text"
+    concurrency: int = 8
+    timeout_s: float = 60.0
+    max_attempts: int = 5
+    price_prompt_per_1k: float | None = None
+    price_completion_per_1k: float | None = None
+
+    def backend_config(self) -> dict:
+        if self.backend == "rules":
+            return {"kind": "rules"}
+        config = {
+            "kind": "openai", "base_url": self.base_url, "model": self.model, "api_key_env": self.api_key_env,
+            "response_format": self.response_format, "concurrency": self.concurrency,
+            "timeout_s": self.timeout_s, "max_attempts": self.max_attempts,
+            "price_prompt_per_1k": self.price_prompt_per_1k,
+            "price_completion_per_1k": self.price_completion_per_1k,
+        }
+        if self.prompt_dir:
+            config["prompt_dir"] = self.prompt_dir
+        return config
+
+    def make_backend(self):
+        from extraction.backends import make_backend
+
+        return make_backend(self.backend_config())

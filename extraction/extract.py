@@ -1,0 +1,208 @@
+"""The extraction run: look every report up in the cache, ask the backend only for misses.
+
+Workers (threads, at most ``backend.concurrency`` in flight) only call the backend; the
+main thread alone writes to DuckDB, committing answers as they arrive, so killing the run
+loses at most the calls in flight. Reports with identical text share one call.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pyarrow as pa
+
+from extraction.cache import AnswerCache, CachedAnswer, cache_key
+from extraction.interface import Answer, Backend, Usage
+from extraction.parse import parse_answer
+
+EMPTY_REPORT_ERROR = "empty report"
+ProgressCallback = Callable[[int, int], None]  # (reports done, reports total)
+
+LLM_EXTRACTIONS_SCHEMA = pa.schema([
+    ("study_id", pa.string()),
+    ("text_sha256", pa.string()),
+    ("cache_key", pa.string()),
+    ("prompt_version", pa.string()),
+    ("backend", pa.string()),
+    ("model", pa.string()),
+    ("answer", pa.string()),
+    ("parse_error", pa.string()),
+    ("n_findings", pa.int32()),
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("latency_s", pa.float64()),
+    ("attempts", pa.int32()),
+    ("error", pa.string()),
+    ("cached", pa.bool_()),
+])
+
+
+@dataclass
+class ExtractionStats:
+    reports: int = 0
+    calls: int = 0  # backend.complete() invocations this run
+    attempts: int = 0  # HTTP attempts behind those calls (retries included)
+    cache_hits: int = 0
+    misses: int = 0
+    errors: int = 0  # calls that failed after retries (not cached)
+    empty_reports: int = 0
+    parse_errors: int = 0
+    prompt_tokens: int = 0  # spent by this run's calls
+    completion_tokens: int = 0
+    cost_usd: float | None = None  # None when the backend has no prices configured
+    wall_s: float = 0.0
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return asdict(self)
+
+
+@dataclass
+class ExtractionResult:
+    table: pa.Table  # llm_extractions, one row per input report, input order
+    stats: ExtractionStats
+
+
+def extract_reports(reports: pa.Table, backend: Backend, cache_path: Path | str,
+                    progress: ProgressCallback | None = None) -> ExtractionResult:
+    """Extract findings for every report (columns study_id, text, text_sha256)."""
+    started = time.perf_counter()
+    missing = {"study_id", "text", "text_sha256"} - set(reports.column_names)
+    if missing:
+        raise ValueError(f"reports table lacks column(s) {sorted(missing)}")
+    study_ids = reports.column("study_id").to_pylist()
+    texts = [t or "" for t in reports.column("text").to_pylist()]
+    text_hashes = reports.column("text_sha256").to_pylist()
+    keys = [cache_key(backend, text) if text.strip() else None for text in texts]
+    stats = ExtractionStats(reports=len(texts))
+    done = 0
+
+    with AnswerCache(cache_path) as cache:
+        cached = cache.lookup(k for k in keys if k is not None)
+        fresh: dict[str, Answer] = {}
+        pending = list(dict.fromkeys(k for k in keys if k is not None and k not in cached))
+        text_of = {k: t for k, t in zip(keys, texts) if k is not None}
+        stats.misses = len(pending)
+        done = sum(1 for k in keys if k is None or k in cached)
+        if progress:
+            progress(done, len(texts))
+        per_key = _count_rows(keys)
+        for key, answer in _ask(backend, pending, text_of, cache):
+            fresh[key] = answer
+            _account(stats, backend, answer)
+            done += per_key[key]
+            if progress:
+                progress(done, len(texts))
+
+    rows = [_row(sid, sha, key, backend, cached.get(key) if key else None,
+                 fresh.get(key) if key else None)
+            for sid, sha, key in zip(study_ids, text_hashes, keys)]
+    table = pa.Table.from_pylist(rows, schema=LLM_EXTRACTIONS_SCHEMA)
+    stats.cache_hits = sum(1 for r in rows if r["cached"])
+    stats.empty_reports = sum(1 for k in keys if k is None)
+    stats.parse_errors = sum(1 for r in rows if r["parse_error"] is not None)
+    stats.wall_s = time.perf_counter() - started
+    return ExtractionResult(table, stats)
+
+
+def _ask(backend: Backend, keys: list[str], text_of: dict[str, str],
+         cache: AnswerCache) -> Iterator[tuple[str, Answer]]:
+    """Yield (key, answer) as answers arrive, after committing each one to the cache."""
+    commit_every = max(1, int(getattr(backend, "commit_every", 1)))
+    if backend.concurrency <= 1:
+        batch: list[tuple[str, Answer]] = []
+        for key in keys:
+            answer = _safe_complete(backend, text_of[key])
+            batch.append((key, answer))
+            if len(batch) >= commit_every:
+                yield from _commit(cache, backend, batch)
+                batch = []
+        yield from _commit(cache, backend, batch)
+        return
+    # Bounded window: never more than `concurrency` calls in flight, so a kill loses few.
+    remaining = iter(keys)
+    with ThreadPoolExecutor(max_workers=backend.concurrency,
+                            thread_name_prefix=f"extract-{backend.name}") as pool:
+        in_flight: dict[Future[Answer], str] = {}
+
+        def submit_next() -> None:
+            key = next(remaining, None)
+            if key is not None:
+                in_flight[pool.submit(_safe_complete, backend, text_of[key])] = key
+
+        for _ in range(backend.concurrency):
+            submit_next()
+        while in_flight:
+            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in finished:
+                key = in_flight.pop(future)
+                submit_next()
+                yield from _commit(cache, backend, [(key, future.result())])
+
+
+def _safe_complete(backend: Backend, text: str) -> Answer:
+    started = time.perf_counter()
+    try:
+        return backend.complete(text)
+    except Exception as exc:  # a backend bug becomes a recorded error, not a lost run
+        return Answer(None, Usage(), time.perf_counter() - started, backend.model, 1,
+                      f"backend raised {type(exc).__name__}: {exc}")
+
+
+def _commit(cache: AnswerCache, backend: Backend,
+            batch: list[tuple[str, Answer]]) -> Iterator[tuple[str, Answer]]:
+    cache.put_many([(k, a) for k, a in batch if a.error is None and a.text is not None], backend)
+    for key, answer in batch:
+        if answer.error is not None or answer.text is None:
+            cache.record_failure(key, backend, answer)
+    yield from batch
+
+
+def _account(stats: ExtractionStats, backend: Backend, answer: Answer) -> None:
+    stats.calls += 1
+    stats.attempts += answer.attempts
+    stats.prompt_tokens += answer.usage.prompt_tokens
+    stats.completion_tokens += answer.usage.completion_tokens
+    if answer.error is not None or answer.text is None:
+        stats.errors += 1
+    cost = backend.cost_usd(answer.usage)
+    if cost is not None:
+        stats.cost_usd = (stats.cost_usd or 0.0) + cost
+
+
+def _count_rows(keys: list[str | None]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for key in keys:
+        if key is not None:
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _row(study_id: str, text_sha256: str, key: str | None, backend: Backend,
+         cached: CachedAnswer | None, fresh: Answer | None) -> dict[str, object]:
+    row: dict[str, object] = {
+        "study_id": study_id, "text_sha256": text_sha256, "cache_key": key,
+        "prompt_version": backend.version, "backend": backend.name, "model": backend.model,
+        "answer": None, "parse_error": None, "n_findings": 0, "prompt_tokens": 0,
+        "completion_tokens": 0, "latency_s": 0.0, "attempts": 0, "error": None, "cached": False,
+    }
+    if key is None:
+        row["error"] = EMPTY_REPORT_ERROR
+        return row
+    if cached is not None:
+        row.update(model=cached.model, answer=cached.answer, prompt_tokens=cached.prompt_tokens,
+                   completion_tokens=cached.completion_tokens, latency_s=cached.latency_s,
+                   attempts=cached.attempts, cached=True)
+    elif fresh is not None:
+        row.update(model=fresh.model or backend.model, answer=fresh.text,
+                   prompt_tokens=fresh.usage.prompt_tokens,
+                   completion_tokens=fresh.usage.completion_tokens, latency_s=fresh.latency_s,
+                   attempts=fresh.attempts, error=fresh.error)
+    if row["answer"] is not None:
+        parsed = parse_answer(row["answer"])  # type: ignore[arg-type]
+        row["parse_error"] = parsed.error
+        row["n_findings"] = len(parsed.findings)
+    return row

@@ -1,0 +1,119 @@
+"""LLM backend: any OpenAI-compatible chat-completions endpoint through the `openai` client.
+
+The client's own retries are off (max_retries=0) and this module retries, so every HTTP
+attempt is counted: 429, 5xx, timeouts and connection errors are retried with exponential
+backoff and full jitter (a server's Retry-After is honoured up to the backoff cap); other
+errors (400, 401, 404, unreadable responses) fail at once. Only the prompt and the report
+text are sent: no study id, no user field, no metadata.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from typing import Any, Callable
+
+import openai
+
+from extraction.backends import OpenAIConfig
+from extraction.interface import Answer, Usage
+from extraction.prompts import Prompt, default_prompt_dir, load_prompt
+
+RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
+             openai.APIConnectionError)
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(self, config: OpenAIConfig, *,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        api_key = os.environ.get(config.api_key_env)
+        if not api_key:
+            raise ValueError(f"environment variable {config.api_key_env} (the API key) is not set")
+        self.config = config
+        self.model = config.model
+        self.concurrency = config.concurrency
+        self.prompt: Prompt = load_prompt(config.prompt_dir or default_prompt_dir(config.response_format))
+        self.version = self.prompt.version
+        # Only what changes an answer goes into the cache key (not timeouts or concurrency).
+        self.params: dict[str, Any] = {"temperature": config.temperature,
+                                       "max_tokens": config.max_tokens,
+                                       "response_format": config.response_format,
+                                       "base_url": config.base_url}
+        self._client = openai.OpenAI(base_url=config.base_url, api_key=api_key,
+                                     timeout=config.timeout_s, max_retries=0)
+        self._sleep = sleep
+
+    def complete(self, report_text: str) -> Answer:
+        started = time.perf_counter()
+        request: dict[str, Any] = {"model": self.model,
+                                   "messages": self.prompt.messages(report_text),
+                                   "temperature": self.config.temperature,
+                                   "max_tokens": self.config.max_tokens}
+        if self.config.response_format == "json_object":
+            request["response_format"] = {"type": "json_object"}
+        last_error = ""
+        for attempt in range(1, self.config.max_attempts + 1):
+            try:
+                response = self._client.chat.completions.create(**request)
+            except RETRYABLE as exc:
+                last_error = _describe(exc)
+                if attempt < self.config.max_attempts:
+                    self._sleep(self._backoff_s(attempt, exc))
+                continue
+            except Exception as exc:  # not worth retrying: bad request, auth, garbage body
+                return self._failed(f"{_describe(exc)}", attempt, started)
+            return self._answer(response, attempt, started)
+        return self._failed(f"gave up after {self.config.max_attempts} attempts: {last_error}",
+                            self.config.max_attempts, started)
+
+    def cost_usd(self, usage: Usage) -> float | None:
+        prompt_price = self.config.price_prompt_per_1k
+        completion_price = self.config.price_completion_per_1k
+        if prompt_price is None and completion_price is None:
+            return None
+        return (usage.prompt_tokens * (prompt_price or 0.0)
+                + usage.completion_tokens * (completion_price or 0.0)) / 1000.0
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _answer(self, response: Any, attempts: int, started: float) -> Answer:
+        usage = Usage(getattr(response.usage, "prompt_tokens", 0) or 0,
+                      getattr(response.usage, "completion_tokens", 0) or 0) if response.usage else Usage()
+        choices = getattr(response, "choices", None) or []
+        content = choices[0].message.content if choices else None
+        if not content:
+            # Not cached: an empty completion is worth asking again next run.
+            return Answer(None, usage, time.perf_counter() - started, response.model or self.model,
+                          attempts, "empty completion")
+        return Answer(content, usage, time.perf_counter() - started,
+                      response.model or self.model, attempts)
+
+    def _failed(self, error: str, attempts: int, started: float) -> Answer:
+        return Answer(None, Usage(), time.perf_counter() - started, self.model, attempts, error)
+
+    def _backoff_s(self, attempt: int, exc: Exception) -> float:
+        cap = self.config.backoff_max_s
+        delay = random.uniform(0, min(cap, self.config.backoff_base_s * 2 ** (attempt - 1)))
+        retry_after = _retry_after_s(exc)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, cap))
+        return delay
+
+
+def _retry_after_s(exc: Exception) -> float | None:
+    response = getattr(exc, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _describe(exc: Exception) -> str:
+    status = getattr(exc, "status_code", None)
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}" + (f" {status}" if status else "") + (f": {text}" if text else "")

