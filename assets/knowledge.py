@@ -36,6 +36,7 @@ def knowledge_base(context: dg.AssetExecutionContext, storage: StorageResource) 
         metadata={
             "dagster/row_count": table.num_rows,
             "digest": kb.digest,
+            "sha256": file_sha256(out_path),
             "vocabulary_categories_without_description": ", ".join(undescribed) or "none",
             "path": dg.MetadataValue.path(str(out_path)),
             "preview": preview(table, ["category", "description"], 60),
@@ -82,9 +83,10 @@ def training_texts(context: dg.AssetExecutionContext, config: TrainingTextsConfi
             **numbers,
             "triplets_per_distinct_text": round(result.triplets_used / max(result.texts, 1), 2),
             "texts_per_category": dg.MetadataValue.md(bar_chart_markdown(result.texts_per_category, "distinct texts per category")),
-            "texts_sha256": file_sha256(result.texts_path),
+            "path": dg.MetadataValue.path(str(result.texts_path)),
+            "sha256": file_sha256(result.texts_path),
+            "image_texts_path": dg.MetadataValue.path(str(result.image_texts_path)),
             "image_texts_sha256": file_sha256(result.image_texts_path),
-            "path": dg.MetadataValue.path(str(out_dir)),
             "preview": preview(texts, ["text_id", "category", "negated", "text"], 8),
         },
     )
@@ -160,7 +162,8 @@ def ssm(context: dg.AssetExecutionContext, config: SSMConfig, storage: StorageRe
             "dagster/row_count": summary.n_texts,
             "block_sizes": md_table(blocks.select(["group", "size"]).to_pylist(), ["group", "size"], 40),
             "largest_block_heatmap": dg.MetadataValue.md(png_markdown(heatmap, summary.largest_block_group)),
-            "path": dg.MetadataValue.path(str(out_dir)),
+            "path": dg.MetadataValue.path(str(out_dir / "ssm.json")),
+            "sha256": file_sha256(out_dir / "ssm.json"),
         },
         check_results=[
             dg.AssetCheckResult(check_name=name, passed=bool(checks[name][0]),

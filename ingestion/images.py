@@ -20,6 +20,8 @@ from ingestion.dicom_index import QUARANTINE_SCHEMA, quarantine_row
 from ingestion.parallel import bounded_map
 from pipeline.storage import atomic_path, write_table
 
+MIN_IMAGES_PER_WORKER = 64
+
 IMAGE_SCHEMA = pa.schema(
     [
         ("dicom_id", pa.string()),
@@ -80,6 +82,8 @@ def build_cxr_images(
         for rec in index.to_pylist()
     )
     shard = index.column("shard")[0].as_py() if index.num_rows else ""
+    # Starting worker processes costs about a second each: not worth it for a small shard.
+    workers = min(workers, max(1, index.num_rows // MIN_IMAGES_PER_WORKER))
     quarantined: list[dict] = []
     sample: list[np.ndarray] = []
     written = 0

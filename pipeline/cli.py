@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--partition", action="append", help="shard (pNN); repeatable; default all")
     run.set_defaults(handler=cmd_run)
 
+    lineage = sub.add_parser("lineage", help="print what a model was built from, flagging inputs that changed since")
+    lineage.add_argument("model", help="registered model version (3, medfilip/3, models:/medfilip/3), "
+                                       "MLflow run id, or checkpoint path")
+    lineage.add_argument("--json", action="store_true", help="machine-readable output")
+    lineage.set_defaults(handler=cmd_lineage)
+
     ui = sub.add_parser("ui", help="start `dagster dev` on 127.0.0.1 over MEDFILIP_HOME's instance")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(handler=cmd_ui)
@@ -88,6 +94,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = materialise(args.target, partitions=args.partition)
     print(json.dumps(summary, indent=2))
     return 0 if summary["failed"] == 0 else 1
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from pipeline.lineage import check_lineage, format_lineage, resolve_lineage
+
+    prepare_home()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    record = resolve_lineage(args.model)
+    record["inputs"] = check_lineage(record["inputs"])
+    if args.json:
+        print(json.dumps(record, indent=2, default=str))
+    else:
+        print(format_lineage(record))
+    return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

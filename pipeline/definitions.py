@@ -4,9 +4,10 @@ import dagster as dg
 
 from assets.extraction import llm_extractions, prompts, triplets
 from assets.ingestion import cxr_images, dicom_files, dicom_index, report_files, reports
+from assets.training import pretrained_model
 from assets.knowledge import every_triplet_category_described, knowledge_base, ssm, text_embeddings, training_texts
 from pipeline.jobs import jobs
-from pipeline.resources import ArchiveResource, ExtractorResource, StorageResource
+from pipeline.resources import ArchiveResource, ExtractorResource, MLflowResource, StorageResource
 from pipeline.sensors import nightly_extraction_schedule, prompt_change_sensor
 
 defs = dg.Definitions(
@@ -14,6 +15,7 @@ defs = dg.Definitions(
         dicom_files, report_files, dicom_index, cxr_images, reports,
         prompts, llm_extractions, triplets,
         knowledge_base, training_texts, text_embeddings, ssm,
+        pretrained_model,
     ],
     asset_checks=[every_triplet_category_described],
     jobs=jobs,
@@ -23,5 +25,6 @@ defs = dg.Definitions(
         "storage": StorageResource(),
         "archive": ArchiveResource(),
         "extractor": ExtractorResource(),
+        "mlflow_tracking": MLflowResource(),
     },
 )

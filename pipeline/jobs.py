@@ -19,4 +19,12 @@ extraction_job = dg.define_asset_job(
     description="Re-extract triplets (only cache misses reach the backend) and rebuild downstream.",
 )
 
-jobs = [ingestion_job, extraction_job]
+# Everything after ingestion, in one run: what `make demo` launches once the shards are in.
+model_job = dg.define_asset_job(
+    "model_job",
+    selection=dg.AssetSelection.assets("prompts")
+    | dg.AssetSelection.groups("extraction", "knowledge", "training", "evaluation"),
+    description="Extraction, knowledge and SSM, pre-training and evaluation from the ingested shards.",
+)
+
+jobs = [ingestion_job, extraction_job, model_job]

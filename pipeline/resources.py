@@ -86,3 +86,28 @@ class ExtractorResource(dg.ConfigurableResource):
         from extraction.backends import make_backend
 
         return make_backend(self.backend_config())
+
+
+class MLflowResource(dg.ConfigurableResource):
+    """MLflow tracking: by default a SQLite store and artifact folder under MEDFILIP_HOME; any
+    tracking server by `tracking_uri` (e.g. http://mlflow:5000 backed by PostgreSQL)."""
+
+    tracking_uri: str = ""
+    experiment: str = "medfilip"
+    registered_model_name: str = "medfilip"
+    ui_url: str = "http://127.0.0.1:5000"
+
+    def activate(self, storage: StorageResource) -> str:
+        """Point the mlflow client at the store and return the experiment id."""
+        import mlflow
+
+        lay = storage.layout()
+        mlflow.set_tracking_uri(self.tracking_uri or lay.mlflow_tracking_uri)
+        experiment = mlflow.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = None if self.tracking_uri else lay.mlflow_artifacts.as_uri()
+        return mlflow.create_experiment(self.experiment, artifact_location=location)
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        return f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}"

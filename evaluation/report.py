@@ -1,0 +1,109 @@
+"""Results as one JSON-able dict, a markdown table and ROC curve PNGs (matplotlib, Agg)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+
+def results_table(results: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Rows {"task", "setting", "metric", "value"} from the dict run by benchmarks/evaluate.py:
+    keys "zero_shot" / "unseen" (per dataset), "retrieval", "finetune", "segmentation"."""
+    rows: list[dict[str, str]] = []
+    for name, report in results.get("zero_shot", {}).items():
+        rows.append(_row("zero-shot", name, "mean AUC (test)", report["mean_auc"], report.get("mean_auc_ci")))
+        rows.append(_row("zero-shot", name, "mean F1 @val threshold", report["mean_f1"], report.get("mean_f1_ci")))
+        rows.append(_row("zero-shot", name, "mean ACC @val threshold", report["mean_acc"], report.get("mean_acc_ci")))
+        for group in ("seen", "unseen"):
+            summary = report.get(group, {})
+            if summary.get("evaluable"):
+                label = f"{name} {group} ({', '.join(summary['evaluable'])})"
+                rows.append(_row("zero-shot", label, "mean AUC (test)", summary["mean_auc"], summary["mean_auc_ci"]))
+        paper = report.get("paper_protocol")
+        if paper:
+            rows.append(_row("zero-shot", name, f"mean F1, {paper['protocol']}", paper["mean_f1"]))
+    for name, report in results.get("retrieval", {}).items():
+        for direction in ("image_to_text", "text_to_image"):
+            for key, value in report[direction].items():
+                if "@" in key:
+                    rows.append(_row("retrieval", f"{name} {direction.replace('_', ' ')}", key, value))
+    for name, report in results.get("finetune", {}).items():
+        for run in report["runs"]:
+            setting = f"{name} {run['mode']} {run['init']} {run['fraction']:.0%} ({run['train_images']} img)"
+            rows.append(_row("fine-tune", setting, "mean AUC (test)", run["report"]["mean_auc"],
+                             run["report"].get("mean_auc_ci")))
+    for name, report in results.get("segmentation", {}).items():
+        for run in report["runs"]:
+            rows.append(_row("segmentation", f"{name} {run['init']}", "mean Dice (test)", run["mean_dice"],
+                             run["mean_dice_ci"]))
+            rows.append(_row("segmentation", f"{name} {run['init']}", "mean IoU (test)", run["mean_iou"],
+                             run["mean_iou_ci"]))
+    return rows
+
+
+def markdown_table(results: Mapping[str, Any]) -> str:
+    lines = ["| task | setting | metric | value (95% CI) |", "|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['setting']} | {r['metric']} | {r['value']} |" for r in results_table(results)]
+    return "\n".join(lines) + "\n"
+
+
+def plot_roc(curves: Mapping[str, Mapping[str, list[float]]], path: str | Path, title: str = "ROC (test)") -> Path:
+    """One line per category from metrics.roc_points / the zero-shot report's "roc"; atomic PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5, 5))
+    for category, curve in curves.items():
+        axes.plot(curve["fpr"], curve["tpr"], label=category, linewidth=1.2)
+    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
+    axes.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    if curves:
+        axes.legend(fontsize=7, loc="lower right")
+    path = Path(path)
+    _atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    plt.close(figure)
+    return path
+
+
+def write_json(results: Mapping[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    text = json.dumps(_jsonable(results), indent=2, sort_keys=True)
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    return path
+
+
+def _row(task: str, setting: str, metric: str, value: float, ci: Any = None) -> dict[str, str]:
+    text = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+    if ci is not None and text != "n/a" and not any(math.isnan(v) for v in ci[:2]):
+        text += f" ({ci[0]:.3f}-{ci[1]:.3f})"
+    return {"task": task, "setting": setting, "metric": metric, "value": text}
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN becomes null (JSON has no NaN); numpy scalars and tuples become plain values."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,115 @@
+"""Image<->text retrieval: Recall@K, Precision@K and Hit@K for K = 1, 5, 10.
+
+Relevance is by shared findings: a text is relevant to an image (and vice versa) when they share
+at least one positive category. Images without any finding carry the "no finding" category
+(`with_no_finding`), so normal images match normal texts instead of being unanswerable.
+
+Per query, with R relevant items in the gallery and r of them in the top K:
+Recall@K = r / R, Precision@K = r / min(K, gallery size), Hit@K = 1 if r > 0. Means are over queries with R > 0
+(queries with nothing to find are counted in `queries_without_relevant`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from evaluation.datasets import LabelledImages
+from evaluation.encode import embed_images, embed_texts, image_tensor
+from training.knowledge import NO_FINDING, KnowledgeBase
+from training.model import MedFilipModel, Tokenizer
+
+RELEVANCE = "relevant = image and text share at least one positive category ('no finding' counts as one)"
+DEFINITIONS = {
+    "recall@k": "relevant items in the top K / relevant items in the gallery, mean over queries",
+    "precision@k": "relevant items in the top K / K, mean over queries",
+    "hit@k": "share of queries with at least one relevant item in the top K",
+}
+
+
+def retrieval_metrics(image_features: torch.Tensor | np.ndarray, text_features: torch.Tensor | np.ndarray,
+                      image_labels: np.ndarray, text_labels: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """Both directions from unit-norm features and [N, C] / [T, C] 0/1 labels over one category list."""
+    images, texts = _numpy(image_features), _numpy(text_features)
+    similarity = images @ texts.T
+    relevance = (np.asarray(image_labels, bool)[:, None, :] & np.asarray(text_labels, bool)[None, :, :]).any(-1)
+    return {
+        "relevance": RELEVANCE,
+        "definitions": DEFINITIONS,
+        "images": int(len(images)),
+        "texts": int(len(texts)),
+        "image_to_text": _ranked_metrics(similarity, relevance, ks),
+        "text_to_image": _ranked_metrics(similarity.T, relevance.T, ks),
+    }
+
+
+def evaluate_retrieval(model: MedFilipModel, tokenizer: Tokenizer, data: LabelledImages, texts: Sequence[str],
+                       text_labels: np.ndarray, ks: Sequence[int] = (1, 5, 10), batch_size: int = 64,
+                       device: str | torch.device = "cpu", images: torch.Tensor | None = None) -> dict:
+    """Embeds the set's images and the texts and scores retrieval; text_labels over data.categories."""
+    if images is None:
+        images = image_tensor(data, model.image_size)
+    image_features = embed_images(model, images, batch_size, device)
+    text_features = embed_texts(model, tokenizer, texts, device=device)
+    result = retrieval_metrics(image_features, text_features, data.labels, text_labels, ks)
+    result["dataset"] = data.name
+    return result
+
+
+def with_no_finding(data: LabelledImages) -> LabelledImages:
+    """The set with a "no finding" column, positive where no other category is."""
+    if NO_FINDING in data.categories:
+        return data
+    normal = (data.labels.sum(axis=1) == 0).astype(np.int8)[:, None]
+    from dataclasses import replace
+
+    return replace(data, categories=[*data.categories, NO_FINDING], labels=np.hstack([data.labels, normal]))
+
+
+def prompt_gallery(kb: KnowledgeBase, categories: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """One "<category>. <description>" text per described category; labels one-hot over categories."""
+    kept = [c for c in categories if c in kb.categories]
+    texts = [f"{c}. {kb.description(c)}" for c in kept]
+    labels = np.zeros((len(kept), len(categories)), dtype=np.int8)
+    for i, c in enumerate(kept):
+        labels[i, list(categories).index(c)] = 1
+    return texts, labels
+
+
+def training_texts_gallery(texts_path: str | Path, image_texts_path: str | Path, categories: Sequence[str],
+                           split: str = "val") -> tuple[list[str], np.ndarray]:
+    """The distinct positive (non-negated) training texts of one split's images, labelled by their
+    category; texts of categories outside `categories` are left out."""
+    used = pq.read_table(image_texts_path, columns=["split", "text_ids"], filters=[("split", "==", split)])
+    ids = {i for row in used.column("text_ids").to_pylist() for i in row}
+    table = pq.read_table(texts_path, columns=["text_id", "text", "category", "negated"]).to_pylist()
+    column = {c: j for j, c in enumerate(categories)}
+    rows = [r for r in table if r["text_id"] in ids and not r["negated"] and r["category"] in column]
+    labels = np.zeros((len(rows), len(categories)), dtype=np.int8)
+    for i, row in enumerate(rows):
+        labels[i, column[row["category"]]] = 1
+    return [r["text"] for r in rows], labels
+
+
+def _ranked_metrics(similarity: np.ndarray, relevance: np.ndarray, ks: Sequence[int]) -> dict:
+    relevant_total = relevance.sum(axis=1)
+    answerable = relevant_total > 0
+    order = np.argsort(-similarity, axis=1, kind="stable")
+    ranked_relevance = np.take_along_axis(relevance, order, axis=1)
+    out: dict[str, float | int] = {"queries": int(len(similarity)),
+                                   "queries_without_relevant": int((~answerable).sum())}
+    for k in ks:
+        found = ranked_relevance[:, :k].sum(axis=1)[answerable]
+        total = relevant_total[answerable]
+        out[f"recall@{k}"] = float(np.mean(found / total)) if found.size else float("nan")
+        # A gallery smaller than K cannot fill K places: divide by what can be shown.
+        out[f"precision@{k}"] = float(np.mean(found / min(k, similarity.shape[1]))) if found.size else float("nan")
+        out[f"hit@{k}"] = float(np.mean(found > 0)) if found.size else float("nan")
+    return out
+
+
+def _numpy(features: torch.Tensor | np.ndarray) -> np.ndarray:
+    return features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)

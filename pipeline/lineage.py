@@ -1,0 +1,148 @@
+"""Lineage: which materialisation of each upstream asset a model was built from.
+
+A lineage record lists, for every ancestor asset (and every partition of partitioned ones), the
+Dagster run id, time, recorded digests and the file the digest covers, so that months later
+`medfilip lineage` can print the chain and flag inputs whose current files no longer match.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+
+from pipeline.storage import file_sha256
+
+# The chain behind a pre-trained model, nearest first.
+MODEL_ANCESTORS = (
+    "ssm", "text_embeddings", "training_texts", "knowledge_base", "triplets", "llm_extractions",
+    "prompts", "reports", "cxr_images", "dicom_index",
+)
+DIGEST_KEYS = ("sha256", "digest", "texts_sha256", "image_texts_sha256", "model_digest", "prompt_version")
+CONTEXT_KEYS = ("backend", "model", "model_name", "model_path", "archive_root", "image_size",
+                "separate_negations", "dagster/row_count")
+
+
+def collect_lineage(instance: dg.DagsterInstance, asset_keys: Iterable[str] = MODEL_ANCESTORS) -> list[dict]:
+    """One entry per asset (and partition): latest materialisation or observation."""
+    entries = []
+    for key in asset_keys:
+        records = _latest_per_partition(instance, dg.AssetKey(key))
+        for partition, record in sorted(records.items(), key=lambda kv: kv[0] or ""):
+            entries.append(_entry(key, partition, record))
+    return entries
+
+
+def check_lineage(entries: list[dict]) -> list[dict]:
+    """Re-hash every recorded file: status `changed` or `missing` flags an input whose current
+    data is no longer what was used; `ok` when all match; `unchecked` when no file was recorded."""
+    checked = []
+    for entry in entries:
+        entry = dict(entry)
+        problems = []
+        for path, recorded in entry.get("files", {}).items():
+            current = file_sha256(path) if Path(path).is_file() else None
+            if current != recorded:
+                problems.append(f"{'missing' if current is None else 'changed'}: {path}")
+        entry["problems"] = problems
+        entry["status"] = ("changed" if problems else "ok") if entry.get("files") else "unchecked"
+        checked.append(entry)
+    return checked
+
+
+def write_lineage(path: Path, record: dict) -> Path:
+    from pipeline.storage import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+    return path
+
+
+def _latest_per_partition(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str | None, object]:
+    latest: dict[str | None, object] = {}
+    for fetch in (instance.fetch_materializations, instance.fetch_observations):
+        result = fetch(dg.AssetRecordsFilter(asset_key=key), limit=1000, ascending=False)
+        for record in result.records:
+            latest.setdefault(record.partition_key, record)
+        if latest:
+            break
+    return latest
+
+
+def _entry(key: str, partition: str | None, record) -> dict:
+    event = record.event_log_entry
+    dagster_event = event.dagster_event
+    data = dagster_event.event_specific_data
+    asset_event = getattr(data, "materialization", None) or getattr(data, "asset_observation", None)
+    metadata = {k: v.value for k, v in (asset_event.metadata if asset_event else {}).items()}
+    entry = {
+        "asset": key,
+        "partition": partition,
+        "run_id": event.run_id,
+        "time": datetime.fromtimestamp(event.timestamp, tz=timezone.utc).isoformat(),
+        "digests": {k: metadata[k] for k in DIGEST_KEYS if k in metadata},
+        "context": {k: metadata[k] for k in CONTEXT_KEYS if k in metadata},
+    }
+    if asset_event is not None and getattr(asset_event, "data_version", None):
+        entry["data_version"] = asset_event.data_version
+    entry["files"] = recorded_files(metadata)
+    return entry
+
+
+def recorded_files(metadata: dict) -> dict[str, str]:
+    """File -> sha256 pairs an asset recorded: `path`/`sha256` and any `X_path`/`X_sha256`."""
+    files = {}
+    for key, value in metadata.items():
+        if key == "path" or key.endswith("_path"):
+            prefix = key[: -len("path")]
+            digest = metadata.get(f"{prefix}sha256")
+            if isinstance(value, str) and digest and Path(value).is_file():
+                files[value] = digest
+    return files
+
+
+def resolve_lineage(reference: str) -> dict:
+    """The lineage record of a checkpoint path, an MLflow run id or a registered model version."""
+    path = Path(reference)
+    if path.exists():
+        candidates = [path] if path.name == "lineage.json" else [path.parent / "lineage.json",
+                                                                  path.parent.parent / "lineage.json"]
+        for candidate in candidates:
+            if candidate.is_file():
+                return json.loads(candidate.read_text())
+        raise SystemExit(f"no lineage.json beside {path}")
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.settings import layout
+
+    if not mlflow.get_tracking_uri().startswith(("http", "databricks")) and "MLFLOW_TRACKING_URI" not in __import__("os").environ:
+        mlflow.set_tracking_uri(layout().mlflow_tracking_uri)
+    client = MlflowClient()
+    run_id = reference
+    name, _, version = reference.removeprefix("models:/").rpartition("/")
+    if reference.isdigit() or (name and version.isdigit()):
+        model_version = client.get_model_version(name or "medfilip", version if name else reference)
+        run_id = model_version.run_id
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="lineage.json")
+    return json.loads(Path(local).read_text())
+
+
+def format_lineage(record: dict) -> str:
+    lines = [f"checkpoint  {record['checkpoint']}",
+             f"  sha256    {record['checkpoint_sha256']}",
+             f"  mlflow    run {record['mlflow_run_id']}   dagster run {record['dagster_run_id']}"]
+    for entry in record["inputs"]:
+        digest = next(iter(entry.get("digests", {}).values()), entry.get("data_version", ""))
+        label = entry["asset"] + (f"[{entry['partition']}]" if entry.get("partition") else "")
+        flag = {"ok": "ok", "unchecked": "-", "changed": "CHANGED"}.get(entry.get("status", "-"), entry.get("status"))
+        context = ", ".join(f"{k}={v}" for k, v in entry.get("context", {}).items() if k != "dagster/row_count")
+        lines.append(f"<- {label:<22} {str(digest)[:16]:<16} run {entry['run_id'][:8]} {entry['time'][:19]}  {flag}"
+                     + (f"  ({context})" if context else ""))
+        lines.extend(f"     ! {problem}" for problem in entry.get("problems", []))
+    changed = sum(e.get("status") == "changed" for e in record["inputs"])
+    lines.append(f"{changed} input(s) changed since training" if changed else "all recorded inputs match")
+    return "\n".join(lines)

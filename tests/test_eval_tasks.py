@@ -1,0 +1,163 @@
+"""Each evaluation end to end on a small generated eval set with the tiny model (untrained weights
+are enough for the plumbing), pre-trained weights loaded and kept, and the report outputs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from corpus.eval_sets import write_eval_sets
+from evaluation.datasets import generated_eval_sets
+from evaluation.encode import image_tensor, load_pretrained
+from evaluation.finetune import FinetuneConfig, build_encoder, run_finetune
+from evaluation.report import markdown_table, plot_roc, write_json
+from evaluation.retrieval import evaluate_retrieval, prompt_gallery, retrieval_metrics, with_no_finding
+from evaluation.segmentation import SegmentationConfig, build_segmenter, dice_iou, run_segmentation, train_segmenter
+from evaluation.zero_shot import evaluate_zero_shot, unseen_categories
+from training.knowledge import load_knowledge
+from training.model import create_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    write_eval_sets(root, seed=3, count=32, image_size=64)
+    return generated_eval_sets(root)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny-model checkpoint in training.loop's format, with weights no fresh init would have."""
+    torch.manual_seed(1234)
+    model = create_model("tiny")
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.01)
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    torch.save({"model": model.state_dict(), "model_config": model.config}, path)
+    return path
+
+
+def _visual_state(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, weights_only=False)["model"]
+    return {k.removeprefix("clip.visual."): v for k, v in state.items() if k.startswith("clip.visual.")}
+
+
+def test_zero_shot_reports_seen_and_unseen_apart(sets, checkpoint, tmp_path):
+    model, tokenizer = load_pretrained(checkpoint)
+    kb = load_knowledge()
+    texts = tmp_path / "texts.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"category": ["effusion", "cardiomegaly", "pneumothorax", "nodule", "consolidation",
+                                          "atelectasis", "no finding"]}), texts)
+    unseen = unseen_categories(kb, texts)
+    assert "edema" in unseen and "effusion" not in unseen
+    report = evaluate_zero_shot(model, tokenizer, sets["nih"], kb, unseen=unseen, n_boot=100)
+    assert report["seen"]["evaluable"] and "edema" in report["unseen"]["categories"]
+    assert not set(report["seen"]["categories"]) & set(report["unseen"]["categories"])
+    assert report["prompts"]["effusion"] == f"effusion. {kb.description('effusion')}"
+    assert report["split"]["val"] + report["split"]["test"] == len(sets["nih"])
+    for entry in report["per_class"].values():
+        assert 0.0 <= entry["auc"] <= 1.0 and entry["auc_ci"][0] <= entry["auc_ci"][1]
+    assert 0.0 <= report["mean_auc"] <= 1.0 and report["roc"]
+
+
+def test_retrieval_counts_relevance_by_shared_categories():
+    images = np.eye(3)[[0, 1, 2, 0]]  # image 3 looks like image 0
+    texts = np.eye(3)
+    image_labels = np.array([[1, 0], [0, 1], [1, 1], [0, 1]])
+    text_labels = np.array([[1, 0], [0, 1], [1, 0]])
+    result = retrieval_metrics(images, texts, image_labels, text_labels, ks=(1, 2))
+    i2t = result["image_to_text"]
+    # Top-1 texts: 0, 1, 2, 0 -> relevant for images 0, 1, 2; not for image 3 (label 1 vs text 0).
+    assert i2t["hit@1"] == pytest.approx(3 / 4) and i2t["precision@1"] == pytest.approx(3 / 4)
+    # Relevant counts: image0 {t0,t2}, image1 {t1}, image2 {t0,t1,t2}, image3 {t1}.
+    assert i2t["recall@1"] == pytest.approx(np.mean([1 / 2, 1, 1 / 3, 0]))
+    assert "share at least one positive category" in result["relevance"]
+
+
+def test_retrieval_runs_on_a_generated_set(sets, checkpoint):
+    model, tokenizer = load_pretrained(checkpoint)
+    data = with_no_finding(sets["nih"])
+    texts, labels = prompt_gallery(load_knowledge(), data.categories)
+    result = evaluate_retrieval(model, tokenizer, data, texts, labels)
+    assert result["images"] == len(data) and result["texts"] == len(texts)
+    for direction in ("image_to_text", "text_to_image"):
+        assert all(0.0 <= result[direction][f"recall@{k}"] <= 1.0 for k in (1, 5, 10))
+        assert result[direction]["recall@1"] <= result[direction]["recall@10"]
+
+
+def test_finetune_encoder_starts_from_the_pretrained_weights(checkpoint):
+    expected = _visual_state(checkpoint)
+    pretrained = build_encoder("pretrained", "tiny", checkpoint).visual.state_dict()
+    random = build_encoder("random", "tiny").visual.state_dict()
+    assert pretrained.keys() == expected.keys()
+    assert all(torch.equal(pretrained[k], expected[k]) for k in expected)
+    assert not all(torch.equal(random[k], expected[k]) for k in expected)
+
+
+def test_finetune_runs_every_fraction_mode_and_init(sets, checkpoint):
+    result = run_finetune(sets["rsna"], "tiny", checkpoint, fractions=(0.01, 1.0),
+                          config=FinetuneConfig(epochs=1, probe_steps=30), n_boot=50)
+    combos = {(r["mode"], r["init"], r["fraction"]) for r in result["runs"]}
+    assert combos == {(m, i, f) for m in ("linear", "full") for i in ("pretrained", "random") for f in (0.01, 1.0)}
+    sizes = {r["fraction"]: r["train_images"] for r in result["runs"]}
+    assert sizes[0.01] < sizes[1.0] == result["split"]["train"]
+    for run in result["runs"]:
+        assert run["report"]["n_test"] == result["split"]["test"]
+
+
+def test_segmentation_keeps_the_pretrained_encoder(sets, checkpoint):
+    expected = _visual_state(checkpoint)
+    net = build_segmenter("pretrained", "tiny", checkpoint, width=8)
+    before = net.encoder.visual.state_dict()
+    assert all(torch.equal(before[k], expected[k]) for k in expected)  # loaded, not overwritten
+    siim = sets["siim"]
+    images = image_tensor(siim, 64)
+    masks = torch.from_numpy(np.stack([siim.mask(i, 64) for i in range(len(siim))]))[:, None]
+    decoder_before = net.out.weight.detach().clone()
+    train_segmenter(net, images, masks, SegmentationConfig(epochs=1, freeze_encoder=True, batch_size=8),
+                    torch.device("cpu"))
+    after = net.encoder.visual.state_dict()
+    assert all(torch.equal(after[k], expected[k]) for k in expected)  # frozen: still the checkpoint's
+    assert not torch.equal(net.out.weight, decoder_before)  # while the decoder did train
+    assert net(torch.rand(2, 1, 64, 64)).shape == (2, 1, 64, 64)
+
+
+def test_segmentation_end_to_end_and_dice_rules(sets, checkpoint):
+    result = run_segmentation(sets["siim"], "tiny", checkpoint, config=SegmentationConfig(epochs=1, decoder_width=8),
+                              n_boot=50)
+    assert [r["init"] for r in result["runs"]] == ["pretrained", "random"]
+    for run in result["runs"]:
+        assert 0.0 <= run["mean_dice"] <= 1.0 and run["test_images"] == result["split"]["test"]
+    empty, full = np.zeros((1, 4, 4), bool), np.ones((1, 4, 4), bool)
+    half = full.copy()
+    half[:, :2] = False
+    assert dice_iou(empty, empty)[0][0] == 1.0 and dice_iou(full, empty)[0][0] == 0.0
+    dice, iou = dice_iou(half, full)
+    assert dice[0] == pytest.approx(2 * 8 / 24) and iou[0] == pytest.approx(0.5)
+
+
+def test_report_table_json_and_roc_png(sets, checkpoint, tmp_path):
+    model, tokenizer = load_pretrained(checkpoint)
+    zero_shot = evaluate_zero_shot(model, tokenizer, sets["rsna"], load_knowledge(), n_boot=50)
+    results = {"zero_shot": {"rsna": zero_shot}}
+    table = markdown_table(results)
+    assert table.startswith("| task |") and "| zero-shot | rsna | mean AUC (test) |" in table
+    assert f"{zero_shot['mean_auc']:.3f}" in table
+    png = plot_roc(zero_shot["roc"], tmp_path / "roc.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    path = write_json(results, tmp_path / "results.json")
+    assert '"mean_auc"' in path.read_text() and sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "roc.png"]

@@ -1,0 +1,103 @@
+"""The whole graph on a small archive in a real Dagster instance and a real MLflow SQLite
+store: knowledge, SSM, pre-training (tiny model) and the model's lineage."""
+
+import json
+
+import dagster as dg
+import mlflow
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.definitions import defs
+from pipeline.resources import ArchiveResource, ExtractorResource, MLflowResource, StorageResource
+from corpus.generate import generate_corpus
+from ingestion.layout import SHARDS
+
+TRAIN = {"model": "tiny", "epochs": 1, "batch_size": 4, "val_batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("graph")
+    home, archive = tmp / "home", tmp / "archive"
+    generate_corpus(archive, studies=30, seed=3, image_size=96, eval_images=0)
+    resources = {"storage": StorageResource(home=str(home)), "archive": ArchiveResource(root=str(archive)),
+                 "extractor": ExtractorResource(), "mlflow_tracking": MLflowResource()}
+    graph_defs = dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, resources=resources)
+    ingest = dg.define_asset_job("ingest", selection=dg.AssetSelection.groups("ingestion"))
+    rest = dg.define_asset_job("rest", selection=dg.AssetSelection.groups("extraction", "knowledge", "training")
+                               | dg.AssetSelection.assets("prompts"))
+    graph_defs = dg.Definitions.merge(graph_defs, dg.Definitions(jobs=[ingest, rest]))
+    config = {"ops": {"cxr_images": {"config": {"image_size": 64, "workers": 1}},
+                      "training_texts": {"config": {"val_fraction": 0.3}},
+                      "pretrained_model": {"config": {"overrides_json": json.dumps(TRAIN)}}}}
+    with dg.instance_for_test() as instance:
+        for shard in SHARDS:
+            run = graph_defs.resolve_job_def("ingest").execute_in_process(
+                instance=instance, partition_key=shard,
+                run_config={"ops": {"cxr_images": config["ops"]["cxr_images"]}})
+            assert run.success
+        result = graph_defs.resolve_job_def("rest").execute_in_process(
+            instance=instance, run_config={"ops": {k: config["ops"][k] for k in ("training_texts", "pretrained_model")}})
+        yield {"home": home, "result": result, "instance": instance}
+
+
+def test_graph_materialises_with_passing_ssm_checks(graph):
+    result = graph["result"]
+    assert result.success
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    for name in ("symmetric", "unit_diagonal", "value_range", "zero_across_categories"):
+        assert checks[name], name
+    assert checks["every_triplet_category_described"]
+
+
+def test_every_image_gets_texts_and_a_patient_wise_split(graph):
+    rows = pq.read_table(graph["home"] / "data" / "training_texts" / "image_texts.parquet").to_pylist()
+    images = sum(pq.read_metadata(p).num_rows for p in (graph["home"] / "data" / "cxr_images").glob("*.parquet"))
+    assert len(rows) == images > 30 and all(r["text_ids"] for r in rows)
+    assert {r["split"] for r in rows} == {"train", "val"}
+    splits = {}
+    for r in rows:
+        splits.setdefault(r["patient_key"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in splits.values())
+
+
+def test_pretrained_model_is_an_mlflow_run_with_lineage_and_a_registered_version(graph):
+    meta = graph["result"].asset_materializations_for_node("pretrained_model")[0].metadata
+    run = MlflowClient().get_run(meta["mlflow_run_id"].value)
+    assert run.data.params["model"] == "tiny" and run.data.params["loss"] == "ssm_scaled"
+    assert run.data.tags["dagster.run_id"] == graph["result"].run_id
+    assert run.data.tags["medfilip.extraction_backend"] == "rules"
+    assert len(run.data.tags["medfilip.prompt_version"]) >= 12
+    assert "val_loss" in run.data.metrics and "zero_shot_mean_auc" in run.data.metrics
+    inputs = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"cxr_images", "training_texts", "ssm"} and all(inputs.values())
+    version = MlflowClient().get_model_version("medfilip", str(meta["model_version"].value))
+    assert version.run_id == run.info.run_id
+    assert mlflow.get_tracking_uri().startswith("sqlite:///") and str(graph["home"]) in mlflow.get_tracking_uri()
+
+    lineage = json.loads(open(meta["lineage_path"].value).read())
+    assets = {e["asset"] for e in lineage["inputs"]}
+    assert {"ssm", "training_texts", "triplets", "llm_extractions", "reports", "cxr_images", "dicom_index"} <= assets
+    assert lineage["checkpoint_sha256"] == meta["sha256"].value
+
+
+def test_lineage_command_prints_the_chain_and_flags_changed_inputs(graph, capsys, monkeypatch):
+    from pipeline.cli import main
+
+    monkeypatch.setenv("MEDFILIP_HOME", str(graph["home"]))
+    meta = graph["result"].asset_materializations_for_node("pretrained_model")[0].metadata
+    assert main(["lineage", str(meta["model_version"].value), "--json"]) == 0
+    by_version = json.loads(capsys.readouterr().out)
+    assert by_version["mlflow_run_id"] == meta["mlflow_run_id"].value
+    statuses = {(e["asset"], e["partition"]): e["status"] for e in by_version["inputs"]}
+    assert statuses[("training_texts", None)] == "ok" and statuses[("ssm", None)] == "ok"
+    assert all(s in ("ok", "unchecked") for s in statuses.values())
+
+    # Re-writing one shard's reports after training: the audit names it, and only it.
+    reports = graph["home"] / "data" / "reports" / "p10.parquet"
+    pq.write_table(pq.read_table(reports).slice(1), reports)
+    assert main(["lineage", meta["path"].value]) == 0
+    text = capsys.readouterr().out
+    assert "CHANGED" in text and "reports[p10]" in text and "1 input(s) changed since training" in text
