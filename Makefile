@@ -10,7 +10,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[test]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[test,deploy]"
 	touch $@
 
 demo: setup

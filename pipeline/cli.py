@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -115,7 +114,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print(f"Dagster UI on http://127.0.0.1:{args.port}  (DAGSTER_HOME={lay.dagster_home})")
     command = [str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
                "-h", "127.0.0.1", "-p", str(args.port)]
-    return subprocess.call(command, cwd=REPO_ROOT, env=dict(os.environ, DAGSTER_HOME=str(lay.dagster_home)))
+    # exec, not a child: a signal to `medfilip ui` then reaches dagster dev itself.
+    os.chdir(REPO_ROOT)
+    os.execve(command[0], command, dict(os.environ, DAGSTER_HOME=str(lay.dagster_home)))
 
 
 def print_demo_summary(lay, summary: dict, seconds: float) -> None:

@@ -4,6 +4,7 @@ import dagster as dg
 
 from assets.extraction import llm_extractions, prompts, triplets
 from assets.ingestion import cxr_images, dicom_files, dicom_index, report_files, reports
+from assets.evaluation import finetune_eval, retrieval_eval, segmentation_eval, zero_shot_eval
 from assets.training import pretrained_model
 from assets.knowledge import every_triplet_category_described, knowledge_base, ssm, text_embeddings, training_texts
 from pipeline.jobs import jobs
@@ -16,6 +17,7 @@ defs = dg.Definitions(
         prompts, llm_extractions, triplets,
         knowledge_base, training_texts, text_embeddings, ssm,
         pretrained_model,
+        zero_shot_eval, retrieval_eval, finetune_eval, segmentation_eval,
     ],
     asset_checks=[every_triplet_category_described],
     jobs=jobs,

@@ -9,14 +9,17 @@ ingestion_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("ingestion"),
     partitions_def=shard_partitions,
     description="Index, decode and parse one shard (pNN folder) of the archive.",
+    tags={"medfilip/stage": "ingestion"},  # per-stage run limits in deploy/dagster.yaml
 )
 
-# Extraction and everything that derives from its triplets; re-run when a prompt changes.
+# Re-run when a prompt changes: extraction only (cache misses reach the backend); what is
+# downstream shows as unsynced until a user re-materialises it, so no model is retrained unasked.
 extraction_job = dg.define_asset_job(
     "extraction_job",
     # Observing `prompts` first records the prompt version this extraction used.
-    selection=dg.AssetSelection.assets("prompts") | dg.AssetSelection.assets("llm_extractions").downstream(),
-    description="Re-extract triplets (only cache misses reach the backend) and rebuild downstream.",
+    selection=dg.AssetSelection.assets("prompts", "llm_extractions", "triplets"),
+    description="Re-extract triplets; only cache misses reach the backend.",
+    tags={"medfilip/stage": "extraction"},
 )
 
 # Everything after ingestion, in one run: what `make demo` launches once the shards are in.

@@ -15,18 +15,21 @@ from corpus.generate import generate_corpus
 from ingestion.layout import SHARDS
 
 TRAIN = {"model": "tiny", "epochs": 1, "batch_size": 4, "val_batch_size": 4}
+EVALS = ("zero_shot_eval", "retrieval_eval", "finetune_eval", "segmentation_eval")
+EVAL = {"config": {"n_boot": 50, "epochs": 1}}
 
 
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("graph")
     home, archive = tmp / "home", tmp / "archive"
-    generate_corpus(archive, studies=30, seed=3, image_size=96, eval_images=0)
+    generate_corpus(archive, studies=30, seed=3, image_size=96, eval_images=24)
     resources = {"storage": StorageResource(home=str(home)), "archive": ArchiveResource(root=str(archive)),
                  "extractor": ExtractorResource(), "mlflow_tracking": MLflowResource()}
     graph_defs = dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, resources=resources)
     ingest = dg.define_asset_job("ingest", selection=dg.AssetSelection.groups("ingestion"))
-    rest = dg.define_asset_job("rest", selection=dg.AssetSelection.groups("extraction", "knowledge", "training")
+    rest = dg.define_asset_job("rest", selection=dg.AssetSelection.groups("extraction", "knowledge", "training",
+                                                                          "evaluation")
                                | dg.AssetSelection.assets("prompts"))
     graph_defs = dg.Definitions.merge(graph_defs, dg.Definitions(jobs=[ingest, rest]))
     config = {"ops": {"cxr_images": {"config": {"image_size": 64, "workers": 1}},
@@ -39,7 +42,8 @@ def graph(tmp_path_factory):
                 run_config={"ops": {"cxr_images": config["ops"]["cxr_images"]}})
             assert run.success
         result = graph_defs.resolve_job_def("rest").execute_in_process(
-            instance=instance, run_config={"ops": {k: config["ops"][k] for k in ("training_texts", "pretrained_model")}})
+            instance=instance, run_config={"ops": {**{k: config["ops"][k] for k in ("training_texts", "pretrained_model")},
+                                                   **{k: EVAL for k in EVALS}}})
         yield {"home": home, "result": result, "instance": instance}
 
 
@@ -101,3 +105,19 @@ def test_lineage_command_prints_the_chain_and_flags_changed_inputs(graph, capsys
     assert main(["lineage", meta["path"].value]) == 0
     text = capsys.readouterr().out
     assert "CHANGED" in text and "reports[p10]" in text and "1 input(s) changed since training" in text
+
+
+def test_evaluations_are_mlflow_runs_nested_under_the_model_run(graph):
+    result = graph["result"]
+    model_run = result.asset_materializations_for_node("pretrained_model")[0].metadata["mlflow_run_id"].value
+    for name in EVALS:
+        meta = result.asset_materializations_for_node(name)[0].metadata
+        assert "| task | setting | metric |" in meta["results"].value
+        run = MlflowClient().get_run(meta["mlflow_run_id"].value)
+        assert run.data.tags["mlflow.parentRunId"] == model_run
+        artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+        assert {"results.json", "results.md"} <= artifacts
+    zero_shot = result.asset_materializations_for_node("zero_shot_eval")[0].metadata
+    assert 0.0 <= zero_shot["mean_auc"].value <= 1.0 and "roc" in zero_shot
+    finetune = result.asset_materializations_for_node("finetune_eval")[0].metadata
+    assert {"auc_linear_pretrained_1pct", "auc_linear_random_1pct"} <= set(finetune)

@@ -1,0 +1,208 @@
+"""Evaluation assets over the latest `pretrained_model`: zero-shot classification (seen and
+unseen categories), retrieval, fine-tuning at 1/10/100% labels and segmentation. Each is an
+MLflow run nested under the model's run, with metrics, CIs, ROC curves and example images as
+artifacts, and a markdown results table in Dagster metadata.
+
+Unlike the reference code: thresholds are chosen on a validation split, never the test split;
+AUC is scikit-learn's; fine-tuning and segmentation load the pre-trained weights and are
+compared with the same architecture from random (and ImageNet) initialisation.
+"""
+
+import json
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+
+from assets.plots import png_markdown
+from pipeline.resources import ArchiveResource, MLflowResource, StorageResource
+
+
+class EvalConfig(dg.Config):
+    eval_root: str = ""  # folder with nih/, rsna/, siim/ in published layouts; default: <archive root>/eval
+    dataset: Literal["nih", "rsna", "siim", "vinbigdata", "covid"] = "nih"
+    labels_csv: str = ""  # a real dataset's label file (overrides eval_root for nih/rsna/siim/vinbigdata)
+    images_dir: str = ""  # its images (for covid: the root with class folders)
+    n_boot: int = 500
+    paper_protocol: bool = True  # also report the paper's test-tuned threshold sweep, labelled as such
+    epochs: int = 3  # fine-tuning / segmentation training epochs
+    seed: int = 0
+
+
+EVAL_DEPS = ["pretrained_model", "training_texts"]
+
+
+@dg.asset(deps=EVAL_DEPS, group_name="evaluation", kinds={"pytorch", "mlflow"}, code_version="1")
+def zero_shot_eval(context: dg.AssetExecutionContext, config: EvalConfig, storage: StorageResource,
+                   archive: ArchiveResource, mlflow_tracking: MLflowResource) -> dg.MaterializeResult:
+    """Zero-shot multi-label classification with prompts "<category>. <description>": per-class
+    and mean AUC with 95% bootstrap CIs, F1/accuracy at validation thresholds; categories unseen
+    in pre-training reported apart."""
+    from evaluation.encode import load_pretrained
+    from evaluation.zero_shot import evaluate_zero_shot, unseen_categories
+    from training.knowledge import load_knowledge
+
+    model_info = latest_model(context)
+    data = load_eval_dataset(config, archive.image_root(storage))
+    kb = load_knowledge()
+    unseen = unseen_categories(kb, storage.layout().asset_dir("training_texts") / "texts.parquet")
+    model, tokenizer = load_pretrained(model_info["checkpoint"])
+    report = evaluate_zero_shot(model, tokenizer, data, kb, unseen=unseen, n_boot=config.n_boot,
+                                seed=config.seed, paper_protocol=config.paper_protocol)
+    results = {"zero_shot": {data.name: report}}
+    summary = {"mean_auc": report["mean_auc"], "mean_f1": report["mean_f1"], "mean_acc": report["mean_acc"],
+               **{f"auc_{c.replace(' ', '_')}": v["auc"] for c, v in report["per_class"].items()}}
+    for group in ("seen", "unseen"):
+        if report.get(group, {}).get("evaluable"):
+            summary[f"{group}_mean_auc"] = report[group]["mean_auc"]
+    return record_evaluation(context, "zero_shot_eval", results, summary, model_info, mlflow_tracking, storage,
+                             roc=report.get("roc"), examples=data,
+                             extra={"mean_auc_ci": str(report.get("mean_auc_ci")), "unseen_categories": ", ".join(unseen)})
+
+
+@dg.asset(deps=EVAL_DEPS, group_name="evaluation", kinds={"pytorch", "mlflow"}, code_version="1")
+def retrieval_eval(context: dg.AssetExecutionContext, config: EvalConfig, storage: StorageResource,
+                   archive: ArchiveResource, mlflow_tracking: MLflowResource) -> dg.MaterializeResult:
+    """Image->text and text->image Recall@K and Precision@K (K = 1, 5, 10); a text is relevant to
+    an image when they share a positive category (stated in the results)."""
+    from evaluation.encode import load_pretrained
+    from evaluation.retrieval import evaluate_retrieval, prompt_gallery, with_no_finding
+    from training.knowledge import load_knowledge
+
+    model_info = latest_model(context)
+    data = with_no_finding(load_eval_dataset(config, archive.image_root(storage)))
+    texts, labels = prompt_gallery(load_knowledge(), data.categories)
+    model, tokenizer = load_pretrained(model_info["checkpoint"])
+    report = evaluate_retrieval(model, tokenizer, data, texts, labels)
+    summary = {f"{direction}_{key.replace('@', '_at_')}": value for direction in ("image_to_text", "text_to_image")
+               for key, value in report[direction].items() if "@" in key}
+    return record_evaluation(context, "retrieval_eval", {"retrieval": {data.name: report}}, summary, model_info,
+                             mlflow_tracking, storage, extra={"relevance": str(report.get("relevance", ""))})
+
+
+@dg.asset(deps=EVAL_DEPS, group_name="evaluation", kinds={"pytorch", "mlflow"}, code_version="1")
+def finetune_eval(context: dg.AssetExecutionContext, config: EvalConfig, storage: StorageResource,
+                  archive: ArchiveResource, mlflow_tracking: MLflowResource) -> dg.MaterializeResult:
+    """Linear probe and full fine-tuning with 1%, 10% and 100% of the labelled training split
+    (stratified, fixed seeds), pre-trained against random / ImageNet initialisation."""
+    from evaluation.finetune import FinetuneConfig, run_finetune
+
+    model_info = latest_model(context)
+    data = load_eval_dataset(config, archive.image_root(storage))
+    report = run_finetune(data, model_info["model_config"], model_info["checkpoint"],
+                          config=FinetuneConfig(epochs=config.epochs, seed=config.seed), n_boot=config.n_boot)
+    summary = {f"auc_{r['mode']}_{r['init']}_{int(r['fraction'] * 100)}pct": r["report"]["mean_auc"]
+               for r in report["runs"]}
+    return record_evaluation(context, "finetune_eval", {"finetune": {data.name: report}}, summary, model_info,
+                             mlflow_tracking, storage)
+
+
+@dg.asset(deps=EVAL_DEPS, group_name="evaluation", kinds={"pytorch", "mlflow"}, code_version="1")
+def segmentation_eval(context: dg.AssetExecutionContext, config: EvalConfig, storage: StorageResource,
+                      archive: ArchiveResource, mlflow_tracking: MLflowResource) -> dg.MaterializeResult:
+    """U-Net decoder on the pre-trained image encoder, trained on pneumothorax masks (SIIM
+    layout): Dice and IoU per image and mean with CIs, against the same net without pre-training."""
+    from evaluation.segmentation import SegmentationConfig, run_segmentation
+
+    model_info = latest_model(context)
+    siim = config.model_copy(update={"dataset": "siim"}) if config.dataset != "siim" else config
+    data = load_eval_dataset(siim, archive.image_root(storage))
+    report = run_segmentation(data, model_info["model_config"], model_info["checkpoint"],
+                              config=SegmentationConfig(epochs=config.epochs, seed=config.seed), n_boot=config.n_boot)
+    summary = {f"{metric}_{r['init']}": r[metric] for r in report["runs"] for metric in ("mean_dice", "mean_iou")}
+    return record_evaluation(context, "segmentation_eval", {"segmentation": {data.name: report}}, summary,
+                             model_info, mlflow_tracking, storage, examples=data)
+
+
+def latest_model(context: dg.AssetExecutionContext) -> dict:
+    """Checkpoint, MLflow run and config of the latest `pretrained_model` materialisation."""
+    import torch
+
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("pretrained_model"))
+    if event is None or event.asset_materialization is None:
+        raise dg.Failure("pretrained_model has not been materialised: evaluation needs a checkpoint")
+    metadata = event.asset_materialization.metadata
+    checkpoint = str(metadata["path"].value)
+    if not Path(checkpoint).is_file():
+        raise dg.Failure(f"the pretrained_model checkpoint {checkpoint} is missing: re-materialise pretrained_model")
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    return {"checkpoint": checkpoint, "sha256": metadata["sha256"].value,
+            "mlflow_run_id": metadata["mlflow_run_id"].value, "model_config": payload["model_config"]}
+
+
+def load_eval_dataset(config: EvalConfig, archive_root: Path):
+    from evaluation import datasets
+
+    if config.labels_csv or config.dataset in ("vinbigdata", "covid"):
+        adapters = {"nih": datasets.nih_chestxray14, "rsna": datasets.rsna_pneumonia,
+                    "siim": datasets.siim_pneumothorax, "vinbigdata": datasets.vinbigdata}
+        if config.dataset == "covid":
+            return datasets.covid_radiography(config.images_dir)
+        return adapters[config.dataset](config.labels_csv, config.images_dir or None)
+    root = Path(config.eval_root) if config.eval_root else archive_root / "eval"
+    if not root.is_dir():
+        raise dg.Failure(f"evaluation sets not found in {root}: set eval_root, or generate the corpus")
+    return datasets.generated_eval_sets(root)[config.dataset]
+
+
+def record_evaluation(context, name: str, results: dict, summary: dict, model_info: dict,
+                      tracking: MLflowResource, storage: StorageResource, roc: dict | None = None,
+                      examples=None, extra: dict | None = None) -> dg.MaterializeResult:
+    """One MLflow run nested under the model's run, and the Dagster materialisation."""
+    import mlflow
+
+    from evaluation.report import markdown_table, plot_roc, write_json
+
+    experiment_id = tracking.activate(storage)
+    out_dir = storage.layout().asset_dir(name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(results)
+    numbers = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and v == v}
+    tags = {"mlflow.parentRunId": model_info["mlflow_run_id"], "dagster.run_id": context.run.run_id,
+            "dagster.asset_key": name, "medfilip.checkpoint_sha256": model_info["sha256"]}
+    metadata = {"results": dg.MetadataValue.md(table), **{k: round(v, 4) for k, v in numbers.items()},
+                **(extra or {}), "model_checkpoint_sha256": model_info["sha256"]}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags) as run:
+        mlflow.log_metrics(numbers)
+        write_json(results, out_dir / "results.json")
+        (out_dir / "results.md").write_text(table)
+        mlflow.log_artifact(str(out_dir / "results.json"))
+        mlflow.log_artifact(str(out_dir / "results.md"))
+        if roc:
+            plot_roc(roc, out_dir / "roc.png")
+            mlflow.log_artifact(str(out_dir / "roc.png"))
+            metadata["roc"] = dg.MetadataValue.md(png_markdown(out_dir / "roc.png", "ROC"))
+        if examples is not None:
+            sheet = example_sheet(examples, out_dir / "examples.png")
+            mlflow.log_artifact(str(sheet))
+            metadata["examples"] = dg.MetadataValue.md(png_markdown(sheet, "examples"))
+    metadata.update({"mlflow_run_id": run.info.run_id,
+                     "mlflow_run": dg.MetadataValue.url(tracking.run_url(experiment_id, run.info.run_id)),
+                     "path": dg.MetadataValue.path(str(out_dir / "results.json"))})
+    context.log.info(f"{name}: " + json.dumps({k: round(v, 3) for k, v in list(numbers.items())[:6]}))
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def example_sheet(data, path: Path, count: int = 8, size: int = 128) -> Path:
+    """A few evaluation images with their labels (and mask outlines when the set has masks)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = min(count, len(data))
+    figure, axes = plt.subplots(1, count, figsize=(2 * count, 2.4))
+    for i, axis in enumerate(axes if count > 1 else [axes]):
+        axis.imshow(data.image(i, size), cmap="gray")
+        if getattr(data, "mask_rles", None):
+            axis.contour(data.mask(i, size), levels=[0.5], colors="red", linewidths=0.8)
+        labels = [c for c, v in zip(data.categories, data.labels[i]) if v]
+        axis.set_title(", ".join(labels) or "no finding", fontsize=7)
+        axis.axis("off")
+    with tempfile.NamedTemporaryFile(suffix=".png", dir=path.parent, delete=False) as handle:
+        figure.savefig(handle.name, dpi=80, bbox_inches="tight")
+    plt.close(figure)
+    Path(handle.name).replace(path)
+    return path

@@ -1,0 +1,188 @@
+"""The multi-machine profile (deploy/): Dagster and MLflow on a real PostgreSQL server.
+
+A throw-away cluster is started from Debian's postgresql binaries; the tests skip, saying
+why, where those are not installed. The Kubernetes executor cannot run without a cluster, so
+only its run config is checked against the real jobs' schema.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from pipeline.settings import REPO_ROOT
+from tests.servers import (PostgresUnavailable, free_port, http_ok, postgres_bin_dir, running_postgres, start_server,
+                           stop_server, wait_until)
+
+DEPLOY = REPO_ROOT / "deploy"
+HAVE_POSTGRES = postgres_bin_dir() is not None
+HAVE_PSYCOPG2 = importlib.util.find_spec("psycopg2") is not None
+HAVE_DAGSTER_POSTGRES = importlib.util.find_spec("dagster_postgres") is not None
+
+needs_postgres = pytest.mark.skipif(
+    not (HAVE_POSTGRES and HAVE_PSYCOPG2 and HAVE_DAGSTER_POSTGRES),
+    reason="needs PostgreSQL server binaries (apt-get install postgresql) and the Python packages "
+           "psycopg2-binary + dagster-postgres; "
+           f"found: server={HAVE_POSTGRES} psycopg2={HAVE_PSYCOPG2} dagster_postgres={HAVE_DAGSTER_POSTGRES}",
+)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    if not (HAVE_POSTGRES and HAVE_PSYCOPG2):
+        pytest.skip("PostgreSQL server binaries or psycopg2 missing")
+    with contextlib.ExitStack() as stack:
+        try:
+            pg = stack.enter_context(running_postgres())
+        except PostgresUnavailable as error:
+            pytest.skip(str(error))
+        yield pg
+
+
+@pytest.fixture
+def pg_instance(postgres, home: Path, monkeypatch: pytest.MonkeyPatch):
+    """A Dagster instance configured by deploy/dagster.yaml on its own fresh database."""
+    database = f"dagster_{uuid.uuid4().hex[:8]}"
+    postgres.create_database(database)
+    dagster_home = home / "dagster"
+    dagster_home.mkdir(parents=True)
+    shutil.copy(DEPLOY / "dagster.yaml", dagster_home / "dagster.yaml")
+    for name, value in profile_env(postgres, database).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    instance = dg.DagsterInstance.get()
+    try:
+        yield instance, database
+    finally:
+        instance.dispose()
+
+
+def profile_env(postgres, database: str) -> dict[str, str]:
+    return {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(postgres.port), "DAGSTER_PG_DB": database,
+            "DAGSTER_PG_USER": postgres.user, "DAGSTER_PG_PASSWORD": "unused-under-trust-auth"}
+
+
+@needs_postgres
+def test_pipeline_runs_and_materialisations_are_recorded_in_postgres(pg_instance, postgres, home: Path):
+    from corpus.generate import generate_corpus
+    from pipeline.runner import materialise
+    from pipeline.settings import layout
+
+    instance, database = pg_instance
+    generate_corpus(layout(home).corpus, studies=12, seed=3, image_size=128)
+    shard = first_shard(layout(home).corpus)
+
+    ingestion = materialise("ingestion_job", partitions=[shard], instance=instance)
+    # The extraction group only: extraction_job also trains the model downstream, not needed here.
+    extraction = materialise("extraction", instance=instance)
+
+    assert ingestion["failed"] == 0 and extraction["failed"] == 0, (ingestion, extraction)
+    assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+    runs = instance.get_runs()
+    assert {run.run_id for run in runs} == {r["run_id"] for r in ingestion["runs"] + extraction["runs"]}
+    assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
+    for asset in ("dicom_index", "cxr_images", "reports"):
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        assert event is not None and event.dagster_event.partition == shard, asset
+    assert instance.get_latest_materialization_event(dg.AssetKey("triplets")) is not None
+    # Read the server's own tables: the records are in PostgreSQL, not in a SQLite file beside it.
+    stored_runs = postgres.query(database, "SELECT run_id, status FROM runs")
+    assert sorted(stored_runs) == sorted((run.run_id, "SUCCESS") for run in runs)
+    stored_reports = postgres.query(
+        database, "SELECT partition FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' "
+                  "AND asset_key = %s", (dg.AssetKey("reports").to_string(),))
+    assert stored_reports == [(shard,)]
+    assert not list((home / "dagster").rglob("*.db")), "profile must not fall back to SQLite"
+
+
+@needs_postgres
+def test_profile_run_queue_limits_and_gpu_pool_are_enforced_by_the_instance(pg_instance):
+    instance, _ = pg_instance
+    queue = instance.get_concurrency_config().run_queue_config
+    profile = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())["concurrency"]
+    assert queue.max_concurrent_runs == profile["runs"]["max_concurrent_runs"]
+    limits = {(limit["key"], str(limit.get("value"))): limit["limit"] for limit in queue.tag_concurrency_limits}
+    assert limits[("medfilip/stage", "ingestion")] == 8
+    assert limits[("medfilip/gpu_node", "{'applyLimitPerUniqueValue': True}")] == 1
+
+    # The command docs/operations.md gives for the GPU pool, against the same instance.
+    result = subprocess.run([str(Path(sys.executable).with_name("dagster")), "instance", "concurrency", "set",
+                             "gpu", "2"], capture_output=True, text=True, env=os.environ.copy(), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert instance.event_log_storage.get_concurrency_info("gpu").slot_count == 2
+
+
+@needs_postgres
+def test_mlflow_server_keeps_runs_in_postgres_and_artifacts_in_the_store(postgres, tmp_path: Path):
+    """`mlflow server` as docs/operations.md runs it: runs in PostgreSQL, artifacts proxied."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    postgres.create_database("mlflow")
+    artifacts = tmp_path / "mlartifacts"
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1", "--backend-store-uri", postgres.url("mlflow", driver="postgresql+psycopg2"),
+               "--artifacts-destination", str(artifacts)]
+    server = start_server(command, tmp_path / "mlflow.log", env=os.environ.copy(), url=f"http://127.0.0.1:{port}")
+    try:
+        wait_until(lambda: http_ok(f"{server.url}/health"), timeout_s=90, what="MLflow server up", server=server)
+        client = MlflowClient(tracking_uri=server.url)
+        experiment = client.create_experiment("medfilip-profile")
+        run = client.create_run(experiment, tags={"dagster/run_id": "r-123"})
+        client.log_param(run.info.run_id, "prompt_sha256", "abc123")
+        client.log_metric(run.info.run_id, "zero_shot_auc", 0.75, step=1)
+        checkpoint = tmp_path / "model.pt"
+        checkpoint.write_bytes(os.urandom(2048))
+        client.log_artifact(run.info.run_id, str(checkpoint), artifact_path="checkpoints")
+        client.set_terminated(run.info.run_id)
+
+        assert postgres.query("mlflow", "SELECT key, value FROM metrics") == [("zero_shot_auc", 0.75)]
+        assert ("dagster/run_id", "r-123") in postgres.query("mlflow", "SELECT key, value FROM tags")
+        stored = list(artifacts.rglob("model.pt"))
+        assert len(stored) == 1 and stored[0].read_bytes() == checkpoint.read_bytes()
+        downloaded = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="checkpoints/model.pt",
+                                                         dst_path=str(tmp_path / "back"), tracking_uri=server.url)
+        assert Path(downloaded).read_bytes() == checkpoint.read_bytes()
+    finally:
+        stop_server(server)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("dagster_k8s") is None,
+                    reason="dagster-k8s not installed: cannot check the k8s executor run config")
+@pytest.mark.parametrize("job_name", ["ingestion_job", "extraction_job"])
+def test_k8s_executor_run_config_is_valid_for_the_pipeline_jobs(job_name: str, home: Path,
+                                                                monkeypatch: pytest.MonkeyPatch):
+    from dagster_k8s import k8s_job_executor
+
+    from pipeline.definitions import defs
+
+    from pipeline.jobs import jobs
+
+    monkeypatch.setenv("MEDFILIP_IMAGE", "medfilip:test")  # the image is named by the environment
+    run_config = yaml.safe_load((DEPLOY / "k8s-executor.yaml").read_text())
+    job = defs.resolve_job_def(job_name)
+    if "archive" not in job.resource_defs:
+        run_config["resources"].pop("archive")
+    # How a deployment switches executors: the same jobs, a Definitions-wide executor.
+    k8s_defs = dg.Definitions(assets=defs.assets, resources=defs.resources, jobs=jobs, executor=k8s_job_executor)
+    dg.validate_run_config(k8s_defs.resolve_job_def(job_name), run_config)
+    # And the same file is rejected by the default executor: the check above is not vacuous.
+    with pytest.raises(dg.DagsterInvalidConfigError):
+        dg.validate_run_config(job, run_config)
+
+
+def first_shard(corpus: Path) -> str:
+    shards = sorted(path.name for path in (corpus / "files").iterdir() if path.is_dir())
+    assert shards, f"no shard folders in {corpus}"
+    return shards[0]
