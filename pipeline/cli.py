@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.settings import REPO_ROOT, prepare_home
 
-DEFAULT_STUDIES = 200
+DEFAULT_STUDIES = 800
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,19 +71,32 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole graph on the generated corpus: corpus -> ingestion -> extraction -> knowledge
+    and SSM -> pre-training -> evaluations, then the prompt-change sensor is switched on."""
     from corpus.generate import generate_corpus
+    from pipeline.demo import DEMO_OPS_CONFIG, DEMO_CORPUS, print_demo_summary, start_prompt_sensor
     from pipeline.runner import materialise
 
     start = time.perf_counter()
     lay = prepare_home()
     if not (lay.corpus / "manifest.json").exists():
-        print(f"Generating {args.studies} studies into {lay.corpus} ...")
-        generate_corpus(lay.corpus, studies=args.studies, seed=args.seed, progress=True)
+        print(f"Generating {args.studies} studies into {lay.corpus} ...", flush=True)
+        generate_corpus(lay.corpus, studies=args.studies, seed=args.seed, progress=True, **DEMO_CORPUS)
     else:
         print(f"Using the corpus already in {lay.corpus}")
-    summary = materialise("ingestion_job")
-    print_demo_summary(lay, summary, time.perf_counter() - start)
-    return 0 if summary["failed"] == 0 else 1
+    timings = {"corpus": time.perf_counter() - start}
+    summaries = []
+    for job in ("ingestion_job", "model_job"):
+        tick = time.perf_counter()
+        print(f"Materialising {job} ...", flush=True)
+        summaries.append(materialise(job, ops_config=DEMO_OPS_CONFIG))
+        timings[job] = time.perf_counter() - tick
+        if summaries[-1]["failed"]:
+            break
+    sensor = start_prompt_sensor(lay) if not summaries[-1]["failed"] else "not started (a run failed)"
+    timings["total"] = time.perf_counter() - start
+    print_demo_summary(lay, summaries, timings, sensor)
+    return 0 if all(s["failed"] == 0 for s in summaries) else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -117,14 +130,3 @@ def cmd_ui(args: argparse.Namespace) -> int:
     # exec, not a child: a signal to `medfilip ui` then reaches dagster dev itself.
     os.chdir(REPO_ROOT)
     os.execve(command[0], command, dict(os.environ, DAGSTER_HOME=str(lay.dagster_home)))
-
-
-def print_demo_summary(lay, summary: dict, seconds: float) -> None:
-    print()
-    print(f"Done in {seconds:.0f} s: {summary['succeeded']} runs succeeded, {summary['failed']} failed.")
-    for asset, rows in sorted(summary["rows"].items()):
-        print(f"  {asset:<14} {rows:>7} rows")
-    print(f"Outputs:  {lay.data}")
-    print(f"Corpus:   {lay.corpus}")
-    print(f"Dagster:  DAGSTER_HOME={lay.dagster_home}")
-    print("Open the Dagster UI on these runs:  make ui   (then http://127.0.0.1:3000)")

@@ -8,7 +8,7 @@ from assets.evaluation import finetune_eval, retrieval_eval, segmentation_eval, 
 from assets.training import pretrained_model
 from assets.knowledge import every_triplet_category_described, knowledge_base, ssm, text_embeddings, training_texts
 from pipeline.jobs import jobs
-from pipeline.resources import ArchiveResource, ExtractorResource, MLflowResource, StorageResource
+from pipeline.resources import ArchiveResource, MLflowResource, StorageResource, extractor_from_env
 from pipeline.sensors import nightly_extraction_schedule, prompt_change_sensor
 
 defs = dg.Definitions(
@@ -26,7 +26,7 @@ defs = dg.Definitions(
     resources={
         "storage": StorageResource(),
         "archive": ArchiveResource(),
-        "extractor": ExtractorResource(),
+        "extractor": extractor_from_env(),
         "mlflow_tracking": MLflowResource(),
     },
 )

@@ -111,3 +111,23 @@ class MLflowResource(dg.ConfigurableResource):
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         return f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def extractor_from_env() -> ExtractorResource:
+    """The extractor for the code location. Default: rules, offline. An LLM endpoint is chosen
+    without editing code (and the daemon and UI see the same choice) through:
+    MEDFILIP_EXTRACTOR=openai, MEDFILIP_LLM_BASE_URL, MEDFILIP_LLM_MODEL, MEDFILIP_LLM_API_KEY_ENV,
+    MEDFILIP_PROMPT_DIR, MEDFILIP_LLM_CONCURRENCY."""
+    import os
+
+    env = os.environ
+    if env.get("MEDFILIP_EXTRACTOR", "rules") != "openai":
+        return ExtractorResource()
+    return ExtractorResource(
+        backend="openai",
+        base_url=env.get("MEDFILIP_LLM_BASE_URL", "http://127.0.0.1:8000/v1"),
+        model=env.get("MEDFILIP_LLM_MODEL", ""),
+        api_key_env=env.get("MEDFILIP_LLM_API_KEY_ENV", "OPENAI_API_KEY"),
+        prompt_dir=env.get("MEDFILIP_PROMPT_DIR", ""),
+        concurrency=int(env.get("MEDFILIP_LLM_CONCURRENCY", "8")),
+    )

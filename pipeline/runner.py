@@ -14,25 +14,37 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def materialise(target: str, partitions: Sequence[str] | None = None,
-                instance: dg.DagsterInstance | None = None) -> dict:
+                instance: dg.DagsterInstance | None = None, ops_config: dict | None = None) -> dict:
+    """Run `target` once per partition (all shards by default); a summary with row counts,
+    each asset's scalar metadata, and for a failed run which step broke and why."""
     from pipeline.definitions import defs
 
     instance = instance or dg.DagsterInstance.get()
     job = resolve_job(defs, target)
     partitioned = job.partitions_def is not None
     keys = list(partitions or (SHARDS if partitioned else [None]))
-    summary = {"target": target, "runs": [], "succeeded": 0, "failed": 0, "rows": {}}
+    run_config = {**QUIET, "ops": dict(ops_config or {})}
+    selected = {key.to_user_string() for key in job.asset_layer.selected_asset_keys}
+    run_config["ops"] = {op: cfg for op, cfg in run_config["ops"].items() if op in selected}
+    summary = {"target": target, "runs": [], "succeeded": 0, "failed": 0, "rows": {}, "assets": {}, "failures": []}
     for key in keys:
         result = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False,
-                                        run_config=QUIET, tags={"medfilip/launched_by": "cli"})
+                                        run_config=run_config, tags={"medfilip/launched_by": "cli"})
         summary["runs"].append({"partition": key, "run_id": result.run_id, "success": result.success})
         summary["succeeded" if result.success else "failed"] += 1
         for event in result.get_asset_materialization_events():
             mat = event.materialization
-            rows = mat.metadata.get("dagster/row_count")
-            if rows is not None:
-                name = mat.asset_key.to_user_string()
-                summary["rows"][name] = summary["rows"].get(name, 0) + int(rows.value)
+            name = mat.asset_key.to_user_string()
+            values = {k: v.value for k, v in mat.metadata.items() if isinstance(v.value, (int, float, str))
+                      and not (isinstance(v.value, str) and len(v.value) > 200)}
+            summary["assets"][name] = values
+            if "dagster/row_count" in values:
+                summary["rows"][name] = summary["rows"].get(name, 0) + int(values["dagster/row_count"])
+        for event in result.all_events:
+            if event.event_type_value == "STEP_FAILURE":
+                error = event.event_specific_data.error
+                summary["failures"].append({"partition": key, "step": event.step_key, "run_id": result.run_id,
+                                            "error": error.message.strip() if error else "unknown"})
     return summary
 
 

@@ -1,0 +1,60 @@
+"""What `make demo` runs with, and what it prints: sized so that the whole graph finishes in
+minutes on a 2-core CPU and the model still learns something measurable."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.settings import REPO_ROOT, Layout
+
+DEMO_CORPUS = {"image_size": 256}
+DEMO_OPS_CONFIG = {
+    "cxr_images": {"config": {"image_size": 128, "workers": 2}},
+    "pretrained_model": {"config": {"preset": "demo"}},
+    **{name: {"config": {"n_boot": 200, "epochs": 3}}
+       for name in ("zero_shot_eval", "retrieval_eval", "finetune_eval", "segmentation_eval")},
+}
+
+
+def start_prompt_sensor(lay: Layout) -> str:
+    """Switch on prompt_change_sensor in the instance (the daemon of `dagster dev` runs it)."""
+    command = [str(Path(sys.executable).with_name("dagster")), "sensor", "start", "prompt_change_sensor",
+               "-w", str(REPO_ROOT / "workspace.yaml")]
+    env = dict(os.environ, DAGSTER_HOME=str(lay.dagster_home))
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    return "on" if done.returncode == 0 else f"could not be started: {done.stderr.strip()[-300:]}"
+
+
+def print_demo_summary(lay: Layout, summaries: list[dict], timings: dict[str, float], sensor: str) -> None:
+    rows: dict[str, int] = {}
+    assets: dict[str, dict] = {}
+    failures = []
+    for summary in summaries:
+        rows.update(summary["rows"])
+        assets.update(summary["assets"])
+        failures += summary["failures"]
+    print()
+    print("MedFILIP demo: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    for name in ("dicom_index", "cxr_images", "reports", "llm_extractions", "triplets", "training_texts", "ssm"):
+        if name in rows:
+            print(f"  {name:<16} {rows[name]:>7} rows")
+    model = assets.get("pretrained_model", {})
+    zero_shot = assets.get("zero_shot_eval", {})
+    if model:
+        print(f"  pretrained_model {model.get('registered_model', '')}  checkpoint sha256 {str(model.get('sha256'))[:16]}")
+        print(f"  validation zero-shot mean AUC {model.get('zero_shot_mean_auc', float('nan')):.3f}")
+    if zero_shot:
+        print(f"  zero-shot mean AUC on the held-out NIH-layout set: {zero_shot.get('mean_auc', float('nan')):.3f} "
+              f"(95% CI {zero_shot.get('mean_auc_ci', '?')})")
+    for failure in failures:
+        print(f"  FAILED {failure['step']} (run {failure['run_id'][:8]}): {failure['error'][:300]}")
+    print(f"Outputs:  {lay.data}")
+    print(f"MLflow:   {lay.mlflow_tracking_uri}" + (f"  run {model['mlflow_run_id']}" if model else ""))
+    print(f"Prompt-change sensor: {sensor}")
+    print("Open the UIs:  make ui      -> Dagster on http://127.0.0.1:3000")
+    print("               make mlflow  -> MLflow on http://127.0.0.1:5000")
+    print("Audit the model: .venv/bin/medfilip lineage " + json.dumps(str(model.get("path", "<checkpoint>"))))
