@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export MEDFILIP_HOME ?= $(CURDIR)/.medfilip
 
-.PHONY: setup demo test ui benchmark clean
+.PHONY: setup demo test ui mlflow clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,9 @@ test: setup
 
 ui: setup
 	$(BIN)/medfilip ui
+
+mlflow: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MEDFILIP_HOME)/mlflow.db -h 127.0.0.1 -p 5000
 
 clean:
 	rm -rf $(MEDFILIP_HOME)

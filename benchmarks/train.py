@@ -1,97 +1,248 @@
-"""Training throughput: images/s and step time split into data loading, targets and compute.
+"""Training benchmark on the generated corpus: step time against the reference loop, and the ablation.
 
-    .venv/bin/python benchmarks/train.py --model demo --batch 32 --steps 12 --pixels 256
+    .venv/bin/python benchmarks/prepare_demo_data.py --studies 4000 --out /tmp/demo --image-size 96
+    .venv/bin/python benchmarks/train.py speed --data /tmp/demo --steps 12
+    .venv/bin/python benchmarks/train.py ablation --data /tmp/demo --epochs 2
 
-Writes a synthetic corpus (random grey images with a few drawn shapes, 4 categories) to a temp
-folder, then runs `training.loop.train` for `--steps` optimiser steps with an injected target
-function (same-category = 1: the SSM's structure without needing its files). The first steps are
-warm-up and left out of the figures. Run by hand, never in the test suite.
+`speed` runs, on the same model and the same batches, our step (the locked text tower's outputs
+cached once per run, SSM targets looked up) and a re-implementation of the reference loop (the
+text tower run on the batch's tokens and the targets recomputed by the sentence encoder every
+step), and reports per batch: data loading, target construction and compute seconds, images/s
+and the ratio. It also reports the images/s that `training.loop.train` itself logs.
+
+`ablation` trains the demo preset for a fixed budget for every loss x negation rule x text tower
+(frozen MiniLM + trained projection, or a randomly initialised CLIP text transformer) and prints
+the best zero-shot mean AUC on the validation split with wall and CPU minutes. InfoNCE ignores
+the SSM, so it runs once per tower. Run by hand, never in the test suite.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import tempfile
+import sys
 import time
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from training.loop import TrainConfig, train
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CATEGORIES = ["effusion", "cardiomegaly", "pneumothorax", "no finding"]
+from training.__main__ import load_train_config  # noqa: E402
+from training.data import CxrTextStream, TextTokens, build_split_index, make_loader  # noqa: E402
+from training.knowledge import load_knowledge  # noqa: E402
+from training.loop import TrainConfig, load_or_encode_frozen_texts, train  # noqa: E402
+from training.loss import MedFilipLoss  # noqa: E402
+from training.model import MedFilipModel, create_model, create_tokenizer  # noqa: E402
+from training.ssm import SSM, batch_targets, group_names  # noqa: E402
+
+CLIP_TEXT_MODEL = str(Path(__file__).resolve().parents[1] / "training" / "model_configs" / "demo_cliptext.json")
+TOWERS = {"minilm_frozen": "demo", "clip_random": CLIP_TEXT_MODEL}
+NEGATION_SSM = {"paper": "ssm", "separated": "ssm_separated"}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="demo")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--warmup", type=int, default=2, help="steps left out of the figures")
-    parser.add_argument("--pixels", type=int, default=256, help="stored image side")
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--device", default=None)
-    args = parser.parse_args()
-
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        images, texts = write_corpus(root, n_images=args.batch * (args.steps + 1), side=args.pixels)
-        category = pq.read_table(texts / "texts.parquet").column("category").to_pylist()
-
-        def targets(image_text_ids, column_text_ids) -> torch.Tensor:
-            rows = [{category[i] for i in ids} for ids in image_text_ids]
-            return torch.tensor([[float(category[c] in r) for c in column_text_ids] for r in rows])
-
-        steps: list[dict] = []
-        config = TrainConfig(model=args.model, optimizer="adamw", lr=1e-3, batch_size=args.batch, epochs=1,
-                             schedule="constant", max_steps=args.steps, log_every=1, num_workers=args.workers,
-                             device=args.device)
-        started = time.perf_counter()
-        train(config, images, texts, root / "out", targets,
-              callback=lambda kind, step, m: steps.append(dict(m)) if kind == "step" else None)
-        total = time.perf_counter() - started
-    measured = steps[args.warmup:]
-    summary = {
-        "model": args.model, "batch": args.batch, "stored_px": args.pixels, "steps_measured": len(measured),
-        "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"), "threads": torch.get_num_threads(),
-        **{f"{k}_per_batch": round(float(np.mean([m[k] for m in measured])), 4)
-           for k in ("data_s", "targets_s", "compute_s")},
-        # ratio of means: occasional slow row-group reads must weigh in as they do in wall time
-        "images_per_s": round(args.batch / float(np.mean([m["data_s"] + m["targets_s"] + m["compute_s"]
-                                                           for m in measured])), 1),
-        "wall_s_including_setup": round(total, 1),
-    }
-    print(json.dumps(summary, indent=1))
+    sub = parser.add_subparsers(dest="command", required=True)
+    speed = sub.add_parser("speed", help="our step vs the reference step, same model and batches")
+    speed.add_argument("--data", type=Path, required=True, help="folder written by prepare_demo_data.py")
+    speed.add_argument("--steps", type=int, default=12)
+    speed.add_argument("--warmup", type=int, default=2, help="steps left out of the figures")
+    speed.add_argument("--preset", default="demo")
+    ablation = sub.add_parser("ablation", help="loss x negation rule x text tower, fixed budget")
+    ablation.add_argument("--data", type=Path, required=True)
+    ablation.add_argument("--epochs", type=int, default=2)
+    ablation.add_argument("--max-steps", type=int, default=None, help="cap per run (optimiser steps)")
+    ablation.add_argument("--out", type=Path, default=Path("/tmp/medfilip-ablation"))
+    ablation.add_argument("--only", nargs="*", help="run only these row names (tower/loss/negation)")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    if args.command == "speed":
+        print(json.dumps(compare_step_time(args.data, args.preset, args.steps, args.warmup), indent=1))
+    else:
+        rows = run_ablation(args.data, args.epochs, args.max_steps, args.out, args.only)
+        print(format_table(rows))
+    return 0
 
 
-def write_corpus(root: Path, n_images: int, side: int, seed: int = 0) -> tuple[Path, Path]:
-    rng = np.random.default_rng(seed)
-    text_dir, image_dir = root / "texts", root / "images"
-    text_dir.mkdir()
-    image_dir.mkdir()
-    pq.write_table(pa.table({
-        "text_id": pa.array(range(len(CATEGORIES)), pa.int32()), "text": [f"{c}. finding {c}" for c in CATEGORIES],
-        "category": CATEGORIES, "severity": ["na"] * 4, "location": ["na"] * 4, "negated": [False] * 4,
-    }), text_dir / "texts.parquet")
-    rows, links = [], []
-    for i in range(n_images):
-        found = sorted(set(rng.integers(0, 4, size=2).tolist()))
-        image = rng.integers(0, 60, size=(side, side)).astype(np.uint8)
-        for k in found:
-            image[k * side // 4:(k + 1) * side // 4, side // 4: side // 2] = 220
-        rows.append({"dicom_id": f"d{i}", "study_id": f"s{i}", "patient_key": f"p{i}", "view_position": "PA",
-                     "height": side, "width": side, "pixels": image.tobytes()})
-        links.append({"dicom_id": f"d{i}", "study_id": f"s{i}", "patient_key": f"p{i}", "split": "train",
-                      "text_ids": found})
-    pq.write_table(pa.Table.from_pylist(rows), image_dir / "shard-0.parquet", row_group_size=64)
-    pq.write_table(pa.Table.from_pylist(links, schema=pa.schema([
-        ("dicom_id", pa.string()), ("study_id", pa.string()), ("patient_key", pa.string()), ("split", pa.string()),
-        ("text_ids", pa.list_(pa.int32()))])), text_dir / "image_texts.parquet")
-    return image_dir, text_dir
+# -- speed: our step vs the reference step ----------------------------------------------------------
+
+def compare_step_time(data: Path, preset: str, steps: int, warmup: int) -> dict:
+    """Per-batch seconds (data / targets / compute) of both steps over the same `steps` batches."""
+    config = load_train_config(preset)
+    model = create_model(config.model).train()
+    texts = pq.read_table(data / "texts" / "texts.parquet").sort_by("text_id")
+    tokens = TextTokens(data / "texts" / "texts.parquet", create_tokenizer(model.config))
+    ssm = SSM.load(data / "ssm")
+    index = build_split_index(data / "cxr_images", data / "texts" / "image_texts.parquet", "train")
+    stream = CxrTextStream(index, tokens, config.batch_size, model.image_size, seed=config.seed)
+    loss_fn = MedFilipLoss(config.loss)
+
+    started = time.perf_counter()
+    frozen = load_or_encode_frozen_texts(model, tokens.tokens, _CpuEnv(), None) if model.text_locked else None
+    setup_s = time.perf_counter() - started
+    ours = _Stepper(copy.deepcopy(model), config, loss_fn)
+    reference = _Stepper(copy.deepcopy(model), config, loss_fn)
+    encoder = ReferenceTargets(texts, ssm.separate_negations)
+
+    times = {"ours": [], "reference": []}
+    loader = iter(make_loader(stream))
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        batch = next(loader)
+        data_s = time.perf_counter() - t0
+        column_ids = batch.text_ids.tolist()
+
+        def our_targets(b=batch, c=column_ids):
+            return batch_targets(b.image_text_ids, ssm, c)
+
+        def our_text(b=batch):
+            if frozen is None:
+                return {"tokens": b.tokens}
+            return {"frozen_text": frozen[tokens.rows(b.text_ids)]}
+
+        times["ours"].append({"data_s": data_s, **ours.step(batch.images, our_text, our_targets)})
+        times["reference"].append({"data_s": data_s, **reference.step(
+            batch.images, lambda b=batch: {"tokens": b.tokens},
+            lambda b=batch, c=column_ids: encoder(b.image_text_ids, c))})
+
+    summary = {"preset": preset, "model": config.model, "batch": config.batch_size, "image_size": model.image_size,
+               "threads": torch.get_num_threads(), "steps_measured": steps - warmup,
+               "frozen_text_setup_s": round(setup_s, 2)}
+    for name, rows in times.items():
+        measured = rows[warmup:]
+        split = {k: float(np.mean([r[k] for r in measured])) for k in ("data_s", "targets_s", "compute_s")}
+        summary[name] = {**{f"{k}_per_batch": round(v, 4) for k, v in split.items()},
+                         "images_per_s": round(config.batch_size / sum(split.values()), 1)}
+    summary["speedup"] = round(summary["ours"]["images_per_s"] / summary["reference"]["images_per_s"], 2)
+    summary["train_loop_images_per_s"] = _loop_images_per_s(data, config, steps, warmup)
+    return summary
+
+
+class ReferenceTargets:
+    """The reference loop's targets: embed every text of the batch with the sentence encoder, then
+    target[b, j] = max over texts i of image b of [group(i) == group(j)] * cos(e_i, e_j)."""
+
+    def __init__(self, texts, separate_negations: bool):
+        from training.text_embedding import _load_model, default_sentence_model_path
+
+        self.encoder = _load_model(str(default_sentence_model_path()), "cpu")
+        ids = texts.column("text_id").to_pylist()
+        self.text = dict(zip(ids, texts.column("text").to_pylist()))
+        groups = group_names(texts.column("category").to_pylist(), texts.column("negated").to_pylist(),
+                             separate_negations)
+        self.group = dict(zip(ids, groups))
+
+    def __call__(self, image_text_ids: list[list[int]], column_ids: list[int]) -> torch.Tensor:
+        rows = [i for ids in image_text_ids for i in ids]
+        vectors = self.encoder.encode([self.text[i] for i in rows + column_ids], convert_to_tensor=True,
+                                      normalize_embeddings=True, show_progress_bar=False)
+        row_vectors, column_vectors = vectors[:len(rows)], vectors[len(rows):]
+        same = torch.tensor([[self.group[r] == self.group[c] for c in column_ids] for r in rows])
+        cosine = (row_vectors @ column_vectors.T).clamp(-1, 1) * same
+        for k, r in enumerate(rows):
+            if r in column_ids:  # a text of the image itself scores exactly 1
+                cosine[k, [j for j, c in enumerate(column_ids) if c == r]] = 1.0
+        out, start = [], 0
+        for ids in image_text_ids:
+            out.append(cosine[start:start + len(ids)].max(dim=0).values)
+            start += len(ids)
+        return torch.stack(out).float()
+
+
+class _Stepper:
+    """One optimiser step, timed as target construction / compute."""
+
+    def __init__(self, model: MedFilipModel, config: TrainConfig, loss_fn: MedFilipLoss):
+        self.model, self.loss_fn = model, loss_fn
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+    def step(self, images: torch.Tensor, text_input: Callable[[], dict], targets: Callable[[], torch.Tensor]) -> dict:
+        t0 = time.perf_counter()
+        image_features, text_features, scale = self.model(images, **text_input())
+        t1 = time.perf_counter()
+        target = targets()
+        t2 = time.perf_counter()
+        loss = self.loss_fn(image_features, text_features, scale, target)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        t3 = time.perf_counter()
+        return {"targets_s": t2 - t1, "compute_s": (t1 - t0) + (t3 - t2)}
+
+
+class _CpuEnv:
+    device, is_main = torch.device("cpu"), True
+
+
+def _loop_images_per_s(data: Path, config: TrainConfig, steps: int, warmup: int) -> float:
+    """What the product's loop logs for the same preset: mean of its per-step images/s."""
+    import tempfile
+
+    ssm = SSM.load(data / "ssm")
+    logged: list[float] = []
+    with tempfile.TemporaryDirectory() as out:
+        train(config.model_copy(update=dict(max_steps=steps, log_every=1, epochs=1, device="cpu")),
+              data / "cxr_images", data / "texts", out, partial(_ssm_targets, ssm=ssm),
+              callback=lambda kind, step, m: logged.append(m["images_per_s"]) if kind == "step" else None)
+    return round(float(np.mean(logged[warmup:])), 1)
+
+
+def _ssm_targets(image_text_ids, column_text_ids, *, ssm):
+    return batch_targets(image_text_ids, ssm, column_text_ids)
+
+
+# -- ablation -------------------------------------------------------------------------------------
+
+def ablation_grid() -> list[dict]:
+    rows = []
+    for tower in TOWERS:
+        for loss in ("ssm_scaled", "ssm_cosine"):
+            for negation in NEGATION_SSM:
+                rows.append({"tower": tower, "loss": loss, "negation": negation})
+        rows.append({"tower": tower, "loss": "infonce", "negation": "-"})
+    return rows
+
+
+def run_ablation(data: Path, epochs: int, max_steps: int | None, out: Path, only: list[str] | None) -> list[dict]:
+    knowledge = load_knowledge()
+    categories = sorted(set(pq.read_table(data / "texts" / "texts.parquet", columns=["category"])
+                            .column("category").to_pylist()))
+    prompts = {c: f"{c}. {knowledge.categories[c].description}" for c in categories if c in knowledge.categories}
+    results = []
+    for row in ablation_grid():
+        name = f"{row['tower']}/{row['loss']}/{row['negation']}"
+        if only and name not in only:
+            continue
+        ssm = SSM.load(data / NEGATION_SSM.get(row["negation"], "ssm"))
+        config = load_train_config("demo").model_copy(update=dict(
+            model=TOWERS[row["tower"]], loss=row["loss"], epochs=epochs, max_steps=max_steps, device="cpu"))
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = train(config, data / "cxr_images", data / "texts", out / name.replace("/", "_"),
+                       partial(_ssm_targets, ssm=ssm), prompts=prompts)
+        aucs = [h.get("zero_shot_mean_auc", float("nan")) for h in result.history]
+        row = {**row, "zero_shot_auc": round(max(aucs), 4) if aucs else float("nan"),
+               "auc_by_epoch": [round(a, 3) for a in aucs], "steps": result.steps,
+               "wall_min": round((time.perf_counter() - wall) / 60, 2),
+               "cpu_min": round((time.process_time() - cpu) / 60, 2)}
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    return results
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| text tower | loss | negations | zero-shot AUC | AUC by epoch | wall min | CPU min |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['tower']} | {r['loss']} | {r['negation']} | {r['zero_shot_auc']:.3f} | "
+                     f"{' '.join(map(str, r['auc_by_epoch']))} | {r['wall_min']} | {r['cpu_min']} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

