@@ -59,6 +59,7 @@ class TrainingTextsConfig(dg.Config):
     val_fraction: float = 0.1
     split_seed: int = 0
     drop_uncertain: bool = False
+    drop_negated: bool = False  # True: train on present findings only (see training/texts.py)
 
 
 @dg.asset(deps=["triplets", knowledge_base, "cxr_images"], group_name="knowledge", kinds={"duckdb", "parquet"},
@@ -73,6 +74,7 @@ def training_texts(context: dg.AssetExecutionContext, config: TrainingTextsConfi
     result = build_training_texts(
         storage.asset_path("triplets", "triplets.parquet"), images, load_knowledge(), out_dir,
         val_fraction=config.val_fraction, seed=config.split_seed, drop_uncertain=config.drop_uncertain,
+        drop_negated=config.drop_negated,
     )
     texts = pq.read_table(result.texts_path)
     numbers = {k: v for k, v in result.metadata().items() if isinstance(v, int)}

@@ -221,3 +221,23 @@ def test_text_embeddings_file_is_tied_to_its_texts(tmp_path):
     other = texts.set_column(1, "text", pa.array(["pacemaker. metal box", "effusion. fluid"]))
     with pytest.raises(ValueError, match="other texts"):
         load_text_embeddings(result.path, other)
+
+
+def test_drop_negated_keeps_present_findings_and_falls_back_to_no_finding(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from training.knowledge import load_knowledge
+    from training.texts import build_training_texts
+
+    triplets = pa.table({"study_id": ["1", "1", "2"], "severity": ["small", "no", "no"],
+                         "location": ["left", "na", "na"], "category": ["effusion", "edema", "effusion"],
+                         "negated": [False, True, True], "uncertain": [False, False, False], "sentence": ["", "", ""]})
+    images = pa.table({"dicom_id": ["a", "b"], "study_id": ["1", "2"], "patient_key": ["p", "q"],
+                       "view_position": ["PA", "PA"]})
+    result = build_training_texts(triplets, images, load_knowledge(), tmp_path, drop_negated=True)
+    texts = {r["text_id"]: r for r in pq.read_table(result.texts_path).to_pylist()}
+    per_image = {r["dicom_id"]: [texts[i]["category"] for i in r["text_ids"]]
+                 for r in pq.read_table(result.image_texts_path).to_pylist()}
+    assert per_image == {"a": ["effusion"], "b": ["no finding"]}
+    assert not any(t["negated"] for t in texts.values())

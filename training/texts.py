@@ -11,6 +11,11 @@ Rules (the paper's, made explicit):
 - Uncertain findings ("possible pneumonia") are kept as positive texts by default, as the paper
   does; `drop_uncertain=True` removes them first (an image left without triplets then falls under
   the no-finding rule, counted in `images_no_finding`).
+- `drop_negated=True` trains on present findings only: with a frozen sentence encoder,
+  "no edema. <what edema looks like>" embeds next to the zero-shot prompt for edema, so
+  pairing it with edema-free images teaches the inverse of what zero-shot asks (measured on
+  the demo corpus: zero-shot AUC falls with more epochs when negations are kept, rises when
+  they are dropped). An image left without triplets gets the no-finding text.
 - text_id is the rank of sha256(text) among the distinct texts: dense (0..N-1, so it indexes the
   SSM directly), identical across re-runs and insensitive to input row order.
 - The train/val split is by patient: sha256("<seed>:<patient_key>") read as a number in [0, 1)
@@ -102,6 +107,7 @@ def build_training_texts(
     seed: int = 0,
     drop_uncertain: bool = False,
     allow_missing_descriptions: bool = False,
+    drop_negated: bool = False,
 ) -> TrainingTextsResult:
     """Join triplets (per study) to images (per DICOM) and the knowledge base; write
     texts.parquet and image_texts.parquet under out_dir atomically.
@@ -118,7 +124,7 @@ def build_training_texts(
         _register(con, "raw_triplets", triplets)
         _register(con, "raw_images", images)
         _check_images(con)
-        n_triplets_read, n_uncertain_dropped = _stage_triplets(con, drop_uncertain)
+        n_triplets_read, n_uncertain_dropped = _stage_triplets(con, drop_uncertain, drop_negated)
         _stage_texts(con, kb, allow_missing_descriptions)
         _stage_splits(con, val_fraction, seed)
         texts_table = _texts_table(con)
@@ -182,7 +188,7 @@ def _check_images(con: duckdb.DuckDBPyConnection) -> None:
         raise ValueError(f"images: {bad[1]} duplicate dicom_id rows")
 
 
-def _stage_triplets(con: duckdb.DuckDBPyConnection, drop_uncertain: bool) -> tuple[int, int]:
+def _stage_triplets(con: duckdb.DuckDBPyConnection, drop_uncertain: bool, drop_negated: bool = False) -> tuple[int, int]:
     """Normalise the fields the text is built from; keep only triplets of imaged studies."""
     n_read, n_uncertain = con.execute(
         "SELECT count(*), count(*) FILTER (WHERE coalesce(uncertain, false)) FROM raw_triplets"
@@ -201,6 +207,7 @@ def _stage_triplets(con: duckdb.DuckDBPyConnection, drop_uncertain: bool) -> tup
         WHERE CAST(t.study_id AS VARCHAR) IN (SELECT CAST(study_id AS VARCHAR) FROM raw_images)
           AND t.category IS NOT NULL AND trim(t.category) <> ''
           {"AND NOT coalesce(t.uncertain, false)" if drop_uncertain else ""}
+          {"AND NOT t.negated" if drop_negated else ""}
         """
     )
     return int(n_read), int(n_uncertain) if drop_uncertain else 0
