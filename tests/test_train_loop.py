@@ -198,6 +198,30 @@ def test_augmentation_keeps_left_and_right():
         assert out[:, :, :20].mean() > out[:, :, 28:].mean() + 0.3
 
 
+def test_batched_augmentation_gives_each_image_its_own_draw():
+    from training.data import apply_augmentation, draw_augmentation
+
+    images = torch.rand(5, 1, 32, 32)
+    draws = [draw_augmentation(Augmentation(), np.random.default_rng(seed)) for seed in range(5)]
+    batched = apply_augmentation(images, draws)
+    for i in range(5):
+        torch.testing.assert_close(batched[i], apply_augmentation(images[i:i + 1], draws[i:i + 1])[0])
+    assert not torch.allclose(batched[0], batched[1])
+
+
+def test_identity_draw_keeps_the_image_and_a_shift_moves_it_right_and_down():
+    from training.data import apply_augmentation
+
+    image = torch.zeros(1, 1, 40, 40)
+    image[..., 10:14, 10:14] = 1.0
+    identity = (0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0)
+    torch.testing.assert_close(apply_augmentation(image, [identity]), image, atol=1e-5, rtol=0)
+    shifted = apply_augmentation(image, [(0.0, 1.0, 0.1, 0.2, 1.0, 1.0, 0.0)])  # 4 px right, 8 px down
+    # brightness/contrast about the mean are identities here, so the square simply moves
+    torch.testing.assert_close(shifted[..., 18:22, 14:18], torch.ones(1, 1, 4, 4), atol=1e-4, rtol=0)
+    assert float(shifted[..., 10:14, 10:14].max()) < 1e-4
+
+
 def test_sgdr_schedule_restarts_each_period():
     factors = [lr_factor(s, schedule="cosine_restarts", warmup=0, total=100, period=10, mult=1, min_ratio=0.0)
                for s in range(25)]

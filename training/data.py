@@ -207,7 +207,7 @@ class CxrTextStream(IterableDataset):
     # -- loading ----------------------------------------------------------------------------------
 
     def _load_batch(self, refs: list[tuple[int, int]], cache: OrderedDict) -> Batch:
-        images, sampled, all_ids, dicom_ids = [], [], [], []
+        images, sampled, all_ids, dicom_ids, draws = [], [], [], [], []
         for unit_index, j in refs:
             unit = self.index.units[unit_index]
             dicom_id = unit.dicom_ids[j]
@@ -216,10 +216,15 @@ class CxrTextStream(IterableDataset):
             ids = list(self.index.text_ids[dicom_id])
             sampled.append(self._sample_text(ids, rng))
             image = decode_pixels(pixels, height, width, dicom_id)
-            images.append(prepare_image(image, self.image_size, self.augmentation, rng))
+            images.append(prepare_image(image, self.image_size, None, rng))
+            if self.augmentation is not None:
+                draws.append(draw_augmentation(self.augmentation, rng))
             all_ids.append(ids)
             dicom_ids.append(dicom_id)
-        return Batch(torch.stack(images), self.tokens(sampled), torch.tensor(sampled), all_ids, dicom_ids)
+        batch = torch.stack(images)
+        if draws:  # one batched warp instead of one per image: a fifth of a CPU step otherwise
+            batch = apply_augmentation(batch, draws).clamp_(0.0, 1.0)
+        return Batch(batch, self.tokens(sampled), torch.tensor(sampled), all_ids, dicom_ids)
 
     def _sample_text(self, ids: list[int], rng: np.random.Generator) -> int:
         if self.text_sampling == "positive_first":
@@ -265,18 +270,34 @@ def prepare_image(image: torch.Tensor, size: int, augmentation: Augmentation | N
 
 
 def augment(image: torch.Tensor, aug: Augmentation, rng: np.random.Generator) -> torch.Tensor:
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as TF
+    """One [1, S, S] image, augmented with draws from `rng` (as a batch of one)."""
+    return apply_augmentation(image[None], [draw_augmentation(aug, rng)])[0]
 
-    size = image.shape[-1]
-    angle = float(rng.uniform(-aug.rotation_deg, aug.rotation_deg))
-    scale = float(rng.uniform(*aug.scale))
-    shift = [int(round(rng.uniform(-aug.translate_frac, aug.translate_frac) * size)) for _ in range(2)]
-    image = TF.affine(image, angle=angle, translate=shift, scale=scale, shear=[0.0, 0.0],
-                      interpolation=InterpolationMode.BILINEAR, fill=0.0)
-    gamma = float(rng.uniform(*aug.gamma))
-    contrast = float(rng.uniform(1 - aug.contrast, 1 + aug.contrast))
-    brightness = float(rng.uniform(-aug.brightness, aug.brightness))
-    image = image.clamp(0.0, 1.0).pow(gamma)
-    mean = image.mean()
-    return (image - mean) * contrast + mean + brightness
+
+def draw_augmentation(aug: Augmentation, rng: np.random.Generator) -> tuple[float, ...]:
+    """(angle_deg, scale, shift_x, shift_y as fractions of the side, gamma, contrast, brightness)."""
+    angle = rng.uniform(-aug.rotation_deg, aug.rotation_deg)
+    scale = rng.uniform(*aug.scale)
+    shift_x, shift_y = (rng.uniform(-aug.translate_frac, aug.translate_frac) for _ in range(2))
+    gamma = rng.uniform(*aug.gamma)
+    contrast = rng.uniform(1 - aug.contrast, 1 + aug.contrast)
+    brightness = rng.uniform(-aug.brightness, aug.brightness)
+    return tuple(float(v) for v in (angle, scale, shift_x, shift_y, gamma, contrast, brightness))
+
+
+def apply_augmentation(images: torch.Tensor, draws: Sequence[tuple[float, ...]]) -> torch.Tensor:
+    """Rotate/scale/shift every image of [B, 1, S, S] by its own draw in one grid_sample (zero fill),
+    then gamma, contrast about the image mean and brightness."""
+    p = torch.tensor(draws, dtype=images.dtype)
+    angle, scale = torch.deg2rad(p[:, 0]), p[:, 1]
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    # affine_grid maps output to input coordinates: the inverse of "scale, rotate, then shift".
+    shift = 2.0 * p[:, 2:4]  # fractions of the side -> normalised [-1, 1] coordinates
+    inverse = torch.stack([torch.stack([cos, sin], 1), torch.stack([-sin, cos], 1)], 1)  # [B, 2, 2]
+    theta = torch.cat([inverse, -(inverse @ shift[:, :, None])], dim=2)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    gamma, contrast, brightness = (p[:, k].view(-1, 1, 1, 1) for k in (4, 5, 6))
+    warped = warped.clamp(0.0, 1.0).pow(gamma)
+    mean = warped.mean(dim=(1, 2, 3), keepdim=True)
+    return (warped - mean) * contrast + mean + brightness
