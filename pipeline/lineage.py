@@ -8,7 +8,6 @@ Dagster run id, time, recorded digests and the file the digest covers, so that m
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -118,9 +117,9 @@ def resolve_lineage(reference: str) -> dict:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from pipeline.settings import layout
+    from pipeline.settings import USER_MLFLOW_TRACKING_URI, layout
 
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or layout().mlflow_tracking_uri)
+    mlflow.set_tracking_uri(USER_MLFLOW_TRACKING_URI or layout().mlflow_tracking_uri)
     client = MlflowClient()
     run_id = reference
     name, _, version = reference.removeprefix("models:/").rpartition("/")

@@ -100,10 +100,10 @@ class MLflowResource(dg.ConfigurableResource):
         """Point the mlflow client at the store and return the experiment id."""
         import mlflow
 
-        import os
+        from pipeline.settings import USER_MLFLOW_TRACKING_URI
 
         lay = storage.layout()
-        remote = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        remote = self.tracking_uri or USER_MLFLOW_TRACKING_URI
         mlflow.set_tracking_uri(remote or lay.mlflow_tracking_uri)
         experiment = mlflow.get_experiment_by_name(self.experiment)
         if experiment is not None:

@@ -18,6 +18,10 @@ KNOWLEDGE_DIR = REPO_ROOT / "knowledge"
 
 SALT_ENV = "MEDFILIP_PATIENT_SALT"
 
+# The user's MLflow server, read once at import: mlflow.set_tracking_uri() writes this same
+# variable, so reading it later would return whatever store the process used last.
+USER_MLFLOW_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI", "")
+
 _DAGSTER_YAML = """\
 # Written by medfilip; edit freely, it is not overwritten once present.
 telemetry:
