@@ -55,3 +55,21 @@ def test_voi_window_is_applied(tmp_path):
     lungs_p, _ = lung_and_mediastinum_means(plain)
     assert lungs_w > lungs_p + 40  # lungs stretched over the full range
     assert (windowed == 255).mean() > 0.5
+
+
+@pytest.mark.parametrize("name", ["RG1_UNCR.dcm", "window", "monochrome1"])
+def test_lookup_table_path_equals_applying_the_luts_to_every_pixel(tmp_path, name):
+    import pydicom
+
+    from ingestion.decode import _display_direct, _display_via_lookup
+
+    if name == "window":
+        path = write_dicom(tmp_path / "w.dcm", bits_stored=16, window=(20000, 30000))
+    elif name == "monochrome1":
+        path = write_dicom(tmp_path / "m1.dcm", photometric="MONOCHROME1", bits_stored=15)
+    else:
+        path = get_testdata_file(name)
+    ds = pydicom.dcmread(path)
+    pixels = ds.pixel_array
+    direct = _display_direct(pixels.astype(np.float64), ds)  # float input takes the per-pixel path
+    assert np.abs(_display_via_lookup(pixels, ds) - direct).max() < 1e-5
