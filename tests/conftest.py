@@ -14,3 +14,13 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MEDFILIP_HOME", str(root))
     monkeypatch.setenv("MEDFILIP_PATIENT_SALT", "test-salt")
     return root
+
+
+@pytest.fixture
+def one_torch_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

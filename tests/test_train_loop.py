@@ -105,12 +105,8 @@ def corpus(tmp_path_factory) -> tuple[Path, Path]:
     return write_fixture(tmp_path_factory.mktemp("corpus"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread: small models run faster, and results do not depend on the core count.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- tests -------------------------------------------------------------------------------------
