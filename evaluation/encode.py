@@ -56,3 +56,12 @@ def embed_texts(model: MedFilipModel, tokenizer: Tokenizer, texts: Sequence[str]
            for i in range(0, len(texts), batch_size)]
     return torch.nn.functional.normalize(torch.cat(out), dim=-1)
 
+
+
+@torch.no_grad()
+def predict_probabilities(net: torch.nn.Module, images: torch.Tensor, device: torch.device, batch: int,
+                          empty_shape: tuple[int, ...]) -> np.ndarray:
+    """Sigmoid of a logit head over uint8 images, batch by batch; `empty_shape` when no images."""
+    net.eval()
+    out = [torch.sigmoid(net(as_float(images[i : i + batch], device))).cpu() for i in range(0, len(images), batch)]
+    return torch.cat(out).numpy() if out else np.zeros(empty_shape)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from evaluation.datasets import LabelledImages
-from evaluation.encode import as_float, image_tensor
+from evaluation.encode import as_float, image_tensor, predict_probabilities
 from evaluation.metrics import classification_report
 from evaluation.splits import label_fraction, patient_split
 from training.model import MedFilipModel, create_model, load_config
@@ -205,8 +205,5 @@ def _train_full(classifier: Classifier, images: torch.Tensor, targets: torch.Ten
     classifier.eval()
 
 
-@torch.no_grad()
 def _predict(classifier: Classifier, images: torch.Tensor, device: torch.device, batch: int = 64) -> np.ndarray:
-    classifier.eval()
-    out = [torch.sigmoid(classifier(as_float(images[i : i + batch], device))).cpu() for i in range(0, len(images), batch)]
-    return torch.cat(out).numpy() if out else np.zeros((0, classifier.head.out_features))
+    return predict_probabilities(classifier, images, device, batch, (0, classifier.head.out_features))

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evaluation.datasets import LabelledImages
-from evaluation.encode import as_float, image_tensor
+from evaluation.encode import as_float, image_tensor, predict_probabilities
 from evaluation.finetune import ImageEncoder, Init, build_encoder
 from evaluation.splits import patient_split
 
@@ -149,11 +149,8 @@ def train_segmenter(net: UNetOnEncoder, images: torch.Tensor, masks: torch.Tenso
     net.eval()
 
 
-@torch.no_grad()
 def predict_masks(net: UNetOnEncoder, images: torch.Tensor, device: torch.device, batch: int = 32) -> np.ndarray:
-    net.eval()
-    out = [torch.sigmoid(net(as_float(images[i : i + batch], device))).cpu() for i in range(0, len(images), batch)]
-    return torch.cat(out).numpy() if out else np.zeros((0, *images.shape[1:]))
+    return predict_probabilities(net, images, device, batch, (0, *images.shape[1:]))
 
 
 def dice_iou(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
