@@ -19,8 +19,7 @@ def decode_dicom(path: Path | str, size: int, pad_to_square: bool = False) -> np
     arr = ds.pixel_array
     if arr.ndim == 3:  # multi-frame: the first frame is the radiograph
         arr = arr[0]
-    display = display_values(arr, ds)
-    return resize_uint8(to_uint8(display), size, pad_to_square)
+    return resize_uint8(display_uint8(arr, ds), size, pad_to_square)
 
 
 def decode_jpeg(path: Path | str, size: int, pad_to_square: bool = False) -> np.ndarray:
@@ -30,11 +29,11 @@ def decode_jpeg(path: Path | str, size: int, pad_to_square: bool = False) -> np.
     return resize_uint8(arr, size, pad_to_square)
 
 
-def display_values(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
-    """Float image in [0, 1] where higher means denser (brighter)."""
+def display_uint8(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    """8-bit image where higher means denser (brighter)."""
     if arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2:
-        return _display_via_lookup(arr, ds)
-    return _display_direct(arr, ds)
+        return _uint8_via_lookup(arr, ds)
+    return to_uint8(_display_direct(arr, ds))
 
 
 def _display_direct(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
@@ -49,30 +48,49 @@ def _display_direct(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     return _stretch(np.asarray(values, dtype=np.float32), low, high, ds)
 
 
-def _display_via_lookup(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
-    """Same result as `_display_direct` for integer pixels: pydicom's LUTs are applied once to
-    every stored value that occurs, then the image is indexed through that table, instead of
-    running float64 LUT arithmetic over every pixel."""
-    offset = int(arr.min())
-    shifted = (arr.astype(np.int32) - offset) if offset < 0 else arr
-    counts = np.bincount(shifted.ravel())
-    stored = np.arange(len(counts), dtype=np.int64) + min(offset, 0)
-    present = counts > 0
+def _uint8_via_lookup(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    """Same result as `to_uint8(_display_direct(...))` for integer pixels: pydicom's LUTs are
+    applied once to every stored value that occurs and rounded to 8 bits there, then the image
+    goes through one uint8 gather, instead of float64 LUT arithmetic over every pixel."""
+    table, shifted = _display_table(arr, ds)
+    return np.take(to_uint8(table), shifted)
+
+
+def _display_table(arr: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(display value in [0, 1] per stored value, non-negative indices into that table)."""
+    lowest, highest = int(arr.min()), int(arr.max())
+    base = min(lowest, 0)
+    shifted = (arr.astype(np.int32) - base) if base < 0 else arr
+    # The LUTs only run over stored values between the image's extremes; entries below its
+    # minimum (kept so that unsigned pixels index the table without a shift) are never read.
+    stored = np.arange(lowest, highest + 1, dtype=np.int64)
     values = apply_modality_lut(stored.astype(arr.dtype), ds)
-    has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
-    if has_voi:
-        values = apply_voi_lut(values, ds, prefer_lut=True)
-        low, high = float(values[present].min()), float(values[present].max())
+    if "WindowCenter" in ds or "VOILUTSequence" in ds:
+        values = np.asarray(apply_voi_lut(values, ds, prefer_lut=True), dtype=np.float64)
+        steps = np.diff(values)
+        if (steps >= 0).all() or (steps <= 0).all():
+            # A monotonic window takes its extremes at the extreme stored values: no histogram needed.
+            low, high = sorted((float(values[0]), float(values[-1])))
+        else:
+            present = np.bincount(shifted.ravel(), minlength=highest - base + 1)[lowest - base :] > 0
+            low, high = float(values[present].min()), float(values[present].max())
     else:
+        counts = np.bincount(shifted.ravel(), minlength=highest - base + 1)[lowest - base :]
         low, high = _weighted_percentiles(np.asarray(values, dtype=np.float64), counts, (_LOW_PCT, _HIGH_PCT))
-    table = _stretch(np.asarray(values, dtype=np.float32), low, high, ds)
-    return table[shifted]
+    table = np.zeros(highest - base + 1, dtype=np.float32)
+    table[lowest - base :] = _stretch(np.asarray(values, dtype=np.float32), low, high, ds)
+    return table, shifted
 
 
 def _weighted_percentiles(values: np.ndarray, counts: np.ndarray, percents: tuple[float, float]) -> tuple[float, float]:
     """Percentiles of the image from its histogram (linear interpolation, as np.percentile)."""
-    order = np.argsort(values, kind="stable")
-    sorted_values, cumulative = values[order], np.cumsum(counts[order])
+    steps = np.diff(values)
+    if (steps >= 0).all():  # rescale slope/intercept keeps stored order: no sort needed
+        sorted_values, sorted_counts = values, counts
+    else:
+        order = np.argsort(values, kind="stable")
+        sorted_values, sorted_counts = values[order], counts[order]
+    cumulative = np.cumsum(sorted_counts)
     total = cumulative[-1]
     result = []
     for percent in percents:

@@ -7,8 +7,10 @@ import base64
 import io
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +22,11 @@ from ingestion.dicom_index import QUARANTINE_SCHEMA, quarantine_row
 from ingestion.parallel import bounded_map
 from pipeline.storage import atomic_path, write_table
 
+T = TypeVar("T")
+
 MIN_IMAGES_PER_WORKER = 64
+# zstd level 1: smaller files than snappy (139 vs 153 KiB per 448 px image) and faster to write.
+PIXEL_COMPRESSION, PIXEL_COMPRESSION_LEVEL = "zstd", 1
 
 IMAGE_SCHEMA = pa.schema(
     [
@@ -109,11 +115,24 @@ def build_cxr_images(
             yield pa.RecordBatch.from_pylist(rows, schema=IMAGE_SCHEMA)
 
     with atomic_path(out_path) as tmp:
-        with pq.ParquetWriter(tmp, IMAGE_SCHEMA) as writer:
-            for batch in batches():
-                writer.write_batch(batch, row_group_size=row_group_size)
+        with pq.ParquetWriter(tmp, IMAGE_SCHEMA, compression=PIXEL_COMPRESSION,
+                              compression_level=PIXEL_COMPRESSION_LEVEL) as writer:
+            write_behind(batches(), lambda batch: writer.write_batch(batch, row_group_size=row_group_size))
     write_table(pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA), quarantine_path)
     return ImagesResult(written, len(quarantined), time.perf_counter() - start, out_path, quarantine_path, sample)
+
+
+def write_behind(batches: Iterator[T], write: Callable[[T], object]) -> None:
+    """Write each batch on a second thread while the next one is decoded (pyarrow releases the
+    GIL while it compresses); at most one batch waits, so memory stays bounded."""
+    with ThreadPoolExecutor(1, thread_name_prefix="parquet-writer") as writer_thread:
+        pending: Future | None = None
+        for batch in batches:
+            if pending is not None:
+                pending.result()  # re-raises a write error here, in the caller
+            pending = writer_thread.submit(write, batch)
+        if pending is not None:
+            pending.result()
 
 
 def decode_task(task: DecodeTask) -> tuple[DecodeTask, np.ndarray | None, str | None]:

@@ -61,7 +61,7 @@ def test_voi_window_is_applied(tmp_path):
 def test_lookup_table_path_equals_applying_the_luts_to_every_pixel(tmp_path, name):
     import pydicom
 
-    from ingestion.decode import _display_direct, _display_via_lookup
+    from ingestion.decode import _display_direct, display_uint8, to_uint8
 
     if name == "window":
         path = write_dicom(tmp_path / "w.dcm", bits_stored=16, window=(20000, 30000))
@@ -71,5 +71,10 @@ def test_lookup_table_path_equals_applying_the_luts_to_every_pixel(tmp_path, nam
         path = get_testdata_file(name)
     ds = pydicom.dcmread(path)
     pixels = ds.pixel_array
-    direct = _display_direct(pixels.astype(np.float64), ds)  # float input takes the per-pixel path
-    assert np.abs(_display_via_lookup(pixels, ds) - direct).max() < 1e-5
+    # Float input takes the per-pixel path.
+    direct = to_uint8(_display_direct(pixels.astype(np.float64), ds)).astype(int)
+    via_table = display_uint8(pixels, ds)
+    assert via_table.dtype == np.uint8 and via_table.shape == pixels.shape
+    difference = np.abs(via_table.astype(int) - direct)
+    # Percentiles agree to ~1e-5, so only a value sitting on a rounding edge may move by one level.
+    assert difference.max() <= 1 and (difference == 0).mean() > 0.999

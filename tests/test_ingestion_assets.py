@@ -1,6 +1,7 @@
 """The ingestion assets materialised in a real (temporary) Dagster instance."""
 
 import dagster as dg
+import pytest
 import numpy as np
 import pyarrow.parquet as pq
 
@@ -75,3 +76,30 @@ def test_missing_report_fails_the_report_check(home, tmp_path):
         checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
         assert not checks["every_imaged_study_has_a_report"].passed
         assert checks["every_imaged_study_has_a_report"].metadata["examples"].value == "50000002"
+
+
+def test_a_failed_pixel_write_keeps_the_previous_shard_file_and_leaves_no_temp_files(home, tmp_path, monkeypatch):
+    from ingestion.images import build_cxr_images
+    from ingestion.shards import index_shard
+
+    archive = tmp_path / "archive"
+    build_archive(archive)
+    out = tmp_path / "out"
+    index = index_shard(archive, "p10", b"salt", out / "index.parquet", out / "index_q.parquet").index
+    first = build_cxr_images(index, archive, out / "images.parquet", out / "q.parquet", size=32, row_group_size=1)
+    assert first.images == 3
+    before = (out / "images.parquet").read_bytes()
+
+    calls = []
+
+    def failing_write(self, batch, row_group_size=None):
+        calls.append(batch.num_rows)
+        if len(calls) == 2:  # the writer thread fails part-way through the shard
+            raise OSError("No space left on device")
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_batch", failing_write)
+    with pytest.raises(OSError, match="No space left"):
+        build_cxr_images(index, archive, out / "images.parquet", out / "q.parquet", size=48, row_group_size=1)
+    assert len(calls) == 2  # stopped at the failure, not after decoding the rest
+    assert (out / "images.parquet").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["images.parquet", "index.parquet", "index_q.parquet", "q.parquet"]
