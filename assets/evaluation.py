@@ -10,7 +10,6 @@ compared with the same architecture from random (and ImageNet) initialisation.
 
 import json
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 

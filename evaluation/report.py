@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
+
+from pipeline.storage import atomic_path, write_bytes
 
 
 def results_table(results: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -65,7 +65,8 @@ def plot_roc(curves: Mapping[str, Mapping[str, list[float]]], path: str | Path, 
     if curves:
         axes.legend(fontsize=7, loc="lower right")
     path = Path(path)
-    _atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)
     return path
 
@@ -73,7 +74,7 @@ def plot_roc(curves: Mapping[str, Mapping[str, list[float]]], path: str | Path, 
 def write_json(results: Mapping[str, Any], path: str | Path) -> Path:
     path = Path(path)
     text = json.dumps(_jsonable(results), indent=2, sort_keys=True)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    write_bytes(path, (text + "\n").encode("utf-8"))
     return path
 
 
@@ -97,13 +98,3 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,5 +1,8 @@
 """Atomic file writes and digests. Every output is written to a temp file in its final
-folder and renamed, so a crash leaves either the old file or the new one, never half of one."""
+folder and renamed, so a crash leaves either the old file or the new one, never half of one.
+
+Imports nothing from Dagster, so the libraries under the assets (ingestion, training run by
+torchrun, evaluation) share these helpers without pulling in the orchestrator."""
 
 from __future__ import annotations
 
@@ -29,6 +32,12 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_bytes(dest: Path | str, data: bytes) -> Path:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+    return Path(dest)
 
 
 def write_table(table: pa.Table, dest: Path | str, row_group_size: int | None = None) -> Path:

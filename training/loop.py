@@ -16,9 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import random
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -30,7 +28,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from training.data import Augmentation, Batch, CxrTextStream, SplitIndex, TextTokens, build_split_index, make_loader
+from pipeline.storage import atomic_path
+from training.data import Augmentation, Batch, CxrTextStream, TextTokens, build_split_index, make_loader
 from training.distributed import DistEnv, all_reduce_mean, gather_features, gather_objects, init_distributed
 from training.loss import MedFilipLoss
 from training.model import MedFilipModel, create_model, create_tokenizer, encode_frozen_texts
@@ -472,15 +471,8 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def atomic_torch_save(payload: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def _log_main(env: DistEnv, message: str, *args: Any) -> None:

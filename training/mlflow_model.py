@@ -12,6 +12,8 @@ import mlflow.pyfunc
 import numpy as np
 import torch
 
+from pipeline.storage import atomic_path
+
 WEIGHTS_ARTIFACT = "weights"
 
 
@@ -19,10 +21,8 @@ def save_weights(checkpoint: Path, out: Path) -> Path:
     """A slim copy of a training checkpoint: weights and configs, no optimiser state."""
     payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
     slim = {k: payload[k] for k in ("model", "model_config", "train_config") if k in payload}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    torch.save(slim, tmp)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        torch.save(slim, tmp)
     return out
 
 

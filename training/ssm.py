@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -28,6 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+
+from pipeline.storage import atomic_path, write_bytes, write_table
 
 VALUES_FILE = "ssm_values.npy"
 INDEX_FILE = "ssm_index.parquet"
@@ -112,7 +112,7 @@ def build_ssm(
         build_seconds=time.perf_counter() - started,
         digest=digest,
     )
-    _write_atomic(manifest_path, json.dumps({"format_version": FORMAT_VERSION, **summary.metadata()}, indent=2).encode())
+    write_bytes(manifest_path, json.dumps({"format_version": FORMAT_VERSION, **summary.metadata()}, indent=2).encode())
     return summary
 
 
@@ -314,14 +314,11 @@ def plot_block_heatmap(ssm: SSM, category: str, path: Path | str, max_labels: in
         ax.set_yticks(range(n), labels, fontsize=7)
     fig.tight_layout()
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 
@@ -339,10 +336,8 @@ def _plan_blocks(text_ids: np.ndarray, groups: list[str]) -> list[tuple[str, np.
 
 def _write_values(path: Path, embeddings: np.ndarray, blocks: list[tuple[str, np.ndarray]], n_values: int, dtype: np.dtype) -> float:
     """Stream every block into a memory-mapped .npy tile by tile; returns the max quantisation error."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     worst = 0.0
-    try:
+    with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_values,))
         offset = 0
         for _, positions in blocks:
@@ -362,10 +357,6 @@ def _write_values(path: Path, embeddings: np.ndarray, blocks: list[tuple[str, np
             offset += n * n
         out.flush()
         del out
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return worst
 
 
@@ -396,15 +387,8 @@ def _write_index(out_dir: Path, text_ids: np.ndarray, blocks: list[tuple[str, np
             "offset": pa.array(offsets, pa.int64()),
         }
     )
-    for table, name in ((index, INDEX_FILE), (block_table, BLOCKS_FILE)):
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, out_dir / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    write_table(index, out_dir / INDEX_FILE)
+    write_table(block_table, out_dir / BLOCKS_FILE)
 
 
 def _text_heads(texts: pa.Table) -> list[str]:
@@ -422,14 +406,3 @@ def _digest_files(paths: list[Path]) -> str:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipeline.storage import atomic_path, write_bytes
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 ProgressCallback = Callable[[int, int], None]  # (texts done, texts total)
@@ -98,9 +99,10 @@ def write_text_embeddings(
         texts_digest=texts_digest(strings),
         seconds=time.perf_counter() - started,
     )
-    _write_atomic(out_path, lambda handle: np.save(handle, vectors))
+    with atomic_path(out_path) as tmp, tmp.open("wb") as handle:
+        np.save(handle, vectors)
     manifest = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
-    _write_atomic(result.manifest_path, lambda handle: handle.write(json.dumps(manifest, indent=2).encode()))
+    write_bytes(result.manifest_path, json.dumps(manifest, indent=2).encode())
     return result
 
 
@@ -158,12 +160,3 @@ def _load_model(model_path: str, device: str):
     return model
 
 
-def _write_atomic(path: Path, write: Callable) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -23,15 +23,13 @@ Rules (the paper's, made explicit):
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from pipeline.storage import write_table
 from training.knowledge import NO_FINDING, KnowledgeBase, canonical_category, missing_descriptions
 
 NOT_AVAILABLE = "na"
@@ -134,8 +132,8 @@ def build_training_texts(
         con.close()
     texts_path = out_dir / TEXTS_FILE
     image_texts_path = out_dir / IMAGE_TEXTS_FILE
-    write_parquet_atomic(texts_table, texts_path)
-    write_parquet_atomic(image_texts_table, image_texts_path)
+    write_table(texts_table, texts_path, row_group_size=65536)
+    write_table(image_texts_table, image_texts_path, row_group_size=65536)
     return TrainingTextsResult(
         texts_path=texts_path,
         image_texts_path=image_texts_path,
@@ -145,18 +143,6 @@ def build_training_texts(
         texts_per_category=_texts_per_category(texts_table),
         **counts,
     )
-
-
-def write_parquet_atomic(table: pa.Table, path: Path, row_group_size: int = 65536) -> None:
-    """Write to a temporary file next to `path`, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, row_group_size=row_group_size)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- helpers -------------------------------------------------------------------------------
