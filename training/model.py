@@ -14,10 +14,11 @@ directory. Nothing is ever fetched from the network.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,9 +45,10 @@ class MedFilipModel(nn.Module):
             clip_class = CustomTextCLIP
         else:
             clip_class = CLIP
-        self.clip = clip_class(
-            embed_dim=config["embed_dim"], vision_cfg=config["vision_cfg"], text_cfg=text_cfg
-        )
+        with quiet_hf_loading():
+            self.clip = clip_class(
+                embed_dim=config["embed_dim"], vision_cfg=config["vision_cfg"], text_cfg=text_cfg
+            )
         self.text_locked = bool(config.get("lock_text", False))
         if self.text_locked:
             self.clip.lock_text_tower()
@@ -202,6 +204,24 @@ def resolve_hf_model(name: str) -> Path:
             f"text encoder {name!r} is neither a packaged model {sorted(_LOCAL_HF_MODELS)} nor a local directory"
         )
     return path
+
+
+@contextlib.contextmanager
+def quiet_hf_loading() -> Iterator[None]:
+    """Loading the packaged MiniLM makes transformers print a load report (the unused pooler
+    weights) and a progress bar each time; every evaluation loads it again, which buried the
+    demo's own output. Errors still show."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, progress = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if progress:
+            hf_logging.enable_progress_bar()
 
 
 def _is_hf_tower(text: nn.Module | None) -> bool:

@@ -155,7 +155,10 @@ def _load_model(model_path: str, device: str):
         raise FileNotFoundError(f"sentence model folder {model_path} does not exist")
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(model_path, device=device, local_files_only=True)
+    from training.model import quiet_hf_loading
+
+    with quiet_hf_loading():
+        model = SentenceTransformer(model_path, device=device, local_files_only=True)
     model.eval()
     return model
 
