@@ -1,10 +1,14 @@
 """Ingestion throughput and memory: `cxr_images` against a bare decode loop on the same files.
 
-    .venv/bin/python benchmarks/ingest.py [--images 500 5000] [--size 448] [--workers 2]
+    .venv/bin/python benchmarks/ingest.py [--images 500 5000] [--size 448] [--workers 2] [--repeat 3]
 
 Prints images/s of build_cxr_images (1 and N processes) and of a bare loop of
 `pydicom.dcmread(f).pixel_array` + PIL resize, their ratio, and the peak RSS of each run
 (each in a fresh process) at every corpus size, to show memory stays flat.
+
+Each mode runs `--repeat` times, the modes taking turns, and the fastest run of each counts
+(as `timeit` does): on a shared 2-core machine one run of a mode swings by about 10%, which
+is as large as the differences being measured.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=448)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed-studies", type=int, default=150)
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="medfilip-bench-") as tmp:
@@ -41,9 +46,14 @@ def main() -> None:
         results = []
         for count in args.images:
             archive = replicate(seeds, Path(tmp) / f"n{count}", count)
-            for mode, workers in (("bare", 1), ("cxr_images", 1), ("cxr_images", args.workers)):
-                results.append(run_child(mode, archive, args.size, workers) | {"images": count})
-                print(json.dumps(results[-1]))
+            best: dict[tuple[str, int], dict] = {}
+            for _ in range(args.repeat):
+                for mode, workers in (("bare", 1), ("cxr_images", 1), ("cxr_images", args.workers)):
+                    run = run_child(mode, archive, args.size, workers) | {"images": count}
+                    print(json.dumps(run))
+                    if (mode, workers) not in best or run["images_per_s"] > best[mode, workers]["images_per_s"]:
+                        best[mode, workers] = run
+            results.extend(best.values())
         print_table(results)
 
 
@@ -89,7 +99,8 @@ def child(mode: str, archive: Path, size: int, workers: int) -> None:
 
 
 def print_table(results: list[dict]) -> None:
-    print("\nimages  mode              img/s   ratio-vs-bare  peak RSS MB (main / worker)")
+    print("\nbest of the repeats per mode")
+    print("images  mode              img/s   ratio-vs-bare  peak RSS MB (main / worker)")
     for count in sorted({r["images"] for r in results}):
         rows = [r for r in results if r["images"] == count]
         bare = next(r for r in rows if r["mode"] == "bare")["images_per_s"]
