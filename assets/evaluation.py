@@ -9,7 +9,6 @@ compared with the same architecture from random (and ImageNet) initialisation.
 """
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -46,7 +45,7 @@ def zero_shot_eval(context: dg.AssetExecutionContext, config: EvalConfig, storag
     model_info = latest_model(context)
     data = load_eval_dataset(config, archive.image_root(storage))
     kb = load_knowledge()
-    unseen = unseen_categories(kb, storage.layout().asset_dir("training_texts") / "texts.parquet")
+    unseen = unseen_categories(kb, storage.layout().asset_dir("training_texts"))
     model, tokenizer = load_pretrained(model_info["checkpoint"])
     report = evaluate_zero_shot(model, tokenizer, data, kb, unseen=unseen, n_boot=config.n_boot,
                                 seed=config.seed, paper_protocol=config.paper_protocol)
@@ -132,76 +131,33 @@ def latest_model(context: dg.AssetExecutionContext) -> dict:
 
 
 def load_eval_dataset(config: EvalConfig, archive_root: Path):
-    from evaluation import datasets
+    from evaluation.datasets import load_eval_dataset as load
 
-    if config.labels_csv or config.dataset in ("vinbigdata", "covid"):
-        adapters = {"nih": datasets.nih_chestxray14, "rsna": datasets.rsna_pneumonia,
-                    "siim": datasets.siim_pneumothorax, "vinbigdata": datasets.vinbigdata}
-        if config.dataset == "covid":
-            return datasets.covid_radiography(config.images_dir)
-        return adapters[config.dataset](config.labels_csv, config.images_dir or None)
-    root = Path(config.eval_root) if config.eval_root else archive_root / "eval"
-    if not root.is_dir():
-        raise dg.Failure(f"evaluation sets not found in {root}: set eval_root, or generate the corpus")
-    return datasets.generated_eval_sets(root)[config.dataset]
+    try:
+        return load(config.dataset, eval_root=config.eval_root or archive_root / "eval",
+                    labels_csv=config.labels_csv, images_dir=config.images_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        raise dg.Failure(str(exc)) from exc
 
 
 def record_evaluation(context, name: str, results: dict, summary: dict, model_info: dict,
                       tracking: MLflowResource, storage: StorageResource, roc: dict | None = None,
                       examples=None, extra: dict | None = None) -> dg.MaterializeResult:
-    """One MLflow run nested under the model's run, and the Dagster materialisation."""
-    import mlflow
-
-    from evaluation.report import markdown_table, plot_roc, write_json
+    """The evaluation's MLflow run (nested under the model's run) and its Dagster materialisation."""
+    from evaluation.tracking import log_evaluation
 
     experiment_id = tracking.activate(storage)
-    out_dir = storage.layout().asset_dir(name)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(results)
-    numbers = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and v == v}
-    tags = {"mlflow.parentRunId": model_info["mlflow_run_id"], "dagster.run_id": context.run.run_id,
-            "dagster.asset_key": name, "medfilip.checkpoint_sha256": model_info["sha256"]}
-    metadata = {"results": dg.MetadataValue.md(table), **{k: round(v, 4) for k, v in numbers.items()},
-                **(extra or {}), "model_checkpoint_sha256": model_info["sha256"]}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags) as run:
-        mlflow.log_metrics(numbers)
-        write_json(results, out_dir / "results.json")
-        (out_dir / "results.md").write_text(table)
-        mlflow.log_artifact(str(out_dir / "results.json"))
-        mlflow.log_artifact(str(out_dir / "results.md"))
-        if roc:
-            plot_roc(roc, out_dir / "roc.png")
-            mlflow.log_artifact(str(out_dir / "roc.png"))
-            metadata["roc"] = dg.MetadataValue.md(png_markdown(out_dir / "roc.png", "ROC"))
-        if examples is not None:
-            sheet = example_sheet(examples, out_dir / "examples.png")
-            mlflow.log_artifact(str(sheet))
-            metadata["examples"] = dg.MetadataValue.md(png_markdown(sheet, "examples"))
-    metadata.update({"mlflow_run_id": run.info.run_id,
-                     "mlflow_run": dg.MetadataValue.url(tracking.run_url(experiment_id, run.info.run_id)),
-                     "path": dg.MetadataValue.path(str(out_dir / "results.json"))})
-    context.log.info(f"{name}: " + json.dumps({k: round(v, 3) for k, v in list(numbers.items())[:6]}))
+    tags = {"dagster.run_id": context.run.run_id, "dagster.asset_key": name,
+            "medfilip.checkpoint_sha256": model_info["sha256"]}
+    record = log_evaluation(name, results, summary, storage.layout().asset_dir(name), experiment_id=experiment_id,
+                            parent_run_id=model_info["mlflow_run_id"], tags=tags, roc=roc, examples=examples)
+    metadata = {"results": dg.MetadataValue.md(record.table), **{k: round(v, 4) for k, v in record.metrics.items()},
+                **(extra or {}), "model_checkpoint_sha256": model_info["sha256"],
+                "mlflow_run_id": record.run_id,
+                "mlflow_run": dg.MetadataValue.url(tracking.run_url(experiment_id, record.run_id)),
+                "path": dg.MetadataValue.path(str(record.files["results"]))}
+    for key in ("roc", "examples"):
+        if key in record.files:
+            metadata[key] = dg.MetadataValue.md(png_markdown(record.files[key], key))
+    context.log.info(f"{name}: " + json.dumps({k: round(v, 3) for k, v in list(record.metrics.items())[:6]}))
     return dg.MaterializeResult(metadata=metadata)
-
-
-def example_sheet(data, path: Path, count: int = 8, size: int = 128) -> Path:
-    """A few evaluation images with their labels (and mask outlines when the set has masks)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    count = min(count, len(data))
-    figure, axes = plt.subplots(1, count, figsize=(2 * count, 2.4))
-    for i, axis in enumerate(axes if count > 1 else [axes]):
-        axis.imshow(data.image(i, size), cmap="gray")
-        if getattr(data, "mask_rles", None):
-            axis.contour(data.mask(i, size), levels=[0.5], colors="red", linewidths=0.8)
-        labels = [c for c, v in zip(data.categories, data.labels[i]) if v]
-        axis.set_title(", ".join(labels) or "no finding", fontsize=7)
-        axis.axis("off")
-    with tempfile.NamedTemporaryFile(suffix=".png", dir=path.parent, delete=False) as handle:
-        figure.savefig(handle.name, dpi=80, bbox_inches="tight")
-    plt.close(figure)
-    Path(handle.name).replace(path)
-    return path

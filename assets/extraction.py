@@ -10,20 +10,19 @@ prompt change propagates as "unsynced" through every downstream asset; file dige
 recorded as `sha256` metadata for lineage.
 """
 
-from collections import Counter
+from functools import partial
 
 import dagster as dg
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from assets.metadata import md_table, preview
 from assets.plots import bar_chart_markdown
-from extraction.extract import LLM_EXTRACTIONS_SCHEMA, ExtractionStats, extract_reports
-from extraction.to_triplets import to_triplets
+from common.storage import file_sha256, write_table
+from extraction.extract import ExtractionStats, backend_failures, extract_shards
+from extraction.to_triplets import summarise_triplets, to_triplets
 from extraction.vocabulary import load_vocabulary
 from ingestion.layout import SHARDS
 from pipeline.resources import ExtractorResource, StorageResource
-from pipeline.storage import file_sha256, write_table
 
 
 @dg.observable_source_asset(group_name="sources", description=(
@@ -67,27 +66,17 @@ def llm_extractions(
     backend = extractor.make_backend()
     cache_path = storage.layout().cache / "extraction.duckdb"
     out_path = storage.asset_path("llm_extractions", "llm_extractions.parquet")
-    total = ExtractionStats()
-    tables = []
-    for shard in SHARDS:
-        path = storage.asset_path("reports", f"{shard}.parquet")
-        if not path.exists():
-            continue
-        reports = pq.read_table(path, columns=["study_id", "extraction_text", "text_sha256"])
-        reports = reports.rename_columns(["study_id", "text", "text_sha256"])
-        result = extract_reports(reports, backend, cache_path,
-                                 progress=_progress_logger(context, shard))
-        tables.append(result.table)
-        add_stats(total, result.stats)
-        context.log.info(f"{shard}: {result.stats.reports} reports, {result.stats.calls} calls, "
-                         f"{result.stats.cache_hits} cache hits, {result.stats.errors} errors")
-    table = pa.concat_tables(tables) if tables else LLM_EXTRACTIONS_SCHEMA.empty_table()
-    write_table(table, out_path)
+    shard_paths = [p for p in (storage.asset_path("reports", f"{shard}.parquet") for shard in SHARDS) if p.exists()]
 
-    answered = table.num_rows - total.empty_reports - total.errors
-    parse_rate = total.parse_errors / answered if answered > 0 else 0.0
-    failed = [r for r in table.select(["study_id", "error"]).to_pylist()
-              if r["error"] and r["error"] != "empty report"]
+    def log_shard(shard: str, stats: ExtractionStats) -> None:
+        context.log.info(f"{shard}: {stats.reports} reports, {stats.calls} calls, "
+                         f"{stats.cache_hits} cache hits, {stats.errors} errors")
+
+    result = extract_shards(shard_paths, backend, cache_path, partial(_progress_logger, context), log_shard)
+    table, total = result.table, result.stats
+    write_table(table, out_path)
+    answered, parse_rate = total.answered(), total.parse_failure_rate()
+    failed = backend_failures(table)
     digest = file_sha256(out_path)
     return dg.MaterializeResult(
         metadata={
@@ -137,14 +126,9 @@ def triplets(context: dg.AssetExecutionContext, config: TripletsConfig, storage:
     write_table(table, out_path)
     write_table(rejects, rejects_path)
 
-    answered = sum(1 for a in extractions.column("answer").to_pylist() if a is not None)
-    with_triplets = len(set(table.column("study_id").to_pylist()))
-    share = with_triplets / answered if answered else 0.0
-    outside = [r for r in rejects.to_pylist() if "unknown category" in (r["reason"] or "")]
-    findings = table.num_rows + len(rejects)
-    reject_rate = len(outside) / findings if findings else 0.0
-    positive = Counter(c for c, n in zip(table.column("category").to_pylist(), table.column("negated").to_pylist()) if not n)
-    negated = Counter(c for c, n in zip(table.column("category").to_pylist(), table.column("negated").to_pylist()) if n)
+    summary = summarise_triplets(extractions, table, rejects)
+    with_triplets, positive, negated = summary.with_triplets, summary.positive, summary.negated
+    outside, findings = summary.outside_vocabulary, summary.findings
     digest = file_sha256(out_path)
     context.log.info(f"{table.num_rows} triplets from {with_triplets} reports; {len(rejects)} rejects")
     return dg.MaterializeResult(
@@ -153,37 +137,27 @@ def triplets(context: dg.AssetExecutionContext, config: TripletsConfig, storage:
             "rejects": len(rejects),
             "reports_with_triplets": with_triplets,
             "negated": sum(negated.values()),
-            "uncertain": sum(table.column("uncertain").to_pylist()),
+            "uncertain": summary.uncertain,
             "categories": len(positive | negated),
             "category_histogram": dg.MetadataValue.md(bar_chart_markdown(positive, "positive findings by category")),
             "negated_histogram": dg.MetadataValue.md(bar_chart_markdown(negated, "negated findings by category")),
-            "reject_reasons": md_table([{"reason": k, "count": v} for k, v in
-                                        Counter(r["reason"] for r in rejects.to_pylist()).most_common()]),
+            "reject_reasons": md_table([{"reason": k, "count": v} for k, v in summary.reject_reasons.most_common()]),
             "path": dg.MetadataValue.path(str(out_path)),
             "rejects_path": dg.MetadataValue.path(str(rejects_path)),
             "sha256": digest,
             "preview": preview(table, ["study_id", "severity", "location", "category", "negated", "uncertain", "sentence"], 10),
         },
         check_results=[
-            dg.AssetCheckResult(check_name="share_of_reports_with_triplets", passed=share >= config.min_share_with_triplets,
-                                metadata={"share": round(share, 4), "reports_with_triplets": with_triplets,
-                                          "answered_reports": answered, "minimum": config.min_share_with_triplets}),
-            dg.AssetCheckResult(check_name="categories_in_vocabulary", passed=reject_rate <= config.max_reject_rate,
+            dg.AssetCheckResult(check_name="share_of_reports_with_triplets", passed=summary.share_with_triplets >= config.min_share_with_triplets,
+                                metadata={"share": round(summary.share_with_triplets, 4), "reports_with_triplets": with_triplets,
+                                          "answered_reports": summary.answered, "minimum": config.min_share_with_triplets}),
+            dg.AssetCheckResult(check_name="categories_in_vocabulary", passed=summary.outside_rate <= config.max_reject_rate,
                                 severity=dg.AssetCheckSeverity.WARN,
                                 metadata={"outside_vocabulary": len(outside), "findings": findings,
-                                          "rate": round(reject_rate, 4),
+                                          "rate": round(summary.outside_rate, 4),
                                           "examples": md_table(outside[:10], ["study_id", "raw_category", "sentence"])}),
         ],
     )
-
-
-def add_stats(total: ExtractionStats, part: ExtractionStats) -> None:
-    for name, value in part.as_dict().items():
-        if name == "cost_usd":
-            if value is not None:
-                total.cost_usd = (total.cost_usd or 0.0) + value
-        else:
-            setattr(total, name, getattr(total, name) + value)
 
 
 def _progress_logger(context: dg.AssetExecutionContext, shard: str):

@@ -9,13 +9,13 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from assets.metadata import counts, md_table, preview
+from common.storage import file_sha256
 from ingestion.dicom_index import header_identifiers
 from ingestion.identifiers import find_leaks, identifier_signatures
 from ingestion.images import build_cxr_images, contact_sheet_markdown
 from ingestion.layout import SHARDS
 from ingestion.shards import index_shard, reports_shard
 from pipeline.resources import ArchiveResource, StorageResource
-from pipeline.storage import file_sha256
 
 shard_partitions = dg.StaticPartitionsDefinition(list(SHARDS))
 

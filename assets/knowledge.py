@@ -11,14 +11,14 @@ import pyarrow.parquet as pq
 
 from assets.metadata import md_table, preview
 from assets.plots import bar_chart_markdown, png_markdown
+from common.storage import file_sha256, write_table
 from extraction.vocabulary import load_vocabulary
 from ingestion.layout import SHARDS
 from pipeline.resources import StorageResource
-from pipeline.storage import file_sha256, write_table
 from training.knowledge import load_knowledge, missing_descriptions
 from training.ssm import SSM, build_ssm, plot_block_heatmap, run_checks
 from training.text_embedding import default_sentence_model_path, write_text_embeddings
-from training.texts import build_training_texts
+from training.texts import TEXTS_FILE, build_training_texts
 
 IMAGE_COLUMNS = ["dicom_id", "study_id", "patient_key", "view_position"]
 
@@ -110,7 +110,7 @@ class TextEmbeddingsConfig(dg.Config):
 def text_embeddings(context: dg.AssetExecutionContext, config: TextEmbeddingsConfig,
                     storage: StorageResource) -> dg.MaterializeResult:
     """One embedding per distinct text from a frozen sentence encoder loaded from a local path."""
-    texts_path = storage.layout().asset_dir("training_texts") / "texts.parquet"
+    texts_path = storage.layout().asset_dir("training_texts") / TEXTS_FILE
     out_path = storage.asset_path("text_embeddings", "embeddings.npy")
 
     def progress(done: int, total: int) -> None:
@@ -149,7 +149,7 @@ def ssm(context: dg.AssetExecutionContext, config: SSMConfig, storage: StorageRe
     categories): everything the loss needs to build the paper's soft targets for any batch."""
     import numpy as np
 
-    texts = pq.read_table(storage.layout().asset_dir("training_texts") / "texts.parquet").sort_by("text_id")
+    texts = pq.read_table(storage.layout().asset_dir("training_texts") / TEXTS_FILE).sort_by("text_id")
     embeddings = np.load(storage.asset_path("text_embeddings", "embeddings.npy"))
     out_dir = storage.layout().asset_dir("ssm")
     summary = build_ssm(texts, embeddings, out_dir, separate_negations=config.separate_negations, dtype=config.dtype)

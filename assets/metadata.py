@@ -8,18 +8,11 @@ from collections.abc import Iterable, Sequence
 import dagster as dg
 import pyarrow as pa
 
+from common.tables import markdown_table
+
 
 def md_table(rows: Sequence[dict], columns: Sequence[str] | None = None, limit: int = 20) -> dg.MetadataValue:
-    if not rows:
-        return dg.MetadataValue.md("_none_")
-    columns = list(columns or rows[0].keys())
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows[:limit]:
-        cells = (_cell(row.get(c)) for c in columns)
-        lines.append("| " + " | ".join(cells) + " |")
-    if len(rows) > limit:
-        lines.append(f"\n_{len(rows) - limit} more rows_")
-    return dg.MetadataValue.md("\n".join(lines))
+    return dg.MetadataValue.md(markdown_table(rows, columns, limit=limit, max_cell=80))
 
 
 def counts(values: Iterable, name: str = "value") -> dg.MetadataValue:
@@ -29,9 +22,3 @@ def counts(values: Iterable, name: str = "value") -> dg.MetadataValue:
 
 def preview(table: pa.Table, columns: Sequence[str], limit: int = 5) -> dg.MetadataValue:
     return md_table(table.select(list(columns)).slice(0, limit).to_pylist(), columns, limit)
-
-
-def _cell(value) -> str:
-    text = "" if value is None else str(value)
-    text = text.replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= 80 else text[:77] + "..."

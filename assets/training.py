@@ -4,7 +4,6 @@ registered model version. Small runs train in process; GPU boxes launch `torchru
 Dagster Pipes. The step declares pool "gpu" so two trainings never share a GPU by accident.
 """
 
-import hashlib
 import json
 import shutil
 import sys
@@ -12,16 +11,15 @@ from pathlib import Path
 from typing import Literal
 
 import dagster as dg
-import pyarrow.parquet as pq
 
 from assets.plots import figure_markdown
+from common.storage import file_sha256, write_text
 from pipeline.lineage import MODEL_ANCESTORS, collect_lineage, write_lineage
 from pipeline.resources import MLflowResource, StorageResource
-from pipeline.storage import file_sha256
 
 
 class PretrainConfig(dg.Config):
-    preset: str = "demo"  # training.loop.PRESETS: demo (CPU minutes) or paper
+    preset: str = "demo"  # training.config.PRESETS: demo (CPU minutes) or paper
     overrides_json: str = "{}"  # TrainConfig fields, e.g. {"epochs": 5, "loss": "infonce"}
     launcher: Literal["in_process", "torchrun"] = "in_process"
     nproc_per_node: int = 1
@@ -41,7 +39,8 @@ def pretrained_model(
     """The pre-trained dual encoder: checkpoint file + sha256, MLflow run id and model version."""
     import mlflow
 
-    from training.loop import PRESETS, TrainConfig
+    from training.config import PRESETS, TrainConfig
+    from training.tracking import curves_figure, log_inputs, register_model, run_fingerprint
 
     lay = storage.layout()
     train_config = TrainConfig.model_validate({**PRESETS[config.preset], **json.loads(config.overrides_json)})
@@ -66,11 +65,11 @@ def pretrained_model(
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"pretrain-{fingerprint[:8]}", tags=tags) as run:
         mlflow.log_params({**train_config.model_dump(mode="json"), "preset": config.preset,
                            "launcher": config.launcher, "nproc_per_node": config.nproc_per_node})
-        log_inputs(mlflow, lineage)
+        log_inputs(lineage)
         if config.launcher == "torchrun":
             history = train_with_torchrun(context, train_config, lay, out_dir, config.nproc_per_node)
         else:
-            history = train_in_process(context, mlflow, train_config, lay, out_dir, resuming)
+            history = train_in_process(context, train_config, lay, out_dir, resuming)
         best = out_dir / "checkpoints" / "best.pt"
         best = best if best.exists() else out_dir / "checkpoints" / "last.pt"
         checkpoint_sha = file_sha256(best)
@@ -82,7 +81,7 @@ def pretrained_model(
         curves = curves_figure(history)
         if curves is not None:
             mlflow.log_figure(curves, "training_curves.png")
-        version = register_model(mlflow, mlflow_tracking, best, out_dir, checkpoint_sha)
+        version = register_model(best, out_dir, checkpoint_sha, mlflow_tracking.registered_model_name)
         final = history[-1] if history else {}
         if final:
             mlflow.log_metrics({f"final_{k}": v for k, v in final.items() if isinstance(v, (int, float))})
@@ -107,26 +106,17 @@ def pretrained_model(
     )
 
 
-def train_in_process(context, mlflow, train_config, lay, out_dir: Path, resuming: bool) -> list[dict]:
-    from functools import partial
-
+def train_in_process(context, train_config, lay, out_dir: Path, resuming: bool) -> list[dict]:
+    from training.knowledge import load_knowledge
     from training.loop import train
-    from training.ssm import SSM, batch_targets
+    from training.ssm import SSM, ssm_targets_fn
+    from training.texts import zero_shot_prompts
+    from training.tracking import metrics_logger
 
-    ssm_table = SSM.load(lay.asset_dir("ssm"))
-
-    def targets(image_text_ids, column_text_ids):
-        return batch_targets(image_text_ids, ssm_table, column_text_ids)
-
-    def callback(kind: str, step: int, metrics) -> None:
-        numbers = {k.replace("/", "_"): float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        mlflow.log_metrics(numbers, step=step)
-        if kind == "epoch":
-            context.log.info(f"epoch {int(metrics.get('epoch', 0))}: val_loss {metrics.get('val_loss', float('nan')):.4f}, "
-                             f"zero-shot mean AUC {metrics.get('zero_shot_mean_auc', float('nan')):.3f}")
+    callback = metrics_logger(context.log.info)
 
     result = train(train_config, lay.asset_dir("cxr_images"), lay.asset_dir("training_texts"), out_dir,
-                   partial(targets), prompts=zero_shot_prompts(lay.asset_dir("training_texts")),
+                   ssm_targets_fn(SSM.load(lay.asset_dir("ssm"))), prompts=zero_shot_prompts(load_knowledge(), lay.asset_dir("training_texts")),
                    resume=resuming, callback=callback)
     return result.history
 
@@ -137,7 +127,7 @@ def train_with_torchrun(context, train_config, lay, out_dir: Path, nproc: int) -
 
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / "train_config.json"
-    config_path.write_text(train_config.model_dump_json(indent=2))
+    write_text(config_path, train_config.model_dump_json(indent=2))
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "training",
                "--config", str(config_path), "--images", str(lay.asset_dir("cxr_images")),
                "--texts", str(lay.asset_dir("training_texts")), "--ssm", str(lay.asset_dir("ssm")),
@@ -145,65 +135,3 @@ def train_with_torchrun(context, train_config, lay, out_dir: Path, nproc: int) -
     dg.PipesSubprocessClient().run(command=command, context=context).get_results()
     payload = torch.load(out_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     return list(payload.get("history", []))
-
-
-def zero_shot_prompts(texts_dir: Path) -> dict[str, str]:
-    """"<category>. <description>" for every category the training texts use."""
-    from training.knowledge import load_knowledge
-
-    kb = load_knowledge()
-    categories = set(pq.read_table(texts_dir / "texts.parquet", columns=["category"]).column("category").to_pylist())
-    return {c: f"{c}. {kb.description(c)}" for c in sorted(categories) if c in kb.categories}
-
-
-def log_inputs(mlflow, lineage: list[dict]) -> None:
-    """Each input asset as an MLflow dataset: its files' digest and where they are."""
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
-    by_asset: dict[str, list[dict]] = {}
-    for entry in lineage:
-        by_asset.setdefault(entry["asset"], []).append(entry)
-    for asset in ("cxr_images", "training_texts", "ssm"):
-        entries = by_asset.get(asset, [])
-        digest = hashlib.sha256(json.dumps([e["digests"] for e in entries], sort_keys=True, default=str).encode())
-        files = [f for e in entries for f in e.get("files", {})]
-        source = resolve_dataset_source(str(Path(files[0]).parent) if files else asset)
-        mlflow.log_input(MetaDataset(source, name=asset, digest=digest.hexdigest()[:16]), context="training")
-
-
-def register_model(mlflow, tracking: MLflowResource, checkpoint: Path, out_dir: Path, sha: str) -> str:
-    from training.mlflow_model import WEIGHTS_ARTIFACT, MedFilipEncoder, save_weights
-
-    weights = save_weights(checkpoint, out_dir / "model_weights.pt")
-    info = mlflow.pyfunc.log_model(
-        name="model", python_model=MedFilipEncoder(), artifacts={WEIGHTS_ARTIFACT: str(weights)},
-        pip_requirements=["torch", "open_clip_torch", "transformers", "numpy", "pandas"],
-        registered_model_name=tracking.registered_model_name, tags={"checkpoint_sha256": sha},
-    )
-    return str(info.registered_model_version)
-
-
-def run_fingerprint(train_config: dict, lineage: list[dict]) -> str:
-    """Same config and same inputs -> same folder, so a crashed run resumes where it stopped."""
-    inputs = sorted((e["asset"], e["partition"] or "", json.dumps(e["digests"], sort_keys=True, default=str))
-                    for e in lineage)
-    payload = json.dumps({"config": train_config, "inputs": inputs}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def curves_figure(history: list[dict]):
-    if not history:
-        return None
-    import matplotlib.pyplot as plt
-
-    epochs = [h.get("epoch", i) for i, h in enumerate(history)]
-    fig, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(8, 3))
-    for key in ("train_loss", "val_loss"):
-        loss_ax.plot(epochs, [h.get(key, float("nan")) for h in history], marker="o", label=key)
-    loss_ax.set_xlabel("epoch")
-    loss_ax.legend()
-    auc_ax.plot(epochs, [h.get("zero_shot_mean_auc", float("nan")) for h in history], marker="o", color="#b5524a")
-    auc_ax.set_title("zero-shot mean AUC (val)")
-    auc_ax.set_xlabel("epoch")
-    return fig

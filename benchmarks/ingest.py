@@ -26,6 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from common.tables import markdown_table  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -100,14 +102,14 @@ def child(mode: str, archive: Path, size: int, workers: int) -> None:
 
 def print_table(results: list[dict]) -> None:
     print("\nbest of the repeats per mode")
-    print("images  mode              img/s   ratio-vs-bare  peak RSS MB (main / worker)")
+    rows = []
     for count in sorted({r["images"] for r in results}):
-        rows = [r for r in results if r["images"] == count]
-        bare = next(r for r in rows if r["mode"] == "bare")["images_per_s"]
-        for r in rows:
-            label = f"{r['mode']} x{r['workers']}"
-            print(f"{count:>6}  {label:<16} {r['images_per_s']:>6}   {r['images_per_s'] / bare:>6.2f}x"
-                  f"        {r['peak_rss_mb']:>6} / {r['peak_worker_rss_mb']}")
+        group = [r for r in results if r["images"] == count]
+        bare = next(r for r in group if r["mode"] == "bare")["images_per_s"]
+        rows += [{"images": count, "mode": f"{r['mode']} x{r['workers']}", "img/s": r["images_per_s"],
+                  "ratio vs bare": f"{r['images_per_s'] / bare:.2f}x",
+                  "peak RSS MB (main / worker)": f"{r['peak_rss_mb']} / {r['peak_worker_rss_mb']}"} for r in group]
+    print(markdown_table(rows))
 
 
 if __name__ == "__main__":

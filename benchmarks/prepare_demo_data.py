@@ -55,7 +55,7 @@ def prepare_demo_data(out: Path, studies: int, image_size: int = 128, seed: int 
     from ingestion.images import build_cxr_images
     from ingestion.layout import SHARDS
     from ingestion.shards import index_shard, reports_shard
-    from pipeline.storage import write_table
+    from common.storage import write_table
     from training.knowledge import load_knowledge
     from training.ssm import build_ssm
     from training.text_embedding import write_text_embeddings
@@ -125,9 +125,9 @@ class _StageClock:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    from common.storage import write_text
+
+    write_text(path, json.dumps(data, indent=1))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ import copy
 import json
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -48,10 +47,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.__main__ import load_train_config  # noqa: E402
 from training.data import CxrTextStream, TextTokens, build_split_index, make_loader  # noqa: E402
 from training.knowledge import load_knowledge  # noqa: E402
-from training.loop import TrainConfig, load_or_encode_frozen_texts, train  # noqa: E402
+from training.texts import zero_shot_prompts  # noqa: E402
+from common.tables import markdown_table  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.frozen_text import load_or_encode_frozen_texts  # noqa: E402
+from training.loop import train  # noqa: E402
 from training.loss import MedFilipLoss  # noqa: E402
 from training.model import MedFilipModel, create_model, create_tokenizer  # noqa: E402
-from training.ssm import SSM, batch_targets, group_names  # noqa: E402
+from training.ssm import SSM, batch_targets, group_names, ssm_targets_fn  # noqa: E402
 
 CLIP_TEXT_MODEL = str(Path(__file__).resolve().parents[1] / "training" / "model_configs" / "demo_cliptext.json")
 TOWERS = {"minilm_frozen": "demo", "clip_random": CLIP_TEXT_MODEL}
@@ -203,13 +206,9 @@ def _loop_images_per_s(data: Path, config: TrainConfig, steps: int, warmup: int)
     logged: list[float] = []
     with tempfile.TemporaryDirectory() as out:
         train(config.model_copy(update=dict(max_steps=steps, log_every=1, epochs=1, device="cpu")),
-              data / "cxr_images", data / "texts", out, partial(_ssm_targets, ssm=ssm),
+              data / "cxr_images", data / "texts", out, ssm_targets_fn(ssm),
               callback=lambda kind, step, m: logged.append(m["images_per_s"]) if kind == "step" else None)
     return round(float(np.mean(logged[warmup:])), 1)
-
-
-def _ssm_targets(image_text_ids, column_text_ids, *, ssm):
-    return batch_targets(image_text_ids, ssm, column_text_ids)
 
 
 # -- ablation -------------------------------------------------------------------------------------
@@ -227,9 +226,7 @@ def ablation_grid() -> list[dict]:
 def run_ablation(data: Path, epochs: int, max_steps: int | None, out: Path, only: list[str] | None,
                  text_sampling: str | None = None) -> list[dict]:
     knowledge = load_knowledge()
-    categories = sorted(set(pq.read_table(data / "texts" / "texts.parquet", columns=["category"])
-                            .column("category").to_pylist()))
-    prompts = {c: f"{c}. {knowledge.categories[c].description}" for c in categories if c in knowledge.categories}
+    prompts = zero_shot_prompts(knowledge, data / "texts")
     results = []
     for row in ablation_grid():
         name = f"{row['tower']}/{row['loss']}/{row['negation']}"
@@ -242,7 +239,7 @@ def run_ablation(data: Path, epochs: int, max_steps: int | None, out: Path, only
             text_sampling=text_sampling or config.text_sampling))
         wall, cpu = time.perf_counter(), time.process_time()
         result = train(config, data / "cxr_images", data / "texts", out / name.replace("/", "_"),
-                       partial(_ssm_targets, ssm=ssm), prompts=prompts)
+                       ssm_targets_fn(ssm), prompts=prompts)
         aucs = [h.get("zero_shot_mean_auc", float("nan")) for h in result.history]
         row = {**row, "zero_shot_auc": round(max(aucs), 4) if aucs else float("nan"),
                "auc_by_epoch": [round(a, 3) for a in aucs], "steps": result.steps,
@@ -254,12 +251,10 @@ def run_ablation(data: Path, epochs: int, max_steps: int | None, out: Path, only
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| text tower | loss | negations | zero-shot AUC | AUC by epoch | wall min | CPU min |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['tower']} | {r['loss']} | {r['negation']} | {r['zero_shot_auc']:.3f} | "
-                     f"{' '.join(map(str, r['auc_by_epoch']))} | {r['wall_min']} | {r['cpu_min']} |")
-    return "\n".join(lines)
+    shown = [{"text tower": r["tower"], "loss": r["loss"], "negations": r["negation"],
+              "zero-shot AUC": f"{r['zero_shot_auc']:.3f}", "AUC by epoch": " ".join(map(str, r["auc_by_epoch"])),
+              "wall min": r["wall_min"], "CPU min": r["cpu_min"]} for r in rows]
+    return markdown_table(shown)
 
 
 if __name__ == "__main__":

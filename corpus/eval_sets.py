@@ -14,15 +14,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from tqdm import tqdm
 
+from common.parallel import ordered_map
+from common.rle import EMPTY, rle_encode
+from common.storage import atomic_path, write_text
 from corpus.anatomy import FRONTAL, sample_geometry
 from corpus.dicom_writer import Identity, eight_bit_style, write_dicom
 from corpus.findings import Finding, sample_findings
 from corpus.ids import make_patient, uid
 from corpus.render import render_view
-from corpus.rle import EMPTY, rle_encode
-from corpus.tasks import run_tasks
-from pipeline.storage import atomic_path
 
 NIH_COLUMNS = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
                "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]", ""]
@@ -53,7 +54,7 @@ def write_eval_sets(root: Path, seed: int, count: int, image_size: int, workers:
     counts = {}
     for name, writer in (("nih", _write_nih_case), ("rsna", _write_rsna_case), ("siim", _write_siim_case)):
         task = partial(_render_and_write, name=name, root=root / name, seed=seed, size=image_size, writer=writer)
-        rows = run_tasks(task, list(range(count)), workers, progress, desc=f"eval {name}")
+        rows = list(tqdm(ordered_map(task, range(count), workers), total=count, desc=f"eval {name}", disable=not progress))
         _FINISHERS[name](root / name, [r for case_rows in rows for r in case_rows])
         counts[name] = count
     return counts
@@ -149,8 +150,7 @@ def _write_siim_case(case: _Case, root: Path, seed: int, rng: np.random.Generato
 def _finish_siim(root: Path, rows: list[list[object]]) -> None:
     # The real file's header and values carry a space after the comma; keep it.
     lines = ["ImageId, EncodedPixels"] + [f"{image_id},{encoded}" for image_id, encoded in rows]
-    with atomic_path(root / "train-rle.csv") as tmp:
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(root / "train-rle.csv", "\n".join(lines) + "\n")
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -168,5 +168,4 @@ def _write_rows(path: Path, header: list[str], rows: list[list[object]]) -> None
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    with atomic_path(path) as tmp:
-        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    write_text(path, buffer.getvalue())

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
+from common.parallel import ordered_map
+from common.storage import atomic_path, write_text
 from corpus.anatomy import FRONTAL, LATERAL, sample_geometry
 from corpus.dicom_writer import Identity, sample_pixel_style, write_dicom
 from corpus.eval_sets import write_eval_sets
@@ -24,8 +27,6 @@ from corpus.findings import CATEGORIES, ground_truth_rows, sample_findings
 from corpus.ids import StudyPlan, dicom_id, plan_archive, uid
 from corpus.render import render_view
 from corpus.reports import write_report
-from corpus.tasks import run_tasks
-from pipeline.storage import atomic_path
 
 GENERATOR_VERSION = "1.0.0"
 IMAGE_FORMATS = ("dicom", "jpg")
@@ -81,7 +82,7 @@ def generate_corpus(
     per_eval_set = max(16, studies // 4) if eval_images is None else eval_images
     plans = plan_archive(studies, seed)
     make = partial(_make_study, root=out, seed=seed, image_size=image_size, image_format=image_format)
-    results = run_tasks(make, plans, workers, progress, desc="studies")
+    results = list(tqdm(ordered_map(make, plans, workers), total=len(plans), desc="studies", disable=not progress))
     _write_ground_truth(out, results, image_format)
     eval_counts = write_eval_sets(out / "eval", seed, per_eval_set, image_size, workers, progress)
     summary = _summarise(out, seed, image_size, image_format, plans, results, eval_counts)
@@ -135,7 +136,7 @@ def _make_study(plan: StudyPlan, root: Path, seed: int, image_size: int, image_f
                          "ViewCodeSequence_CodeMeaning": _VIEW_MEANING[position],
                          "PatientOrientationCodeSequence_CodeMeaning": "Recumbent" if position == "AP" else "Erect"})
     report = write_report(findings, np.random.default_rng((*key, 4)), frontal_view, with_lateral)
-    _write_text(study_dir / f"s{plan.study_id}.txt", report)
+    write_text(study_dir / f"s{plan.study_id}.txt", report)
     rows = [{"subject_id": patient.subject_id, "study_id": plan.study_id, **row} for row in ground_truth_rows(findings)]
     return _StudyResult(rows, images, metadata, [f.category for f in findings])
 
@@ -154,11 +155,6 @@ def _write_jpg(path: Path, image: np.ndarray) -> dict[str, object]:
             "rows": pixels.shape[0], "columns": pixels.shape[1]}
 
 
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
 def write_csv(path: Path, columns: list[str], rows: list[dict[str, object]]) -> None:
     """Atomic CSV with a fixed column order; booleans as 'true'/'false'."""
     buffer = io.StringIO()
@@ -166,7 +162,7 @@ def write_csv(path: Path, columns: list[str], rows: list[dict[str, object]]) -> 
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (str(v).lower() if isinstance(v, bool) else v) for k, v in row.items()})
-    _write_text(path, buffer.getvalue())
+    write_text(path, buffer.getvalue())
 
 
 def _write_ground_truth(out: Path, results: list[_StudyResult], image_format: str) -> None:
@@ -194,4 +190,4 @@ def _write_manifest(out: Path, summary: CorpusSummary) -> None:
     """manifest.json: everything but the timing, so it is byte-identical per seed."""
     data = {"generator": "medfilip-corpus", "generator_version": GENERATOR_VERSION, "format": summary.image_format}
     data.update({k: v for k, v in summary.to_dict().items() if k not in ("out", "seconds")})
-    _write_text(out / "manifest.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_text(out / "manifest.json", json.dumps(data, indent=2, sort_keys=True) + "\n")

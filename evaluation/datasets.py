@@ -32,9 +32,10 @@ from typing import Iterator, Literal, Sequence
 import numpy as np
 import yaml
 
-from corpus.rle import rle_decode
+from common.paths import KNOWLEDGE_DIR
+from common.rle import rle_decode
 
-DEFAULT_LABELS_PATH = Path(__file__).resolve().parent.parent / "knowledge" / "dataset_labels.yaml"
+DEFAULT_LABELS_PATH = KNOWLEDGE_DIR / "dataset_labels.yaml"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 
 
@@ -253,14 +254,6 @@ def generated_eval_sets(root: str | Path) -> dict[str, LabelledImages]:
     }
 
 
-def from_arrays(name: str, images: np.ndarray, labels: np.ndarray, categories: Sequence[str],
-                patient_ids: Sequence[str] | None = None, mask_rles: list[list[str]] | None = None) -> LabelledImages:
-    """An in-memory set ([N, H, W] uint8 images), e.g. from cxr_images Parquet rows."""
-    ids = [f"{name}-{i}" for i in range(len(images))]
-    return LabelledImages(name, ids, list(patient_ids or ids), list(categories), np.asarray(labels, np.int8),
-                          mask_rles=mask_rles, arrays=np.asarray(images, np.uint8))
-
-
 # --- helpers -------------------------------------------------------------------------------
 
 
@@ -319,3 +312,25 @@ def _read_csv(path: str | Path) -> Iterator[dict[str, str]]:
         handle = open(path, encoding="utf-8", newline="")
     with handle:
         yield from csv.DictReader(handle)
+
+
+EVAL_DATASETS = ("nih", "rsna", "siim", "vinbigdata", "covid")
+
+
+def load_eval_dataset(dataset: str, *, eval_root: str | Path, labels_csv: str = "",
+                      images_dir: str = "") -> "LabelledImages":
+    """An evaluation set by name: a real dataset's label file (and images) when given, else the
+    generated set of that name under `eval_root`."""
+    if dataset not in EVAL_DATASETS:
+        raise ValueError(f"unknown evaluation dataset {dataset!r}: use one of {', '.join(EVAL_DATASETS)}")
+    if dataset == "covid":
+        return covid_radiography(images_dir)
+    if labels_csv or dataset == "vinbigdata":
+        adapters = {"nih": nih_chestxray14, "rsna": rsna_pneumonia, "siim": siim_pneumothorax,
+                    "vinbigdata": vinbigdata}
+        return adapters[dataset](labels_csv, images_dir or None)
+    root = Path(eval_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"evaluation sets not found in {root}: set eval_root, or generate the corpus")
+    return generated_eval_sets(root)[dataset]
+

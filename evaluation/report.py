@@ -6,7 +6,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.storage import atomic_path, write_bytes
+from common import tables
+from common.storage import atomic_path, write_bytes
 
 
 def results_table(results: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -45,9 +46,8 @@ def results_table(results: Mapping[str, Any]) -> list[dict[str, str]]:
 
 
 def markdown_table(results: Mapping[str, Any]) -> str:
-    lines = ["| task | setting | metric | value (95% CI) |", "|---|---|---|---|"]
-    lines += [f"| {r['task']} | {r['setting']} | {r['metric']} | {r['value']} |" for r in results_table(results)]
-    return "\n".join(lines) + "\n"
+    rows = [{**r, "value (95% CI)": r["value"]} for r in results_table(results)]
+    return tables.markdown_table(rows, ["task", "setting", "metric", "value (95% CI)"]) + "\n"
 
 
 def plot_roc(curves: Mapping[str, Mapping[str, list[float]]], path: str | Path, title: str = "ROC (test)") -> Path:
@@ -67,6 +67,29 @@ def plot_roc(curves: Mapping[str, Mapping[str, list[float]]], path: str | Path, 
     path = Path(path)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def plot_examples(data: Any, path: str | Path, count: int = 8, size: int = 128) -> Path:
+    """A few evaluation images with their labels (and mask outlines when the set has masks); atomic PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = min(count, len(data))
+    figure, axes = plt.subplots(1, count, figsize=(2 * count, 2.4))
+    for i, axis in enumerate(axes if count > 1 else [axes]):
+        axis.imshow(data.image(i, size), cmap="gray")
+        if getattr(data, "mask_rles", None):
+            axis.contour(data.mask(i, size), levels=[0.5], colors="red", linewidths=0.8)
+        labels = [c for c, v in zip(data.categories, data.labels[i]) if v]
+        axis.set_title(", ".join(labels) or "no finding", fontsize=7)
+        axis.axis("off")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=80, bbox_inches="tight")
     plt.close(figure)
     return path
 

@@ -10,16 +10,14 @@ Recall@K = r / R, Precision@K = r / min(K, gallery size), Hit@K = 1 if r > 0. Me
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from evaluation.datasets import LabelledImages
 from evaluation.encode import embed_images, embed_texts, image_tensor
-from training.knowledge import NO_FINDING, KnowledgeBase
+from training.knowledge import NO_FINDING, KnowledgeBase, category_prompt
 from training.model import MedFilipModel, Tokenizer
 
 RELEVANCE = "relevant = image and text share at least one positive category ('no finding' counts as one)"
@@ -72,26 +70,11 @@ def with_no_finding(data: LabelledImages) -> LabelledImages:
 def prompt_gallery(kb: KnowledgeBase, categories: Sequence[str]) -> tuple[list[str], np.ndarray]:
     """One "<category>. <description>" text per described category; labels one-hot over categories."""
     kept = [c for c in categories if c in kb.categories]
-    texts = [f"{c}. {kb.description(c)}" for c in kept]
+    texts = [category_prompt(kb, c) for c in kept]
     labels = np.zeros((len(kept), len(categories)), dtype=np.int8)
     for i, c in enumerate(kept):
         labels[i, list(categories).index(c)] = 1
     return texts, labels
-
-
-def training_texts_gallery(texts_path: str | Path, image_texts_path: str | Path, categories: Sequence[str],
-                           split: str = "val") -> tuple[list[str], np.ndarray]:
-    """The distinct positive (non-negated) training texts of one split's images, labelled by their
-    category; texts of categories outside `categories` are left out."""
-    used = pq.read_table(image_texts_path, columns=["split", "text_ids"], filters=[("split", "==", split)])
-    ids = {i for row in used.column("text_ids").to_pylist() for i in row}
-    table = pq.read_table(texts_path, columns=["text_id", "text", "category", "negated"]).to_pylist()
-    column = {c: j for j, c in enumerate(categories)}
-    rows = [r for r in table if r["text_id"] in ids and not r["negated"] and r["category"] in column]
-    labels = np.zeros((len(rows), len(categories)), dtype=np.int8)
-    for i, row in enumerate(rows):
-        labels[i, column[row["category"]]] = 1
-    return [r["text"] for r in rows], labels
 
 
 def _ranked_metrics(similarity: np.ndarray, relevance: np.ndarray, ks: Sequence[int]) -> dict:

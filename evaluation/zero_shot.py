@@ -6,33 +6,28 @@ multi-label, so classes do not compete).
 The set is split patient-wise into VAL (thresholds for F1/accuracy) and TEST (every reported
 number); AUC and its CI are on TEST. Unseen categories (in the knowledge base but never in the
 pre-training texts) are reported apart from seen ones; the caller says which they are, e.g. with
-`unseen_categories(kb, texts.parquet)`.
+`unseen_categories(kb, training_texts folder)`.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from evaluation.datasets import LabelledImages
 from evaluation.encode import embed_images, embed_texts, image_tensor
 from evaluation.metrics import classification_report, mean_auc, rank_auc, roc_points
 from evaluation.splits import patient_split
-from training.knowledge import KnowledgeBase, canonical_category
+from training.knowledge import KnowledgeBase, canonical_category, category_prompts
 from training.model import MedFilipModel, Tokenizer
+from training.texts import text_categories
 
 
-def category_prompts(kb: KnowledgeBase, categories: Iterable[str]) -> dict[str, str]:
-    """category -> "<category>. <description>" for the categories the knowledge base describes."""
-    return {c: f"{c}. {kb.description(c)}" for c in categories if canonical_category(c) in kb.categories}
-
-
-def unseen_categories(kb: KnowledgeBase, texts_path: str | Path) -> list[str]:
-    """Knowledge-base categories that no pre-training text (texts.parquet) has as its category."""
-    seen = set(pq.read_table(texts_path, columns=["category"]).column("category").to_pylist())
+def unseen_categories(kb: KnowledgeBase, texts_dir: str | Path) -> list[str]:
+    """Knowledge-base categories that no pre-training text (the training_texts folder) has."""
+    seen = text_categories(texts_dir)
     return sorted(set(kb.categories) - {canonical_category(c) for c in seen})
 
 

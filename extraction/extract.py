@@ -11,9 +11,10 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from extraction.cache import AnswerCache, CachedAnswer, cache_key
 from extraction.interface import Answer, Backend, Usage
@@ -58,6 +59,23 @@ class ExtractionStats:
 
     def as_dict(self) -> dict[str, float | int | None]:
         return asdict(self)
+
+    def add(self, other: "ExtractionStats") -> None:
+        """Accumulate another run's counts (cost stays None until some part has a price)."""
+        for name, value in other.as_dict().items():
+            if name == "cost_usd":
+                if value is not None:
+                    self.cost_usd = (self.cost_usd or 0.0) + value
+            else:
+                setattr(self, name, getattr(self, name) + value)
+
+    def answered(self) -> int:
+        """Reports that got an answer to parse: neither empty nor failed at the backend."""
+        return self.reports - self.empty_reports - self.errors
+
+    def parse_failure_rate(self) -> float:
+        answered = self.answered()
+        return self.parse_errors / answered if answered > 0 else 0.0
 
 
 @dataclass
@@ -106,6 +124,30 @@ def extract_reports(reports: pa.Table, backend: Backend, cache_path: Path | str,
     stats.parse_errors = sum(1 for r in rows if r["parse_error"] is not None)
     stats.wall_s = time.perf_counter() - started
     return ExtractionResult(table, stats)
+
+
+def extract_shards(report_paths: Iterable[Path], backend: Backend, cache_path: Path | str,
+                   progress_of: Callable[[str], ProgressCallback | None] | None = None,
+                   on_shard: Callable[[str, ExtractionStats], None] | None = None) -> ExtractionResult:
+    """Extract every `reports` shard file (one Parquet per shard, named <shard>.parquet) in turn;
+    one table in shard order and the summed counts."""
+    total, tables = ExtractionStats(), []
+    for path in report_paths:
+        shard = Path(path).stem
+        reports = pq.read_table(path, columns=["study_id", "extraction_text", "text_sha256"])
+        reports = reports.rename_columns(["study_id", "text", "text_sha256"])
+        result = extract_reports(reports, backend, cache_path, progress=progress_of(shard) if progress_of else None)
+        tables.append(result.table)
+        total.add(result.stats)
+        if on_shard:
+            on_shard(shard, result.stats)
+    table = pa.concat_tables(tables) if tables else LLM_EXTRACTIONS_SCHEMA.empty_table()
+    return ExtractionResult(table, total)
+
+
+def backend_failures(table: pa.Table) -> list[dict]:
+    """(study_id, error) of every report the backend gave no answer for (empty reports aside)."""
+    return [r for r in table.select(["study_id", "error"]).to_pylist() if r["error"] and r["error"] != EMPTY_REPORT_ERROR]
 
 
 def _ask(backend: Backend, keys: list[str], text_of: dict[str, str],

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import openai
 
-from extraction.backends import OpenAIConfig
+from extraction.config import OpenAIConfig
 from extraction.interface import Answer, Usage
 from extraction.prompts import Prompt, default_prompt_dir, load_prompt
 

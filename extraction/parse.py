@@ -52,11 +52,6 @@ def parse_answer(text: str | None) -> ParsedAnswer:
         return ParsedAnswer([], f"parser failure: {type(exc).__name__}: {exc}")
 
 
-def format_braces(finding: ParsedFinding) -> str:
-    certainty = "uncertain" if finding.uncertain else "certain"
-    return f"{{{finding.severity}}}{{{finding.location}}}{{{finding.category}}}{{{certainty}}}"
-
-
 def _parse(text: str | None) -> ParsedAnswer:
     if text is None or not text.strip():
         return ParsedAnswer([], "empty answer")

@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from extraction.vocabulary import REPO_ROOT
+from common.paths import PROMPTS_DIR
 
 PROMPT_FILES = ("system.md", "user.md")
 REPORT_PLACEHOLDER = "{report}"
@@ -41,7 +41,7 @@ class Prompt:
 
 def default_prompt_dir(response_format: str = "text") -> Path:
     name = "gpt_ie_json" if response_format == "json_object" else "gpt_ie"
-    return REPO_ROOT / "prompts" / name
+    return PROMPTS_DIR / name
 
 
 def load_prompt(directory: Path | str) -> Prompt:

@@ -7,6 +7,9 @@ one report (FINDINGS and IMPRESSION often repeat) is kept once.
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
+
 import pyarrow as pa
 
 from extraction.parse import parse_answer
@@ -84,3 +87,42 @@ def _reject(study_id: str, severity: str | None, location: str | None, raw_categ
             reason: str, sentence: str | None) -> dict[str, object]:
     return {"study_id": study_id, "severity": severity, "location": location,
             "raw_category": raw_category, "reason": reason, "sentence": sentence}
+
+
+@dataclass
+class TripletSummary:
+    """What the triplets asset reports and checks."""
+
+    answered: int  # reports with an answer
+    with_triplets: int  # reports that yield at least one finding
+    findings: int  # triplets + rejects
+    outside_vocabulary: list[dict]  # rejects for an unknown category
+    positive: Counter  # category -> present findings
+    negated: Counter  # category -> negated findings
+    uncertain: int
+    reject_reasons: Counter
+
+    @property
+    def share_with_triplets(self) -> float:
+        return self.with_triplets / self.answered if self.answered else 0.0
+
+    @property
+    def outside_rate(self) -> float:
+        return len(self.outside_vocabulary) / self.findings if self.findings else 0.0
+
+
+def summarise_triplets(extractions: pa.Table, triplets: pa.Table, rejects: pa.Table) -> TripletSummary:
+    categories = triplets.column("category").to_pylist()
+    negated = triplets.column("negated").to_pylist()
+    reject_rows = rejects.to_pylist()
+    return TripletSummary(
+        answered=sum(1 for a in extractions.column("answer").to_pylist() if a is not None),
+        with_triplets=len(set(triplets.column("study_id").to_pylist())),
+        findings=triplets.num_rows + len(reject_rows),
+        outside_vocabulary=[r for r in reject_rows if "unknown category" in (r["reason"] or "")],
+        positive=Counter(c for c, n in zip(categories, negated) if not n),
+        negated=Counter(c for c, n in zip(categories, negated) if n),
+        uncertain=sum(triplets.column("uncertain").to_pylist()),
+        reject_reasons=Counter(r["reason"] for r in reject_rows),
+    )
+

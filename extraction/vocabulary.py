@@ -16,9 +16,10 @@ from typing import Any
 
 import yaml
 
+from common.paths import KNOWLEDGE_DIR
+
 NOT_STATED = "na"
 NEGATED_SEVERITY = "no"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class VocabularyError(ValueError):
@@ -72,7 +73,7 @@ class Vocabulary:
 
 
 def default_vocabulary_path() -> Path:
-    return REPO_ROOT / "knowledge" / "vocabulary.yaml"
+    return KNOWLEDGE_DIR / "vocabulary.yaml"
 
 
 def load_vocabulary(path: Path | str | None = None) -> Vocabulary:

@@ -15,9 +15,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
+from common.storage import file_sha256
 from ingestion.identifiers import IDENTIFIER_KEYWORDS, patient_key
 from ingestion.layout import iter_shard_files, parse_image_path, relative_to_root
-from pipeline.storage import file_sha256
 
 SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2")
 

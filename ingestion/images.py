@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from common.parallel import ordered_map
+from common.storage import atomic_path, write_table
 from ingestion.decode import decode_dicom, decode_jpeg
 from ingestion.dicom_index import QUARANTINE_SCHEMA, quarantine_row
-from ingestion.parallel import bounded_map
-from pipeline.storage import atomic_path, write_table
 
 T = TypeVar("T")
 
@@ -97,7 +97,7 @@ def build_cxr_images(
     def batches() -> Iterator[pa.RecordBatch]:
         nonlocal written
         rows: list[dict] = []
-        for done, (task, pixels, error) in enumerate(bounded_map(decode_task, tasks, workers), 1):
+        for done, (task, pixels, error) in enumerate(ordered_map(decode_task, tasks, workers), 1):
             if error is not None:
                 quarantined.append(quarantine_row(task.source_path, shard, "decode", error, task.meta[4], None))
             else:
@@ -156,11 +156,6 @@ def image_record(task: DecodeTask, pixels: np.ndarray) -> dict:
         "pixels": pixels.tobytes(),
         "file_sha256": sha,
     }
-
-
-def pixels_of(record: dict) -> np.ndarray:
-    """Inverse of image_record for readers of cxr_images."""
-    return np.frombuffer(record["pixels"], dtype=np.uint8).reshape(record["height"], record["width"])
 
 
 def contact_sheet_markdown(images: list[np.ndarray], thumb: int = 96, per_row: int = 8) -> str:

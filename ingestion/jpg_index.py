@@ -8,10 +8,10 @@ from pathlib import Path
 import pyarrow.csv as pacsv
 from PIL import Image, UnidentifiedImageError
 
+from common.storage import file_sha256
 from ingestion.dicom_index import normalise_view, quarantine_row
 from ingestion.identifiers import patient_key
 from ingestion.layout import iter_shard_files, parse_image_path, relative_to_root
-from pipeline.storage import file_sha256
 
 METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv"
 JPG_TRANSFER_SYNTAX = "jpeg-8bit (MIMIC-CXR-JPG)"

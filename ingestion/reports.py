@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from common.storage import text_sha256
 from ingestion.identifiers import patient_key
 from ingestion.layout import parse_report_path, relative_to_root
-from pipeline.storage import text_sha256
 
 REPORT_SCHEMA = pa.schema(
     [

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from common.storage import write_table
 from ingestion.dicom_index import INDEX_SCHEMA, QUARANTINE_SCHEMA, index_dicom, quarantine_row
 from ingestion.identifiers import patient_key
 from ingestion.jpg_index import index_jpg_shard
 from ingestion.layout import iter_shard_files, parse_report_path, relative_to_root
 from ingestion.reports import REPORT_SCHEMA, report_row
-from pipeline.storage import write_table
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 

@@ -2,13 +2,13 @@
 
 import dagster as dg
 
+from assets.evaluation import finetune_eval, retrieval_eval, segmentation_eval, zero_shot_eval
 from assets.extraction import llm_extractions, prompts, triplets
 from assets.ingestion import cxr_images, dicom_files, dicom_index, report_files, reports
-from assets.evaluation import finetune_eval, retrieval_eval, segmentation_eval, zero_shot_eval
-from assets.training import pretrained_model
 from assets.knowledge import every_triplet_category_described, knowledge_base, ssm, text_embeddings, training_texts
+from assets.training import pretrained_model
 from pipeline.jobs import jobs
-from pipeline.resources import ArchiveResource, MLflowResource, StorageResource, extractor_from_env
+from pipeline.resources import ArchiveResource, ExtractorResource, MLflowResource, StorageResource
 from pipeline.sensors import nightly_extraction_schedule, prompt_change_sensor
 
 defs = dg.Definitions(
@@ -26,7 +26,7 @@ defs = dg.Definitions(
     resources={
         "storage": StorageResource(),
         "archive": ArchiveResource(),
-        "extractor": extractor_from_env(),
+        "extractor": ExtractorResource(),
         "mlflow_tracking": MLflowResource(),
     },
 )

@@ -18,7 +18,7 @@ DEMO_CORPUS = {"image_size": 192}
 DEMO_OPS_CONFIG = {
     "cxr_images": {"config": {"image_size": 96, "workers": 2}},
     # The demo preset trains on present findings only, in SSM groups apart from any negation: with
-    # the frozen text encoder, negated texts invert the zero-shot AUCs (see training.loop.PRESETS).
+    # the frozen text encoder, negated texts invert the zero-shot AUCs (see training.config.PRESETS).
     "training_texts": {"config": {"drop_negated": True}},
     "ssm": {"config": {"separate_negations": True}},
     "pretrained_model": {"config": {"preset": "demo"}},

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipeline.storage import file_sha256
+from common.storage import file_sha256
 
 # The chain behind a pre-trained model, nearest first.
 MODEL_ANCESTORS = (
@@ -54,11 +54,9 @@ def check_lineage(entries: list[dict]) -> list[dict]:
 
 
 def write_lineage(path: Path, record: dict) -> Path:
-    from pipeline.storage import atomic_path
+    from common.storage import write_text
 
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, default=str))
-    return path
+    return write_text(path, json.dumps(record, indent=2, default=str))
 
 
 def _latest_per_partition(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str | None, object]:

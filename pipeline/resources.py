@@ -3,7 +3,7 @@ deployment swaps values (or a production variant) in one place: pipeline/definit
 
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import dagster as dg
 
@@ -51,35 +51,35 @@ class ArchiveResource(dg.ConfigurableResource):
 class ExtractorResource(dg.ConfigurableResource):
     """The GPT-IE backend. Default `rules`: offline, no report leaves the machine.
 
-    `openai` talks to any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp
-    server); the API key is read from the environment variable *named* by `api_key_env`.
+    `openai` talks to any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp server);
+    the API key is read from the environment variable *named* by `api_key_env`. Every field is
+    a field of `extraction.config` (where its default and its check live); a field left unset
+    takes the environment's value (MEDFILIP_EXTRACTOR, MEDFILIP_LLM_*), so a run config that
+    sets only `timeout_s` changes the timeout of the backend the environment chose.
     """
 
-    backend: Literal["rules", "openai"] = "rules"
-    base_url: str = "http://127.0.0.1:8000/v1"
-    model: str = ""
-    api_key_env: str = "OPENAI_API_KEY"
-    prompt_dir: str = ""
-    response_format: Literal["text", "json_object"] = "text"
-    concurrency: int = 8
-    timeout_s: float = 60.0
-    max_attempts: int = 5
-    price_prompt_per_1k: float | None = None
-    price_completion_per_1k: float | None = None
+    backend: Optional[str] = None  # "rules" or "openai"; checked by extraction.config
+    vocabulary_path: Optional[str] = None
+    base_url: Optional[str] = None
+    model: Optional[str] = None
+    api_key_env: Optional[str] = None
+    prompt_dir: Optional[str] = None
+    temperature: Optional[float] = None
+    max_tokens: Optional[int] = None
+    response_format: Optional[str] = None  # "text" or "json_object"
+    concurrency: Optional[int] = None
+    timeout_s: Optional[float] = None
+    max_attempts: Optional[int] = None
+    backoff_base_s: Optional[float] = None
+    backoff_max_s: Optional[float] = None
+    price_prompt_per_1k: Optional[float] = None
+    price_completion_per_1k: Optional[float] = None
 
-    def backend_config(self) -> dict:
-        if self.backend == "rules":
-            return {"kind": "rules"}
-        config = {
-            "kind": "openai", "base_url": self.base_url, "model": self.model, "api_key_env": self.api_key_env,
-            "response_format": self.response_format, "concurrency": self.concurrency,
-            "timeout_s": self.timeout_s, "max_attempts": self.max_attempts,
-            "price_prompt_per_1k": self.price_prompt_per_1k,
-            "price_completion_per_1k": self.price_completion_per_1k,
-        }
-        if self.prompt_dir:
-            config["prompt_dir"] = self.prompt_dir
-        return config
+    def backend_config(self):
+        from extraction.config import backend_config_from_settings, settings_from_env
+
+        explicit = {k: v for k, v in self.model_dump().items() if v is not None}
+        return backend_config_from_settings({**settings_from_env(), **explicit})
 
     def make_backend(self):
         from extraction.backends import make_backend
@@ -113,23 +113,3 @@ class MLflowResource(dg.ConfigurableResource):
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         return f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
-def extractor_from_env() -> ExtractorResource:
-    """The extractor for the code location. Default: rules, offline. An LLM endpoint is chosen
-    without editing code (and the daemon and UI see the same choice) through:
-    MEDFILIP_EXTRACTOR=openai, MEDFILIP_LLM_BASE_URL, MEDFILIP_LLM_MODEL, MEDFILIP_LLM_API_KEY_ENV,
-    MEDFILIP_PROMPT_DIR, MEDFILIP_LLM_CONCURRENCY."""
-    import os
-
-    env = os.environ
-    if env.get("MEDFILIP_EXTRACTOR", "rules") != "openai":
-        return ExtractorResource()
-    return ExtractorResource(
-        backend="openai",
-        base_url=env.get("MEDFILIP_LLM_BASE_URL", "http://127.0.0.1:8000/v1"),
-        model=env.get("MEDFILIP_LLM_MODEL", ""),
-        api_key_env=env.get("MEDFILIP_LLM_API_KEY_ENV", "OPENAI_API_KEY"),
-        prompt_dir=env.get("MEDFILIP_PROMPT_DIR", ""),
-        concurrency=int(env.get("MEDFILIP_LLM_CONCURRENCY", "8")),
-    )

@@ -12,9 +12,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PROMPTS_DIR = REPO_ROOT / "prompts"
-KNOWLEDGE_DIR = REPO_ROOT / "knowledge"
+from common.paths import KNOWLEDGE_DIR, PROMPTS_DIR, REPO_ROOT  # noqa: F401  (re-exported for the CLI)
+from common.storage import write_text
 
 SALT_ENV = "MEDFILIP_PATIENT_SALT"
 
@@ -90,7 +89,7 @@ def prepare_home(home: Path | str | None = None, *, set_dagster_home: bool = Tru
         path.mkdir(parents=True, exist_ok=True)
     config = lay.dagster_home / "dagster.yaml"
     if not config.exists():
-        config.write_text(_DAGSTER_YAML)
+        write_text(config, _DAGSTER_YAML)
     if set_dagster_home:
         os.environ["DAGSTER_HOME"] = str(lay.dagster_home)
     return lay
@@ -106,10 +105,5 @@ def patient_salt(home: Path | str | None = None) -> bytes:
         return os.environ[SALT_ENV].encode()
     path = layout(home).home / "secrets" / "patient_salt"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
-        os.replace(tmp, path)
+        write_text(path, secrets.token_hex(32), mode=0o600)
     return path.read_text().strip().encode()

@@ -19,7 +19,7 @@ from corpus.findings import Finding
 from corpus.generate import generate_corpus
 from corpus.lesions import adjust_geometry
 from corpus.render import render_view
-from corpus.rle import rle_decode, rle_encode
+from common.rle import rle_decode, rle_encode
 
 SMALL = dict(studies=12, image_size=128, eval_images=6)
 # Words that must appear in a report for each drawn category (any one of them).

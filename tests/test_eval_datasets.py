@@ -10,7 +10,7 @@ import torchxrayvision
 from PIL import Image
 
 from corpus.eval_sets import write_eval_sets
-from corpus.rle import rle_decode
+from common.rle import rle_decode
 from evaluation.datasets import (
     covid_radiography, generated_eval_sets, load_label_mapping, nih_chestxray14, rsna_pneumonia,
     siim_pneumothorax, vinbigdata,

@@ -58,7 +58,7 @@ def test_zero_shot_reports_seen_and_unseen_apart(sets, checkpoint, tmp_path):
 
     pq.write_table(pa.table({"category": ["effusion", "cardiomegaly", "pneumothorax", "nodule", "consolidation",
                                           "atelectasis", "no finding"]}), texts)
-    unseen = unseen_categories(kb, texts)
+    unseen = unseen_categories(kb, tmp_path)
     assert "edema" in unseen and "effusion" not in unseen
     report = evaluate_zero_shot(model, tokenizer, sets["nih"], kb, unseen=unseen, n_boot=100)
     assert report["seen"]["evaluable"] and "edema" in report["unseen"]["categories"]

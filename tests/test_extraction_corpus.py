@@ -20,7 +20,7 @@ from extraction.to_triplets import to_triplets
 from extraction.vocabulary import load_vocabulary
 from ingestion.layout import parse_report_path
 from ingestion.reports import parse_report
-from pipeline.storage import text_sha256
+from common.storage import text_sha256
 
 
 def side(location: str) -> str:

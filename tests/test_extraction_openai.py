@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 
 import pyarrow as pa
 import pytest
@@ -86,12 +85,10 @@ def test_error_after_retries_is_recorded_not_cached_and_retried_next_run(tmp_pat
 def test_hanging_server_times_out_per_call(tmp_path):
     with StubServer(default="hang") as server:
         backend = openai_backend(server, timeout_s=0.3, max_attempts=2)
-        started = time.perf_counter()
         result = extract_reports(reports_table(["Mild cardiomegaly."]), backend, tmp_path / "c.duckdb")
-        elapsed = time.perf_counter() - started
     (row,) = result.table.to_pylist()
-    assert "APITimeoutError" in row["error"] and row["attempts"] == 2
-    assert elapsed < 3
+    # Two attempts, each ended by the client's timeout (the stub never answers).
+    assert "APITimeoutError" in row["error"] and row["attempts"] == 2 and len(server.requests) == 2
 
 
 def test_garbage_response_fails_without_retry(tmp_path):
@@ -105,11 +102,9 @@ def test_garbage_response_fails_without_retry(tmp_path):
 def test_concurrency_is_bounded_and_overlaps_slow_calls(tmp_path):
     texts = [f"Report {i}." for i in range(12)]
     with StubServer(default="slow", delay_s=0.2) as server:
-        started = time.perf_counter()
         extract_reports(reports_table(texts), openai_backend(server, concurrency=4), tmp_path / "c.duckdb")
-        elapsed = time.perf_counter() - started
-    assert server.max_in_flight == 4
-    assert elapsed < 12 * 0.2 / 2  # serial would take 2.4 s
+    # Four requests were open at the server at one moment: the calls overlap, and never more.
+    assert server.max_in_flight == 4 and len(server.requests) == 12
 
 
 def test_empty_report_makes_no_call(tmp_path):

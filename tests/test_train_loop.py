@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from training.data import Augmentation, CxrTextStream, TextTokens, build_split_index, make_loader, prepare_image
-from training.loop import TrainConfig, lr_factor, train
+from training.config import TrainConfig
+from training.loop import train
+from training.optim import lr_factor
 from training.model import create_model, create_tokenizer
 
 CATEGORIES = ["effusion", "cardiomegaly", "pneumothorax", "no finding"]
@@ -257,9 +259,17 @@ def test_locked_text_tower_runs_once_per_run_and_trains_like_the_token_path(corp
     assert cached_calls == 1 + 1  # one encoding of all texts + the prompts at the validation
     assert token_calls >= 6 + 1
     assert len(list((tmp_path / "cached" / "frozen_text").glob("*.pt"))) == 1
-    for name, value in tokens["model"].items():  # float noise only: the encoder sees the same texts
-        torch.testing.assert_close(cached["model"][name], value, rtol=2e-3, atol=1e-4, msg=name)
-    assert [h["zero_shot_mean_auc"] for h in cached["history"]] == [h["zero_shot_mean_auc"] for h in tokens["history"]]
+    # The two paths differ only in how the frozen encoder is batched (all texts at once vs each
+    # batch's texts), i.e. float32 rounding of the same sums (~1e-6 relative), which six SGD steps
+    # at lr 0.2 amplify by an amount that depends on the CPU's kernels. Element-wise tolerances fail
+    # on small weights on other CPUs; the size of the whole difference per tensor does not: noise
+    # stays orders of magnitude under 1% while wrong text rows move trained tensors by O(1).
+    for name, value in tokens["model"].items():
+        if value.is_floating_point() and value.norm() > 0:
+            relative = float((cached["model"][name].double() - value.double()).norm() / value.double().norm())
+            assert relative < 1e-2, f"{name}: relative difference {relative:.2e}"
+    for a, b in zip(cached["history"], tokens["history"]):
+        assert abs(a["zero_shot_mean_auc"] - b["zero_shot_mean_auc"]) < 0.02
     projection = "clip.text.proj.weight"
     initial = create_model(LOCKED_MINILM).state_dict()[projection]
     assert (cached["model"][projection] - initial).abs().max() > 1e-3  # the projection did train

@@ -11,14 +11,13 @@ import argparse
 import json
 import logging
 import sys
-from functools import partial
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
+from training.config import PRESETS, TrainConfig
 from training.distributed import init_distributed, shutdown_distributed
-from training.loop import PRESETS, TEXTS_FILE, TrainConfig, train
+from training.loop import train
 from training.pipes_reporting import pipes_callback
+from training.texts import zero_shot_prompts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,10 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     config = load_train_config(args.config, args.set)
     env = init_distributed(config.device)
     try:
-        from training.ssm import SSM, batch_targets
+        from training.ssm import SSM, ssm_targets_fn
 
-        ssm = SSM.load(args.ssm)
-        targets_fn = partial(_targets, batch_targets=batch_targets, ssm=ssm)
+        targets_fn = ssm_targets_fn(SSM.load(args.ssm))
         prompts = _prompts(args, Path(args.texts))
         with pipes_callback(env.is_main) as report:
             def callback(kind: str, step: int, metrics: dict) -> None:
@@ -60,10 +58,6 @@ def load_train_config(config: str, overrides: list[str] | None = None) -> TrainC
     return TrainConfig.model_validate(data)
 
 
-def _targets(image_text_ids, column_text_ids, *, batch_targets, ssm):
-    return batch_targets(image_text_ids, ssm, column_text_ids)
-
-
 def _prompts(args: argparse.Namespace, texts_dir: Path) -> dict[str, str] | None:
     if args.prompts:
         return json.loads(Path(args.prompts).read_text())
@@ -72,8 +66,7 @@ def _prompts(args: argparse.Namespace, texts_dir: Path) -> dict[str, str] | None
     from training.knowledge import load_knowledge
 
     kb = load_knowledge(args.knowledge) if args.knowledge else load_knowledge()
-    categories = sorted(set(pq.read_table(texts_dir / TEXTS_FILE, columns=["category"]).column("category").to_pylist()))
-    return {c: f"{c}. {kb.categories[c].description}" for c in categories if c in kb.categories}
+    return zero_shot_prompts(kb, texts_dir)
 
 
 def _print_metrics(kind: str, step: int, metrics: dict) -> None:

@@ -15,8 +15,10 @@ import pyarrow as pa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from common.paths import KNOWLEDGE_DIR
+
 NO_FINDING = "no finding"
-DEFAULT_KNOWLEDGE_PATH = Path(__file__).resolve().parent.parent / "knowledge" / "descriptions.yaml"
+DEFAULT_KNOWLEDGE_PATH = KNOWLEDGE_DIR / "descriptions.yaml"
 
 KNOWLEDGE_SCHEMA = pa.schema(
     [
@@ -112,6 +114,17 @@ def load_knowledge(path: str | Path = DEFAULT_KNOWLEDGE_PATH) -> KnowledgeBase:
         return KnowledgeBase.model_validate(raw)
     except ValueError as exc:
         raise ValueError(f"{path}: invalid knowledge base: {exc}") from exc
+
+
+def category_prompt(kb: KnowledgeBase, category: str) -> str:
+    """The zero-shot prompt of a category: "<category>. <description>" (the paper's wording)."""
+    name = canonical_category(category)
+    return f"{name}. {kb.description(name)}"
+
+
+def category_prompts(kb: KnowledgeBase, categories: Iterable[str]) -> dict[str, str]:
+    """category -> its prompt, in the given order, for the categories the knowledge base describes."""
+    return {c: category_prompt(kb, c) for c in categories if canonical_category(c) in kb.categories}
 
 
 def missing_descriptions(kb: KnowledgeBase, categories: Iterable[str]) -> list[str]:

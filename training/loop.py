@@ -13,99 +13,32 @@ Exactness, by construction:
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.storage import atomic_path
+from training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint, seed_everything
+from training.config import TrainConfig
 from training.data import Augmentation, Batch, CxrTextStream, TextTokens, build_split_index, make_loader
 from training.distributed import DistEnv, all_reduce_mean, gather_features, gather_objects, init_distributed
+from training.frozen_text import load_or_encode_frozen_texts
 from training.loss import MedFilipLoss
-from training.model import MedFilipModel, create_model, create_tokenizer, encode_frozen_texts
+from training.model import MedFilipModel, create_model, create_tokenizer
+from training.optim import build_optimizer, build_scheduler
+from training.texts import IMAGE_TEXTS_FILE, TEXTS_FILE
 from training.zero_shot import TextCategories, mean_auc, per_class_auc, prompt_embeddings
 
 log = logging.getLogger("training")
 
 TargetsFn = Callable[[Sequence[Sequence[int]], Sequence[int]], torch.Tensor]
 MetricsCallback = Callable[[str, int, Mapping[str, float]], None]
-
-TEXTS_FILE = "texts.parquet"
-IMAGE_TEXTS_FILE = "image_texts.parquet"
-LAST = "last.pt"
-BEST = "best.pt"
-
-
-class TrainConfig(BaseModel):
-    """Everything that shapes a run; JSON-able. Defaults are the paper's optimisation."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model: str = "demo"  # a name in training/model_configs or a JSON path
-    pretrained: str | None = None  # local file only, see training.model.create_model
-    loss: Literal["ssm_scaled", "ssm_cosine", "infonce"] = "ssm_scaled"
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(32, ge=1)  # global images per micro-step, all ranks together
-    accum_steps: int = Field(1, ge=1)  # micro-steps per optimiser step (each its own B x B loss)
-    data_lanes: int | None = None  # fixes the sample order across world sizes; default world size
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    betas: tuple[float, float] = (0.9, 0.98)
-    schedule: Literal["cosine_restarts", "cosine", "constant"] = "cosine_restarts"
-    warmup_steps: int = 0
-    restart_epochs: float = 1.0  # first cosine cycle, in epochs (T_0)
-    restart_mult: int = 1  # cycle length multiplier (T_mult)
-    min_lr_ratio: float = 0.0
-    grad_clip: float | None = None
-    precision: Literal["amp_fp16", "amp_bf16", "fp32"] = "amp_fp16"  # AMP only on CUDA
-    sync_batchnorm: bool = True  # CUDA DDP only
-    augment: bool = True
-    seed: int = 0
-    num_workers: int = 0
-    shuffle_window: int = Field(4, ge=1)  # row groups mixed together within a lane
-    val_batch_size: int = 64
-    checkpoint_every: int = 0  # optimiser steps; 0 = at epoch ends only
-    max_steps: int | None = None  # stop (with a checkpoint) after this many optimiser steps
-    log_every: int = 10
-    device: str | None = None  # "cpu" / "cuda"; default CUDA when present
-    # Locked text tower: encode each distinct text once per run and train only the projection.
-    cache_frozen_text: bool = True
-    # Which of an image's texts is its batch column: "uniform" (the paper) or "positive_first".
-    text_sampling: Literal["uniform", "positive_first"] = "uniform"
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": dict(model="paper", optimizer="sgd", lr=1e-4, weight_decay=1e-4, batch_size=32, epochs=20,
-                  schedule="cosine_restarts"),
-    # Minutes on a 2-core CPU: a plain small CNN (timm `test_resnet`: BatchNorm, global average
-    # pooling, linear projection; 0.4M parameters at 96 px, ~300 img/s fwd+bwd on 2 idle cores) and
-    # the frozen MiniLM encoded once per run (only its projection trains), AdamW with a short cosine.
-    # It departs from the paper where the paper does not learn in this budget (benchmarks/train.py
-    # ablation): the loss is on unscaled cosines (ssm_cosine), each image's batch column is one of
-    # its present findings (positive_first), and the training texts should leave negated findings
-    # out (training_texts drop_negated=True; with them, "no edema. <description of edema>" sits next
-    # to the zero-shot prompt for edema in the frozen encoder's space and AUCs invert). Measured on
-    # the 3,000-study demo corpus (4,111 train / 490 val images, 96 px, idle 2-core CPU, ~355 img/s):
-    # zero-shot mean AUC 0.61 / 0.77 / 0.83 / 0.86 / 0.85 / 0.87 / 0.88 / 0.88 after epochs 1..8
-    # (512 steps of 64, 110 s wall); 12 epochs reach no more (0.87-0.88, 159 s). With the paper's
-    # choices on the same tower and budget (ssm_scaled, uniform draw, negations kept under the
-    # paper's rule): 0.70. The CLIP ModifiedResNet tower used before (attention pooling, 1.4M
-    # parameters) reached 0.76 after 6 epochs on the same data.
-    "demo": dict(model="demo", optimizer="adamw", lr=3e-3, weight_decay=1e-4, batch_size=64, epochs=8,
-                 schedule="cosine", warmup_steps=10, loss="ssm_cosine", text_sampling="positive_first"),
-}
 
 
 @dataclass
@@ -219,11 +152,7 @@ class _Run:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 self.ddp_model, device_ids=[env.local_rank] if cuda else None)
         self.optimizer = build_optimizer(self.model, config)
-        total = config.epochs * self.steps_per_epoch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(
-            lr_factor, schedule=config.schedule, warmup=config.warmup_steps, total=total,
-            period=max(1, round(config.restart_epochs * self.steps_per_epoch)), mult=config.restart_mult,
-            min_ratio=config.min_lr_ratio))
+        self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.loss_fn = MedFilipLoss(config.loss)
 
@@ -361,118 +290,16 @@ class _Run:
     # -- checkpoints ---------------------------------------------------------------------------
 
     def save(self, path: Path, state: dict) -> None:
-        """Rank 0 writes atomically (temp file in the same folder, then os.replace)."""
+        """Rank 0 writes; every rank waits for it under DDP."""
         if self.env.is_main:
-            payload = {
-                "model": self.model.state_dict(),
-                "model_config": self.model.config,
-                "train_config": self.config.model_dump(mode="json"),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": rng_state(),
-                **{k: v for k, v in state.items() if k != "epoch_losses"},
-                "epoch_losses": list(state.get("epoch_losses", [])),
-            }
-            atomic_torch_save(payload, path)
+            save_checkpoint(path, state, model=self.model, config=self.config, optimizer=self.optimizer,
+                            scheduler=self.scheduler, scaler=self.scaler)
         if self.env.distributed:
             torch.distributed.barrier()
 
     def load(self, path: Path) -> dict:
-        payload = torch.load(path, map_location=self.env.device, weights_only=False)
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
-        self.scaler.load_state_dict(payload["scaler"])
-        set_rng_state(payload["rng"])
-        return {k: payload[k] for k in ("step", "epoch", "batch_in_epoch", "best_metric", "history", "epoch_losses")}
-
-
-def load_or_encode_frozen_texts(model: MedFilipModel, tokens: torch.Tensor, env: DistEnv,
-                                cache_dir: Path | None) -> torch.Tensor:
-    """The locked text tower's output for every text, read from `cache_dir` when a file keyed by the
-    digest of (tokens, frozen weights) is there, else encoded once and (rank 0) written there."""
-    started = time.perf_counter()
-    path = cache_dir / f"{frozen_text_digest(model, tokens)[:32]}.pt" if cache_dir is not None else None
-    if path is not None and path.is_file():
-        features = torch.load(path, map_location=env.device, weights_only=True)
-        _log_main(env, "frozen text features of %d texts read from %s", len(features), path)
-        return features
-    features = encode_frozen_texts(model, tokens.long(), device=env.device)
-    _log_main(env, "encoded %d texts with the frozen text tower once, in %.1f s", len(features),
-              time.perf_counter() - started)
-    if path is not None and env.is_main:
-        atomic_torch_save(features.cpu(), path)
-    return features
-
-
-def frozen_text_digest(model: MedFilipModel, tokens: torch.Tensor) -> str:
-    """sha256 over the token ids and every frozen text-tower tensor: any change of either misses."""
-    digest = hashlib.sha256(tokens.to(torch.int64).cpu().numpy().tobytes())
-    # open_clip's own text tower lives in the CLIP module itself, beside the image tower.
-    text = getattr(model.clip, "text", model.clip)
-    trainable = {name for name, p in text.named_parameters() if p.requires_grad}
-    for name, tensor in sorted(text.state_dict().items()):
-        if name not in trainable and not name.startswith(("visual.", "logit_")):
-            digest.update(name.encode() + b"\0")
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """No weight decay on biases, norms and the logit scale (as CLIP)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 or "logit_scale" in name else decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
-
-
-def lr_factor(step: int, *, schedule: str, warmup: int, total: int, period: int, mult: int, min_ratio: float) -> float:
-    """Linear warm-up, then constant / cosine / cosine with warm restarts (SGDR)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    t = step - warmup
-    if schedule == "cosine":
-        progress = min(1.0, t / max(1, total - warmup))
-    else:
-        cycle = period
-        while t >= cycle:
-            t -= cycle
-            cycle *= mult
-        progress = t / cycle
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def atomic_torch_save(payload: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        return load_checkpoint(path, self.env.device, model=self.model, optimizer=self.optimizer,
+                               scheduler=self.scheduler, scaler=self.scaler)
 
 
 def _log_main(env: DistEnv, message: str, *args: Any) -> None:

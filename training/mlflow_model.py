@@ -12,7 +12,7 @@ import mlflow.pyfunc
 import numpy as np
 import torch
 
-from pipeline.storage import atomic_path
+from common.storage import atomic_path
 
 WEIGHTS_ARTIFACT = "weights"
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.storage import atomic_path, write_bytes, write_table
+from common.storage import atomic_path, write_bytes, write_table
 
 VALUES_FILE = "ssm_values.npy"
 INDEX_FILE = "ssm_index.parquet"
@@ -222,6 +223,16 @@ def batch_targets(
     for k in range(1, local_rows.shape[1]):
         np.maximum(per_image, sims[local_rows[:, k]], out=per_image)
     return torch.from_numpy(per_image[:, col_inverse]).to(device or "cpu")
+
+
+def ssm_targets_fn(ssm: SSM) -> Callable[[Sequence[Sequence[int]], Sequence[int]], torch.Tensor]:
+    """The training loop's `targets_fn` over one SSM (a partial, so it pickles)."""
+    return partial(_targets_by_columns, ssm)
+
+
+def _targets_by_columns(ssm: SSM, image_text_ids: Sequence[Sequence[int]],
+                        column_text_ids: Sequence[int]) -> torch.Tensor:
+    return batch_targets(image_text_ids, ssm, column_text_ids)
 
 
 def group_names(categories: Sequence[str], negated: Sequence[bool], separate_negations: bool) -> list[str]:

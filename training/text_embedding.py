@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import atomic_path, write_bytes
+from common.storage import atomic_path, write_bytes
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 ProgressCallback = Callable[[int, int], None]  # (texts done, texts total)

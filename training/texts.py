@@ -28,9 +28,10 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from pipeline.storage import write_table
-from training.knowledge import NO_FINDING, KnowledgeBase, canonical_category, missing_descriptions
+from common.storage import write_table
+from training.knowledge import NO_FINDING, KnowledgeBase, canonical_category, category_prompts, missing_descriptions
 
 NOT_AVAILABLE = "na"
 TEXTS_FILE = "texts.parquet"
@@ -325,3 +326,15 @@ def _texts_per_category(texts: pa.Table) -> dict[str, int]:
     for category in texts.column("category").to_pylist():
         counts[category] = counts.get(category, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def text_categories(texts_dir: str | Path) -> list[str]:
+    """The categories (sorted, unique) of a training-texts folder's texts."""
+    table = pq.read_table(Path(texts_dir) / TEXTS_FILE, columns=["category"])
+    return sorted(set(table.column("category").to_pylist()))
+
+
+def zero_shot_prompts(kb: KnowledgeBase, texts_dir: str | Path) -> dict[str, str]:
+    """A prompt for every category the training texts use that the knowledge base describes."""
+    return category_prompts(kb, text_categories(texts_dir))
+

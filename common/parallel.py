@@ -1,6 +1,5 @@
 """An ordered map over a process pool with a bounded number of tasks in flight, so memory
-stays flat whatever the corpus size (the stdlib's Executor.map submits everything at once)."""
-
+stays flat whatever the number of items (the stdlib's Executor.map submits everything at once)."""
 from __future__ import annotations
 
 import multiprocessing
@@ -13,8 +12,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int, in_flight: int = 0) -> Iterator[R]:
-    """Yield fn(item) in input order using `workers` processes (inline when workers <= 1)."""
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, in_flight: int = 0) -> Iterator[R]:
+    """Yield fn(item) in input order using `workers` processes (inline when workers <= 1), so the
+    outputs are the same whatever `workers` is."""
     if workers <= 1:
         yield from map(fn, items)
         return

@@ -1,0 +1,78 @@
+"""Backend configuration, validated once at the edge: the one home of every extractor setting
+and its default (the Dagster resource and the environment variables only fill these fields)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class RulesConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["rules"] = "rules"
+    vocabulary_path: Path | None = None  # default: knowledge/vocabulary.yaml
+
+
+class OpenAIConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["openai"] = "openai"
+    base_url: str = "https://api.openai.com/v1"
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable; the key never sits in config
+    prompt_dir: Path | None = None  # default: prompts/gpt_ie (or gpt_ie_json for json_object)
+    temperature: float = 0.0
+    max_tokens: int = Field(default=512, gt=0)
+    response_format: Literal["text", "json_object"] = "text"
+    concurrency: int = Field(default=8, ge=1, le=256)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    backoff_base_s: float = Field(default=1.0, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    price_prompt_per_1k: float | None = Field(default=None, ge=0)
+    price_completion_per_1k: float | None = Field(default=None, ge=0)
+
+
+BackendConfig = Annotated[Union[RulesConfig, OpenAIConfig], Field(discriminator="kind")]
+_CONFIG_ADAPTER: TypeAdapter[Any] = TypeAdapter(BackendConfig)
+
+
+def parse_backend_config(config: Mapping[str, Any] | RulesConfig | OpenAIConfig) -> RulesConfig | OpenAIConfig:
+    if isinstance(config, (RulesConfig, OpenAIConfig)):
+        return config
+    return _CONFIG_ADAPTER.validate_python(dict(config))
+
+
+# Environment variables that choose the extractor without editing code, so the daemon, the UI and
+# the CLI see the same choice. Each maps to a field of the configs above ("backend" picks the kind).
+ENV_SETTINGS = {
+    "MEDFILIP_EXTRACTOR": "backend",
+    "MEDFILIP_LLM_BASE_URL": "base_url",
+    "MEDFILIP_LLM_MODEL": "model",
+    "MEDFILIP_LLM_API_KEY_ENV": "api_key_env",
+    "MEDFILIP_PROMPT_DIR": "prompt_dir",
+    "MEDFILIP_LLM_CONCURRENCY": "concurrency",
+}
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The extractor settings present in the environment, by field name (empty values ignored)."""
+    environ = os.environ if environ is None else environ
+    return {field: environ[name] for name, field in ENV_SETTINGS.items() if environ.get(name, "").strip()}
+
+
+def backend_config_from_settings(settings: Mapping[str, Any]) -> RulesConfig | OpenAIConfig:
+    """Settings by field name (as the resource and the environment give them) -> a validated config.
+    A setting that the chosen backend does not have is an error, never silently dropped."""
+    values = dict(settings)
+    kind = values.pop("backend", None) or "rules"
+    if kind not in ("rules", "openai"):
+        raise ValueError(f"extractor backend {kind!r} is unknown: use 'rules' or 'openai'")
+    model = RulesConfig if kind == "rules" else OpenAIConfig
+    unknown = sorted(set(values) - set(model.model_fields))
+    if unknown:
+        raise ValueError(f"extractor setting(s) {', '.join(unknown)} only apply to another backend, but the "
+                         f"backend is {kind!r}: set backend (MEDFILIP_EXTRACTOR) to the one you mean")
+    return parse_backend_config({"kind": kind, **values})

@@ -1,0 +1,71 @@
+"""Training configuration: every field that shapes a run (JSON-able), and the named presets.
+
+A preset is a dict of TrainConfig fields; `python -m training --config NAME` and the
+`pretrained_model` asset's `preset` pick one, overrides go on top."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TrainConfig(BaseModel):
+    """Everything that shapes a run; JSON-able. Defaults are the paper's optimisation."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = "demo"  # a name in training/model_configs or a JSON path
+    pretrained: str | None = None  # local file only, see training.model.create_model
+    loss: Literal["ssm_scaled", "ssm_cosine", "infonce"] = "ssm_scaled"
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)  # global images per micro-step, all ranks together
+    accum_steps: int = Field(1, ge=1)  # micro-steps per optimiser step (each its own B x B loss)
+    data_lanes: int | None = None  # fixes the sample order across world sizes; default world size
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.98)
+    schedule: Literal["cosine_restarts", "cosine", "constant"] = "cosine_restarts"
+    warmup_steps: int = 0
+    restart_epochs: float = 1.0  # first cosine cycle, in epochs (T_0)
+    restart_mult: int = 1  # cycle length multiplier (T_mult)
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = None
+    precision: Literal["amp_fp16", "amp_bf16", "fp32"] = "amp_fp16"  # AMP only on CUDA
+    sync_batchnorm: bool = True  # CUDA DDP only
+    augment: bool = True
+    seed: int = 0
+    num_workers: int = 0
+    shuffle_window: int = Field(4, ge=1)  # row groups mixed together within a lane
+    val_batch_size: int = 64
+    checkpoint_every: int = 0  # optimiser steps; 0 = at epoch ends only
+    max_steps: int | None = None  # stop (with a checkpoint) after this many optimiser steps
+    log_every: int = 10
+    device: str | None = None  # "cpu" / "cuda"; default CUDA when present
+    # Locked text tower: encode each distinct text once per run and train only the projection.
+    cache_frozen_text: bool = True
+    # Which of an image's texts is its batch column: "uniform" (the paper) or "positive_first".
+    text_sampling: Literal["uniform", "positive_first"] = "uniform"
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(model="paper", optimizer="sgd", lr=1e-4, weight_decay=1e-4, batch_size=32, epochs=20,
+                  schedule="cosine_restarts"),
+    # Minutes on a 2-core CPU: a plain small CNN (timm `test_resnet`: BatchNorm, global average
+    # pooling, linear projection; 0.4M parameters at 96 px, ~300 img/s fwd+bwd on 2 idle cores) and
+    # the frozen MiniLM encoded once per run (only its projection trains), AdamW with a short cosine.
+    # It departs from the paper where the paper does not learn in this budget (benchmarks/train.py
+    # ablation): the loss is on unscaled cosines (ssm_cosine), each image's batch column is one of
+    # its present findings (positive_first), and the training texts should leave negated findings
+    # out (training_texts drop_negated=True; with them, "no edema. <description of edema>" sits next
+    # to the zero-shot prompt for edema in the frozen encoder's space and AUCs invert). Measured on
+    # the 3,000-study demo corpus (4,111 train / 490 val images, 96 px, idle 2-core CPU, ~355 img/s):
+    # zero-shot mean AUC 0.61 / 0.77 / 0.83 / 0.86 / 0.85 / 0.87 / 0.88 / 0.88 after epochs 1..8
+    # (512 steps of 64, 110 s wall); 12 epochs reach no more (0.87-0.88, 159 s). With the paper's
+    # choices on the same tower and budget (ssm_scaled, uniform draw, negations kept under the
+    # paper's rule): 0.70. The CLIP ModifiedResNet tower used before (attention pooling, 1.4M
+    # parameters) reached 0.76 after 6 epochs on the same data.
+    "demo": dict(model="demo", optimizer="adamw", lr=3e-3, weight_decay=1e-4, batch_size=64, epochs=8,
+                 schedule="cosine", warmup_steps=10, loss="ssm_cosine", text_sampling="positive_first"),
+}
