@@ -1,4 +1,4 @@
-"""GPT-IE assets: reports -> llm_extractions (cached backend answers) -> triplets.
+"""GPT-IE assets: reports -> llm_extractions (cached backend answers) -> triplets -> report_labels.
 
 The `prompts` source asset's data version is the extraction backend's version (the prompt
 files' hash, or the rules + vocabulary hash). When it changes, `llm_extractions` and all
@@ -19,6 +19,7 @@ from assets.metadata import md_table, preview
 from assets.plots import bar_chart_markdown
 from common.storage import file_sha256, write_table
 from extraction.extract import ExtractionStats, backend_failures, extract_shards
+from extraction.labels import default_label_maps_path, label_counts, load_label_map, report_labels_table
 from extraction.to_triplets import summarise_triplets, to_triplets
 from extraction.vocabulary import load_vocabulary
 from ingestion.layout import SHARDS
@@ -157,6 +158,31 @@ def triplets(context: dg.AssetExecutionContext, config: TripletsConfig, storage:
                                           "rate": round(summary.outside_rate, 4),
                                           "examples": md_table(outside[:10], ["study_id", "raw_category", "sentence"])}),
         ],
+    )
+
+
+@dg.asset(deps=[llm_extractions, triplets], group_name="extraction", kinds={"parquet"}, code_version="1")
+def report_labels(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+    """One row per report whose answer was read: the 14 CheXpert observations as 1 (present),
+    0 (negated), -1 (uncertain) or null (not mentioned), from `triplets` through the `chexpert`
+    map of knowledge/label_maps.yaml, to compare with the CheXpert labeler's CSV and to filter
+    reports for training."""
+    extractions = pq.read_table(storage.asset_path("llm_extractions", "llm_extractions.parquet"))
+    found = pq.read_table(storage.asset_path("triplets", "triplets.parquet"))
+    label_map = load_label_map("chexpert", vocabulary=load_vocabulary())
+    table = report_labels_table(extractions, found, label_map)
+    out_path = storage.asset_path("report_labels", "report_labels.parquet")
+    write_table(table, out_path)
+    context.log.info(f"CheXpert labels for {table.num_rows} reports")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": table.num_rows,
+            "label_counts": md_table(label_counts(table, label_map), ["label", "1", "0", "-1", "blank"]),
+            "label_map_sha256": file_sha256(default_label_maps_path()),
+            "path": dg.MetadataValue.path(str(out_path)),
+            "sha256": file_sha256(out_path),
+            "preview": preview(table, table.column_names[:8]),
+        },
     )
 
 

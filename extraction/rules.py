@@ -6,8 +6,13 @@ mildly enlarged"), attaches the severity and location words next to each mention
 decides negation and uncertainty NegEx-style: a trigger ("no", "without", "negative for",
 "may represent", ...) covers the mentions up to a scope terminator ("but", "however",
 "which", ";", a verb, or a comma followed by a new affirmed finding), so "No pleural
-effusion or pneumothorax" negates both. Pseudo-triggers ("no change", "not excluded") are
-matched first, as longer phrases, so they never act as negations.
+effusion or pneumothorax" negates both. In a list closed by "or" a severity word does not
+start a new finding ("No focal consolidation, pneumothorax or large pleural effusion").
+Pseudo-triggers ("no change", "not excluded") are matched first, as longer phrases, so they
+never act as negations. Findings offered as alternatives ("atelectasis or scarring",
+"atelectasis and/or airspace disease", "infiltrate/atelectasis") and "borderline" ones are
+uncertain; a nodule the same sentence calls a granuloma is not reported as a nodule. These
+follow docs/labelling_guideline.md, which the IU gold standard is labelled by.
 
 It answers in the JSON shape the LLM prompt asks for, so both backends share the parser.
 """
@@ -23,8 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from extraction.interface import Answer, Usage
-from extraction.vocabulary import NEGATED_SEVERITY, NOT_STATED, Vocabulary, load_vocabulary, \
-    plural_forms
+from extraction.vocabulary import (
+    NEGATED_SEVERITY,
+    NOT_STATED,
+    Vocabulary,
+    load_vocabulary,
+    plural_forms,
+)
 
 RULES_MODEL = "negex-rules-1"
 
@@ -33,7 +43,8 @@ NEGATION_BEFORE = [
     "no evidence for", "no signs of", "no sign of", "absence of", "resolution of", "resolved",
     "no definite", "no new", "nor", "neither", "no longer", "interval removal of", "removal of",
     "no radiographic evidence of", "no findings of", "no typical findings of", "absent",
-    "there is no", "there are no", "rather than", "not seen", "none",
+    "there is no", "there are no", "rather than", "not seen", "none", "clearing of",
+    "interval clearing of", "no residual", "cleared",
 ]
 NEGATION_AFTER = [
     "not seen", "not identified", "not visualized", "not present", "not appreciated",
@@ -41,6 +52,7 @@ NEGATION_AFTER = [
     "is absent", "are absent", "absent", "has resolved", "have resolved", "resolved",
     "no longer seen", "no longer present", "no longer visualized", "no longer identified",
     "ruled out", "has been removed", "have been removed", "removed", "is negative",
+    "has cleared", "have cleared", "cleared",
 ]
 UNCERTAIN_BEFORE = [
     "possible", "possibly", "probable", "probably", "likely", "most likely", "questionable",
@@ -50,6 +62,11 @@ UNCERTAIN_BEFORE = [
     "can not exclude", "can't exclude", "cannot rule out", "can not rule out", "differential",
     "versus", "vs", "equivocal", "indeterminate", "presumed", "presumably", "perhaps",
     "possibility of", "worrisome for", "consider", "considered", "question", "uncertain",
+    # "may"/"could"/"might" hedge whatever verb follows ("may indicate", "could obscure")
+    "may", "could", "differential diagnosis", "differential diagnosis includes",
+    "considerations", "consideration", "either",
+    # XXXX (de-identification) hiding the verb's hedge: "opacity XXXX represents scar"
+    "xxxx represent", "xxxx represents", "xxxx representing",
 ]
 UNCERTAIN_AFTER = [
     "cannot be excluded", "can not be excluded", "can't be excluded", "not excluded",
@@ -72,6 +89,12 @@ SCOPE_TERMINATORS = [
 # A verb closes a preceding negation: "No effusion is seen and the heart is enlarged".
 VERBS = ["is", "are", "was", "were", "has", "have", "had", "appears", "appear", "remains",
          "remain", "demonstrates", "demonstrate", "shows", "show", "measures", "there's"]
+# A patchy opacity is an infiltrate (labelling guideline), however the words are ordered
+# ("patchy right perihilar/upper lobe opacities"); the vocabulary has the adjacent phrases.
+QUALIFIED_CATEGORIES = {("opacity", "patchy"): "infiltration"}
+# Words that offer findings as alternatives: "A or B", "A and/or B", "A/B", "A versus B".
+ALTERNATIVE_WORDS = {"or", "/", "versus", "vs"}
+ALTERNATIVE_GAP = 6  # at most this many items between two alternatives
 # Words that end the run of modifiers belonging to one mention.
 MODIFIER_BREAKS = [",", "and", "or", "with", "/", "nor", "to", "versus", "vs"]
 # Severity words that, after a comma, start a new affirmed finding ("No effusion, small
@@ -169,7 +192,9 @@ class RuleExtractor:
         self.vocabulary = vocabulary
         self.phrases: dict[tuple[str, ...], dict[str, list[str]]] = {}
         self._index_vocabulary(vocabulary)
-        self.max_phrase_len = max(len(p) for p in self.phrases)
+        self.longest_from: dict[str, int] = {}  # first word -> longest phrase it starts
+        for phrase in self.phrases:
+            self.longest_from[phrase[0]] = max(len(phrase), self.longest_from.get(phrase[0], 0))
 
     def extract(self, text: str) -> list[RuleFinding]:
         findings: list[RuleFinding] = []
@@ -181,27 +206,36 @@ class RuleExtractor:
         items = self._match(_tokens(sentence))
         whole_sentence_uncertain = any(it.has("unc_after") and it.roles.get("token") == ["?"]
                                        for it in items)
+        mentions = self._mentions(items)
+        alternatives = _alternatives(items, mentions)
+        # "No A, B or large C": in a list closed by "or" a severity word is not a new finding
+        or_list = any(it.roles["token"][0] in ("or", "nor") for it in items)
         findings = []
-        for mention in self._mentions(items):
-            negated = mention.normal_state or self._negated(items, mention.index)
-            uncertain = not negated and (whole_sentence_uncertain
-                                         or self._uncertain(items, mention.index))
+        for mention in mentions:
+            negated = mention.normal_state or self._negated(items, mention.index, or_list)
             severity, location = self._modifiers(items, mention.index)
+            uncertain = not negated and (whole_sentence_uncertain
+                                         or mention.index in alternatives
+                                         or severity == "borderline"
+                                         or self._uncertain(items, mention.index, or_list))
             findings.append(RuleFinding(
                 severity=NEGATED_SEVERITY if negated else severity,
                 location=location,
-                category=mention.category,
+                category=QUALIFIED_CATEGORIES.get((mention.category, severity), mention.category),
                 uncertain=uncertain,
                 sentence=sentence,
             ))
-        return findings
+        return _without_granuloma_nodules(findings)
 
     # --- phrase index ---------------------------------------------------------------
 
     def _index_vocabulary(self, vocab: Vocabulary) -> None:
         for phrase, canonical in vocab.categories.items():
+            own_severity = _leading_severity(phrase, vocab)
             for form in [phrase, *plural_forms(phrase)]:
                 self._add(form, "category", canonical)
+                if own_severity:  # "patchy opacity": the phrase carries its own extent
+                    self._add(form, "own_severity", own_severity)
         for phrase, canonical in vocab.severities.items():
             if canonical != NEGATED_SEVERITY:  # negation comes from triggers, not from words
                 self._add(phrase, "severity", canonical)
@@ -234,7 +268,7 @@ class RuleExtractor:
         items: list[_Item] = []
         i = 0
         while i < len(tokens):
-            for length in range(min(self.max_phrase_len, len(tokens) - i), 0, -1):
+            for length in range(min(self.longest_from.get(tokens[i], 0), len(tokens) - i), 0, -1):
                 roles = self.phrases.get(tuple(tokens[i:i + length]))
                 if roles is not None:
                     items.append(_Item(i, i + length, {**roles, "token": [tokens[i]]}))
@@ -278,15 +312,15 @@ class RuleExtractor:
 
     # --- negation and uncertainty scope ----------------------------------------------
 
-    def _negated(self, items: list[_Item], index: int) -> bool:
-        return (self._trigger_before(items, index, "neg_before")
+    def _negated(self, items: list[_Item], index: int, or_list: bool) -> bool:
+        return (self._trigger_before(items, index, "neg_before", or_list)
                 or self._trigger_after(items, index, "neg_after"))
 
-    def _uncertain(self, items: list[_Item], index: int) -> bool:
-        return (self._trigger_before(items, index, "unc_before")
+    def _uncertain(self, items: list[_Item], index: int, or_list: bool) -> bool:
+        return (self._trigger_before(items, index, "unc_before", or_list)
                 or self._trigger_after(items, index, "unc_after"))
 
-    def _trigger_before(self, items: list[_Item], index: int, role: str) -> bool:
+    def _trigger_before(self, items: list[_Item], index: int, role: str, or_list: bool) -> bool:
         passed_affirmation = False  # a new affirmed finding since the last comma
         for k in range(index - 1, -1, -1):
             item = items[k]
@@ -298,8 +332,8 @@ class RuleExtractor:
                 if passed_affirmation:
                     return False
                 continue
-            if item.has("location") or any(s not in NON_AFFIRMING_SEVERITIES
-                                           for s in item.roles.get("severity", [])):
+            if not or_list and (item.has("location") or any(
+                    s not in NON_AFFIRMING_SEVERITIES for s in item.roles.get("severity", []))):
                 passed_affirmation = True
         return False
 
@@ -327,11 +361,49 @@ class RuleExtractor:
             if _breaks_modifiers(items[k]) or items[k].has("neg_before") or items[k].has("unc_before"):
                 break
             after.append(items[k])
-        severity = _first(before, "severity") or _first(after, "severity") or NOT_STATED
+        own = items[index]
+        severity = (_first(before, "severity") or _first([own], "own_severity")
+                    or _first([own], "severity") or _first(after, "severity") or NOT_STATED)
         location = (_combined_location([v for it in before for v in it.roles.get("location", [])])
                     or _combined_location([v for it in after for v in it.roles.get("location", [])])
                     or NOT_STATED)
         return severity, location
+
+
+def _leading_severity(phrase: str, vocab: Vocabulary) -> str | None:
+    """The severity a category phrase starts with ("patchy opacity" -> patchy), if any."""
+    words = phrase.split()
+    for length in range(len(words) - 1, 0, -1):
+        severity = vocab.severities.get(" ".join(words[:length]))
+        if severity and severity != NEGATED_SEVERITY:
+            return severity
+    return None
+
+
+def _alternatives(items: list[_Item], mentions: list[_Mention]) -> set[int]:
+    """Item indexes of mentions offered as alternatives: "atelectasis or scarring",
+    "atelectasis and/or airspace disease", "infiltrate/atelectasis". Only modifiers, list
+    commas and the joining words may stand between them; a negation keeps precedence."""
+    found: set[int] = set()
+    for first, second in zip(mentions, mentions[1:]):
+        between = items[first.index + 1:second.index]
+        if len(between) > ALTERNATIVE_GAP or not any(
+                it.roles.get("token", [""])[0] in ALTERNATIVE_WORDS for it in between):
+            continue
+        if any(it.has("terminator") or it.has("verb") or it.has("neg_before") or it.has("pseudo")
+               for it in between):
+            continue
+        found.update((first.index, second.index))
+    return found
+
+
+def _without_granuloma_nodules(findings: list[RuleFinding]) -> list[RuleFinding]:
+    """"Calcified nodules consistent with granulomatous disease": the nodule is a granuloma.
+    A hedged attribution ("presumably granuloma") leaves the nodule (labelling guideline)."""
+    if not any(f.category == "granuloma" and f.severity != NEGATED_SEVERITY and not f.uncertain
+               for f in findings):
+        return findings
+    return [f for f in findings if f.category != "nodule" or f.severity == NEGATED_SEVERITY]
 
 
 def _tokens(text: str) -> list[str]:

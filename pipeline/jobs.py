@@ -17,7 +17,7 @@ ingestion_job = dg.define_asset_job(
 extraction_job = dg.define_asset_job(
     "extraction_job",
     # Observing `prompts` first records the prompt version this extraction used.
-    selection=dg.AssetSelection.assets("prompts", "llm_extractions", "triplets"),
+    selection=dg.AssetSelection.assets("prompts", "llm_extractions", "triplets", "report_labels"),
     description="Re-extract triplets; only cache misses reach the backend.",
     tags={"medfilip/stage": "extraction"},
 )

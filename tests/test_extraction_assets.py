@@ -9,8 +9,9 @@ import pytest
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
-from assets.extraction import llm_extractions, prompts, triplets
+from assets.extraction import llm_extractions, prompts, report_labels, triplets
 from assets.ingestion import reports
+from common.storage import file_sha256
 from pipeline.resources import ArchiveResource, ExtractorResource, StorageResource
 from pipeline.sensors import prompt_change_sensor
 from pipeline.settings import PROMPTS_DIR
@@ -18,6 +19,9 @@ from tests.archive_factory import build_archive
 from tests.openai_stub_server import StubServer
 
 ALL = [prompts, reports, llm_extractions, triplets]
+CHEXPERT = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
+            "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
+            "Pleural Other", "Fracture", "Support Devices"]
 
 
 @pytest.fixture
@@ -93,3 +97,23 @@ def test_prompt_edit_reasks_every_report_marks_downstream_stale_and_triggers_the
         assert resolver.get_status(dg.AssetKey("llm_extractions")) == StaleStatus.FRESH
         assert resolver.get_status(dg.AssetKey("triplets")) == StaleStatus.STALE
         assert extract(instance, res)["calls"].value == 0  # and then cached
+
+
+def test_report_labels_has_one_chexpert_row_per_read_report(home, archive):
+    res = resources(home, archive)
+    with dg.instance_for_test() as instance:
+        ingest_reports(instance, res)
+        result = dg.materialize(ALL + [report_labels], instance=instance, resources=res,
+                                selection=["prompts", "llm_extractions", "triplets", "report_labels"])
+        assert result.success
+        metadata = result.asset_materializations_for_node("report_labels")[0].metadata
+    path = home / "data" / "report_labels" / "report_labels.parquet"
+    table = pq.read_table(path)
+    assert table.column_names == ["study_id", *CHEXPERT]
+    assert metadata["dagster/row_count"].value == table.num_rows == 4  # the empty report has no row
+    assert metadata["sha256"].value == file_sha256(path)
+    assert "Pleural Effusion" in metadata["label_counts"].value
+    rows = {r["study_id"]: r for r in table.to_pylist()}
+    assert rows["50000001"]["Pleural Effusion"] == 1 and rows["50000001"]["Pneumothorax"] == 0
+    assert rows["50000001"]["No Finding"] is None
+    assert rows["50000004"]["Cardiomegaly"] == 0 and rows["50000004"]["No Finding"] == 1

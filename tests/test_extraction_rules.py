@@ -74,15 +74,17 @@ IU_CASES = [
     ("There is large right-sided pleural effusion and probable underlying associated compressive atelectasis.",
      [("large", "right", "effusion", False), ("na", "na", "atelectasis", True)]),
     # uncertainty: versus, may represent, cannot be excluded, suggestive of, possible
+    # plain scarring is a scar, not fibrosis (labelling guideline)
     ("Stable left basilar atelectasis versus scarring.",
-     [("na", "left base", "atelectasis", True), ("na", "na", "fibrosis", True)]),
+     [("na", "left base", "atelectasis", True), ("na", "na", "scarring", True)]),
     ("This may represent an early pneumonia.", [("na", "na", "pneumonia", True)]),
     ("XXXX pleural reaction on the right cannot be excluded.",
      [("na", "right", "pleural thickening", True)]),
     ("Hyperexpanded lungs, suggestive of emphysema.",
      [("na", "na", "hyperinflation", False), ("na", "na", "emphysema", True)]),
+    # a patchy opacity is an infiltrate (labelling guideline); its hedged causes stay uncertain
     ("There is patchy opacity in the left lung base which may be secondary to atelectasis and/or possible infiltrate.",
-     [("patchy", "left base", "opacity", False), ("na", "na", "atelectasis", True),
+     [("patchy", "left base", "infiltration", False), ("na", "na", "atelectasis", True),
       ("na", "na", "infiltration", True)]),
     # plurals and longest-phrase synonyms ("calcified granulomas" is not a calcification)
     ("Scattered calcified granulomas.", [("scattered", "na", "granuloma", False)]),

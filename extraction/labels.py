@@ -1,0 +1,128 @@
+"""Study-level labels (ChestX-ray14, CheXpert) from triplets, through ``knowledge/label_maps.yaml``.
+
+A label takes the strongest value any of the study's triplets of its categories gives:
+present and certain 1, hedged -1, negated 0; 1 beats -1 beats 0, as the labelling guideline
+(docs/labelling_guideline.md) says, so "small left effusion ... no large effusion" is 1.
+No triplet leaves the label blank (``None``: not mentioned). A category listed under a label's
+``suggested_by`` (a sign such as costophrenic blunting for an effusion) gives at most -1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import pyarrow as pa
+import yaml
+
+from common.paths import KNOWLEDGE_DIR
+from extraction.vocabulary import Vocabulary, normalize_phrase
+
+PRESENT, UNCERTAIN, ABSENT = 1, -1, 0
+_STRENGTH = {None: 0, ABSENT: 1, UNCERTAIN: 2, PRESENT: 3}
+
+
+class LabelMapError(ValueError):
+    """The label map file is malformed or names a category the vocabulary lacks."""
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    name: str
+    categories: dict[str, tuple[str, ...]]  # label -> vocabulary categories, in column order
+    no_finding: str | None = None  # a label derived from the others, first column when set
+    no_finding_ignores: tuple[str, ...] = ()
+    suggested_by: dict[str, tuple[str, ...]] = field(default_factory=dict)  # label -> categories
+
+    @property
+    def columns(self) -> list[str]:
+        return ([self.no_finding] if self.no_finding else []) + list(self.categories)
+
+    def values_of(self, category: str, value: int) -> list[tuple[str, int]]:
+        """(label, value) pairs one triplet of this category gives."""
+        named = [(label, value) for label, cats in self.categories.items() if category in cats]
+        if value == ABSENT:
+            return named  # a negated sign does not rule the finding out
+        return named + [(label, UNCERTAIN) for label, cats in self.suggested_by.items()
+                        if category in cats]
+
+
+def default_label_maps_path() -> Path:
+    return KNOWLEDGE_DIR / "label_maps.yaml"
+
+
+def load_label_map(name: str, path: Path | str | None = None,
+                   vocabulary: Vocabulary | None = None) -> LabelMap:
+    """One named map of the file; with a vocabulary, every category it names must exist there."""
+    path = Path(path) if path is not None else default_label_maps_path()
+    data = yaml.safe_load(path.read_text())
+    entry = (data or {}).get(name)
+    if not isinstance(entry, dict) or not isinstance(entry.get("labels"), dict):
+        raise LabelMapError(f"{path}: no label map '{name}' with a 'labels' mapping")
+    categories = _label_categories(entry["labels"])
+    suggested = _label_categories(entry.get("suggested_by") or {})
+    if set(suggested) - set(categories):
+        raise LabelMapError(f"{path}: {name}: suggested_by names unknown labels")
+    if vocabulary is not None:
+        known = set(vocabulary.category_names)
+        named = {c for group in (categories, suggested) for cats in group.values() for c in cats}
+        unknown = sorted(named - known)
+        if unknown:
+            raise LabelMapError(f"{path}: {name}: categories not in the vocabulary: {unknown}")
+    ignores = tuple(entry.get("no_finding_ignores") or ())
+    if set(ignores) - set(categories):
+        raise LabelMapError(f"{path}: {name}: no_finding_ignores names unknown labels")
+    return LabelMap(name, categories, entry.get("no_finding"), ignores, suggested)
+
+
+def _label_categories(raw: Mapping) -> dict[str, tuple[str, ...]]:
+    return {str(label): tuple(normalize_phrase(c) for c in cats or []) for label, cats in raw.items()}
+
+
+def triplet_value(negated: bool, uncertain: bool) -> int:
+    return ABSENT if negated else UNCERTAIN if uncertain else PRESENT
+
+
+def study_labels(triplets: Iterable[Mapping], label_map: LabelMap) -> dict[str, int | None]:
+    """Labels of one study from its triplet rows (category, negated, uncertain)."""
+    values: dict[str, int | None] = {label: None for label in label_map.categories}
+    for triplet in triplets:
+        value = triplet_value(triplet["negated"], triplet["uncertain"])
+        for label, value in label_map.values_of(triplet["category"], value):
+            if _STRENGTH[value] > _STRENGTH[values[label]]:
+                values[label] = value
+    if label_map.no_finding:
+        findings = [v for label, v in values.items() if label not in label_map.no_finding_ignores]
+        values = {label_map.no_finding: None if any(v in (PRESENT, UNCERTAIN) for v in findings)
+                  else PRESENT, **values}
+    return values
+
+
+def labels_table(triplets: pa.Table, label_map: LabelMap, study_ids: Iterable[str]) -> pa.Table:
+    """One row per study in ``study_ids`` (a study without triplets still gets its row)."""
+    by_study: dict[str, list[dict]] = {sid: [] for sid in study_ids}
+    for row in triplets.select(["study_id", "category", "negated", "uncertain"]).to_pylist():
+        if row["study_id"] in by_study:
+            by_study[row["study_id"]].append(row)
+    rows = [{"study_id": sid, **study_labels(found, label_map)} for sid, found in by_study.items()]
+    schema = pa.schema([("study_id", pa.string())] + [(c, pa.int8()) for c in label_map.columns])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def report_labels_table(extractions: pa.Table, triplets: pa.Table, label_map: LabelMap) -> pa.Table:
+    """One row per report whose answer was read (``llm_extractions`` rows with an answer and no
+    parse error); an empty or failed report gets no row, since nothing was said about it."""
+    rows = extractions.select(["study_id", "answer", "parse_error"]).to_pylist()
+    read = dict.fromkeys(r["study_id"] for r in rows if r["answer"] is not None and r["parse_error"] is None)
+    return labels_table(triplets, label_map, read)
+
+
+def label_counts(table: pa.Table, label_map: LabelMap) -> list[dict[str, object]]:
+    """Per label: how many studies are 1, 0, -1 and blank."""
+    counts = []
+    for label in label_map.columns:
+        values = table.column(label).to_pylist()
+        counts.append({"label": label, "1": values.count(PRESENT), "0": values.count(ABSENT),
+                       "-1": values.count(UNCERTAIN), "blank": values.count(None)})
+    return counts
