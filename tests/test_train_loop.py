@@ -262,12 +262,17 @@ def test_locked_text_tower_runs_once_per_run_and_trains_like_the_token_path(corp
     # The two paths differ only in how the frozen encoder is batched (all texts at once vs each
     # batch's texts), i.e. float32 rounding of the same sums (~1e-6 relative), which six SGD steps
     # at lr 0.2 amplify by an amount that depends on the CPU's kernels. Element-wise tolerances fail
-    # on small weights on other CPUs; the size of the whole difference per tensor does not: noise
-    # stays orders of magnitude under 1% while wrong text rows move trained tensors by O(1).
+    # on small weights on other CPUs; the size of the whole difference per tensor does not. The
+    # worst case is a zero-initialised BatchNorm bias, whose whole value is six noisy updates: up to
+    # 1.0e-2 relative on the CPUs we have seen (typical tensors: < 1e-3). Wrong text rows move
+    # trained tensors by O(1), so 5e-2 per tensor and 5e-3 for the median still tell the two apart.
+    relatives = []
     for name, value in tokens["model"].items():
         if value.is_floating_point() and value.norm() > 0:
             relative = float((cached["model"][name].double() - value.double()).norm() / value.double().norm())
-            assert relative < 1e-2, f"{name}: relative difference {relative:.2e}"
+            assert relative < 5e-2, f"{name}: relative difference {relative:.2e}"
+            relatives.append(relative)
+    assert sorted(relatives)[len(relatives) // 2] < 5e-3
     for a, b in zip(cached["history"], tokens["history"]):
         assert abs(a["zero_shot_mean_auc"] - b["zero_shot_mean_auc"]) < 0.02
     projection = "clip.text.proj.weight"
