@@ -10,15 +10,16 @@ prompt change propagates as "unsynced" through every downstream asset; file dige
 recorded as `sha256` metadata for lineage.
 """
 
-from functools import partial
-
 import dagster as dg
 import pyarrow.parquet as pq
 
 from assets.metadata import md_table, preview
 from assets.plots import bar_chart_markdown
 from common.storage import file_sha256, write_table
-from extraction.extract import ExtractionStats, backend_failures, extract_shards
+from extraction.cache import CacheBusy
+from extraction.config import ExtractorSettingError
+from extraction.extract import backend_failures, extract_shards, failure_summary
+from extraction.interface import EndpointUnavailable
 from extraction.labels import default_label_maps_path, label_counts, load_label_map, report_labels_table
 from extraction.to_triplets import summarise_triplets, to_triplets
 from extraction.vocabulary import load_vocabulary
@@ -39,6 +40,8 @@ def extraction_version(extractor: ExtractorResource) -> str:
 
 class ExtractionConfig(dg.Config):
     max_parse_failure_rate: float = 0.02
+    # Above this share of reports without an answer the run fails and the previous table stays.
+    max_error_rate: float = 0.2
 
 
 class TripletsConfig(dg.Config):
@@ -51,6 +54,8 @@ class TripletsConfig(dg.Config):
     group_name="extraction",
     kinds={"parquet", "duckdb"},
     code_version="1",
+    # One extraction at a time per instance: the second run queues for the DuckDB cache.
+    pool="extraction_cache",
     check_specs=[
         dg.AssetCheckSpec("parse_failure_rate", asset="llm_extractions",
                           description="Share of answers the parser could not read stays under the limit."),
@@ -64,17 +69,24 @@ def llm_extractions(
     """One row per report: the backend's raw answer, prompt version, backend, model, usage,
     latency, attempts and error. Answers come from the DuckDB cache when the key (prompt
     version + backend + model + parameters + report text) was asked before."""
-    backend = extractor.make_backend()
+    try:
+        backend = extractor.make_backend()
+    except ValueError as exc:
+        raise dg.Failure(description=str(exc)) from None
     cache_path = storage.layout().cache / "extraction.duckdb"
     out_path = storage.asset_path("llm_extractions", "llm_extractions.parquet")
     shard_paths = [p for p in (storage.asset_path("reports", f"{shard}.parquet") for shard in SHARDS) if p.exists()]
+    if not shard_paths:
+        raise dg.Failure(description="no `reports` shard has been materialised: run the ingestion job first")
 
-    def log_shard(shard: str, stats: ExtractionStats) -> None:
-        context.log.info(f"{shard}: {stats.reports} reports, {stats.calls} calls, "
-                         f"{stats.cache_hits} cache hits, {stats.errors} errors")
-
-    result = extract_shards(shard_paths, backend, cache_path, partial(_progress_logger, context), log_shard)
+    try:
+        result = extract_shards(shard_paths, backend, cache_path, _progress_logger(context), context.log.warning)
+    except (EndpointUnavailable, CacheBusy) as exc:
+        raise dg.Failure(description=str(exc)) from None
     table, total = result.table, result.stats
+    unusable = failure_summary(table, config.max_error_rate)
+    if unusable:  # before the write: the previous table stays for downstream assets
+        raise dg.Failure(description=unusable, metadata={"reports": table.num_rows, "errors": total.errors})
     write_table(table, out_path)
     answered, parse_rate = total.answered(), total.parse_failure_rate()
     failed = backend_failures(table)
@@ -122,6 +134,9 @@ def triplets(context: dg.AssetExecutionContext, config: TripletsConfig, storage:
     extractions = pq.read_table(storage.asset_path("llm_extractions", "llm_extractions.parquet"))
     vocab = load_vocabulary()
     table, rejects = to_triplets(extractions, vocab)
+    if table.num_rows == 0:  # before the writes: training on no findings is never what was meant
+        raise dg.Failure(description=f"no triplet from {extractions.num_rows} extraction rows ({len(rejects)} rejected "
+                                     f"by the vocabulary): look at llm_extractions' answers and parse errors")
     out_path = storage.asset_path("triplets", "triplets.parquet")
     rejects_path = storage.asset_path("triplets", "triplet_rejects.parquet")
     write_table(table, out_path)
@@ -186,13 +201,13 @@ def report_labels(context: dg.AssetExecutionContext, storage: StorageResource) -
     )
 
 
-def _progress_logger(context: dg.AssetExecutionContext, shard: str):
+def _progress_logger(context: dg.AssetExecutionContext):
     last = {"logged": -1}
 
     def log(done: int, total: int) -> None:
-        step = max(1, total // 5)
+        step = max(1, total // 10)
         if done // step != last["logged"] and (done == total or done % step == 0):
             last["logged"] = done // step
-            context.log.info(f"{shard}: {done}/{total} reports extracted")
+            context.log.info(f"{done}/{total} reports extracted")
 
     return log
