@@ -1,7 +1,8 @@
 """A real HTTP server on 127.0.0.1 speaking POST /v1/chat/completions, for extraction tests.
 
 Behaviour per request comes from ``plan`` (consumed first) or ``default``:
-"ok", "slow" (``delay_s`` then ok), "429" (Retry-After: 0), "500", "garbage" (200, not JSON),
+"ok", "slow" (``delay_s`` then ok), "400", "429" (Retry-After: 0), "500", "garbage" (200, not JSON),
+"nonsense" (a well-formed completion whose content is no answer in any accepted format),
 "hang" (never answers within any test timeout).
 """
 
@@ -17,10 +18,10 @@ COMPLETION_TOKENS = 9
 
 
 class StubServer:
-    def __init__(self, default: str = "ok", delay_s: float = 0.05) -> None:
+    def __init__(self, default: str = "ok", delay_s: float = 0.05, plan: list[str] | None = None) -> None:
         self.default = default
         self.delay_s = delay_s
-        self.plan: deque[str] = deque()
+        self.plan: deque[str] = deque(plan or [])
         self.requests: list[dict] = []  # every request body received
         self.answered: list[str] = []  # report texts whose "ok" reply was sent
         self.prompt_tokens_sent = 0
@@ -70,7 +71,7 @@ class StubServer:
                 if mode == "hang":
                     time.sleep(30)
                     return
-                if mode in ("429", "500"):
+                if mode in ("400", "429", "500"):
                     self._send(int(mode), b'{"error": {"message": "try later"}}',
                                {"Retry-After": "0"} if mode == "429" else {})
                     return
@@ -80,19 +81,22 @@ class StubServer:
                 if mode == "slow":
                     time.sleep(server.delay_s)
                 report = body["messages"][-1]["content"]
+                content = ("I'm sorry, as an AI I cannot interpret medical images." if mode == "nonsense"
+                           else "{mild}{na}{cardiomegaly}{certain}\n{no}{na}{effusion}")
                 prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
                 reply = {
                     "id": "cmpl-1", "object": "chat.completion", "created": 0,
                     "model": body["model"] + "-served",
                     "choices": [{"index": 0, "finish_reason": "stop", "message": {
                         "role": "assistant",
-                        "content": "{mild}{na}{cardiomegaly}{certain}\n{no}{na}{effusion}"}}],
+                        "content": content}}],
                     "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": COMPLETION_TOKENS,
                               "total_tokens": prompt_tokens + COMPLETION_TOKENS},
                 }
                 self._send(200, json.dumps(reply).encode(), {})
                 with server._lock:
-                    server.answered.append(report)
+                    if mode != "nonsense":
+                        server.answered.append(report)
                     server.prompt_tokens_sent += prompt_tokens
 
             def _send(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
