@@ -40,6 +40,9 @@ class OpenAIConfig(BaseModel):
     # Calls in a row that fail after their retries before the run stops: a dead endpoint ends the
     # run within about a minute instead of retrying every report.
     circuit_breaker_failures: int = Field(default=8, ge=1)
+    # Reports sent in one request (numbered; answers matched back by number). The instruction is
+    # then sent once per K reports instead of once per report; 1 keeps one report per request.
+    reports_per_request: int = Field(default=1, ge=1, le=50)
 
 
 BackendConfig = Annotated[Union[RulesConfig, OpenAIConfig], Field(discriminator="kind")]
@@ -79,6 +82,7 @@ ENV_SETTINGS = {
     "MEDFILIP_LLM_API_KEY_ENV": "api_key_env",
     "MEDFILIP_PROMPT_DIR": "prompt_dir",
     "MEDFILIP_LLM_CONCURRENCY": "concurrency",
+    "MEDFILIP_LLM_REPORTS_PER_REQUEST": "reports_per_request",
 }
 
 

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -185,37 +185,51 @@ def backend_failures(table: pa.Table) -> list[dict]:
 
 def _ask(backend: Backend, keys: list[str], text_of: dict[str, str],
          cache: AnswerCache) -> Iterator[tuple[str, Answer]]:
-    """Yield (key, answer) as answers arrive, after committing each one to the cache."""
+    """Yield (key, answer) as answers arrive, after committing each one to the cache. Keys go
+    out in units of `reports_per_request` (1 for most backends)."""
     commit_every = max(1, int(getattr(backend, "commit_every", 1)))
+    per_request = max(1, int(getattr(backend, "reports_per_request", 1)))
+    units = [keys[i:i + per_request] for i in range(0, len(keys), per_request)]
     if backend.concurrency <= 1:
         batch: list[tuple[str, Answer]] = []
-        for key in keys:
-            answer = _answer_readably(backend, text_of[key])
-            batch.append((key, answer))
+        for unit in units:
+            batch.extend(zip(unit, _answer_unit(backend, [text_of[k] for k in unit])))
             if len(batch) >= commit_every:
                 yield from _commit(cache, backend, batch)
                 batch = []
         yield from _commit(cache, backend, batch)
         return
-    # Bounded window: never more than `concurrency` calls in flight, so a kill loses few.
-    remaining = iter(keys)
+    # Bounded window: never more than `concurrency` requests in flight, so a kill loses few.
+    remaining = iter(units)
     with ThreadPoolExecutor(max_workers=backend.concurrency,
                             thread_name_prefix=f"extract-{backend.name}") as pool:
-        in_flight: dict[Future[Answer], str] = {}
+        in_flight: dict[Future[list[Answer]], list[str]] = {}
 
         def submit_next() -> None:
-            key = next(remaining, None)
-            if key is not None:
-                in_flight[pool.submit(_answer_readably, backend, text_of[key])] = key
+            unit = next(remaining, None)
+            if unit is not None:
+                in_flight[pool.submit(_answer_unit, backend, [text_of[k] for k in unit])] = unit
 
         for _ in range(backend.concurrency):
             submit_next()
         while in_flight:
             finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in finished:
-                key = in_flight.pop(future)
+                unit = in_flight.pop(future)
                 submit_next()
-                yield from _commit(cache, backend, [(key, future.result())])
+                yield from _commit(cache, backend, list(zip(unit, future.result())))
+
+
+def _answer_unit(backend: Backend, texts: list[str]) -> list[Answer]:
+    """Answers for one request's reports. A report the batched answer gives no clean, readable
+    part for is asked again alone, so no report ever gets another one's findings."""
+    if len(texts) == 1:
+        return [_answer_readably(backend, texts[0])]
+    parts = _safe_call(backend.complete_many, backend, texts)  # type: ignore[attr-defined]
+    if isinstance(parts, Answer):  # the call itself broke: every report alone
+        parts = [None] * len(texts)
+    return [part if part is not None and _parse_problem(part) is None and part.error is None
+            else _answer_readably(backend, text) for part, text in zip(parts, texts)]
 
 
 def _answer_readably(backend: Backend, text: str) -> Answer:
@@ -246,7 +260,7 @@ def _parse_problem(answer: Answer) -> str | None:
     return parse_answer(answer.text).error
 
 
-def _safe_call(call: Callable[..., Answer], backend: Backend, *args: object) -> Answer:
+def _safe_call(call: Callable[..., Any], backend: Backend, *args: object) -> Any:
     started = time.perf_counter()
     try:
         return call(*args)

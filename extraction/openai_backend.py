@@ -17,13 +17,14 @@ import os
 import random
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 import openai
 
 from extraction.config import OpenAIConfig
 from extraction.interface import Answer, EndpointUnavailable, Usage
-from extraction.prompts import Prompt, default_prompt_dir, load_prompt
+from extraction.prompts import BATCH_INSTRUCTION, Prompt, default_prompt_dir, load_prompt, split_batch_answer
 
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
              openai.APIConnectionError)
@@ -53,6 +54,9 @@ class OpenAIBackend:
                                        "max_tokens": config.max_tokens,
                                        "response_format": config.response_format,
                                        "base_url": config.base_url}
+        self.reports_per_request = config.reports_per_request
+        if self.reports_per_request > 1:  # other reports in the context may change an answer
+            self.params.update(reports_per_request=self.reports_per_request, batch_instruction=BATCH_INSTRUCTION)
         self._client = openai.OpenAI(base_url=config.base_url, api_key=api_key,
                                      timeout=config.timeout_s, max_retries=0)
         self._sleep = sleep
@@ -63,6 +67,20 @@ class OpenAIBackend:
 
     def complete(self, report_text: str) -> Answer:
         return self._chat(self.prompt.messages(report_text))
+
+    def complete_many(self, report_texts: list[str]) -> list[Answer | None]:
+        """One request for several reports; each report's part of the answer, or None where the
+        answer has no clean part for it (the caller asks that report alone). The request's
+        usage is shared out evenly over the reports it answered."""
+        if len(report_texts) == 1:
+            return [self.complete(report_texts[0])]
+        answer = self._chat(self.prompt.batch_messages(report_texts))
+        if answer.error is not None or answer.text is None:
+            return [None] * len(report_texts)
+        parts = split_batch_answer(answer.text, len(report_texts))
+        share = max(1, sum(part is not None for part in parts))
+        usage = Usage(answer.usage.prompt_tokens // share, answer.usage.completion_tokens // share)
+        return [None if part is None else replace(answer, text=part, usage=usage) for part in parts]
 
     def repair(self, report_text: str, bad_answer: str, problem: str) -> Answer:
         """Ask once more, showing the model its unreadable answer and what was wrong with it."""

@@ -3,18 +3,33 @@
 Behaviour per request comes from ``plan`` (consumed first) or ``default``:
 "ok", "slow" (``delay_s`` then ok), "400", "429" (Retry-After: 0), "500", "garbage" (200, not JSON),
 "nonsense" (a well-formed completion whose content is no answer in any accepted format),
+"batch_missing" / "batch_duplicate" (a batched answer without the last report's part, or
+with report 1's header twice),
 "hang" (never answers within any test timeout).
+
+A request whose user message holds numbered reports (`Report N:`, as OpenAIBackend batches
+them) gets one `Report N:` part per report. Each report's findings are the fixed pair below,
+unless its text holds `ECHO:<category>`: then `{na}{na}{<category>}{certain}`, so tests can
+see which answer went to which report.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-COMPLETION_TOKENS = 9
+COMPLETION_TOKENS = 9  # per report answered
+FIXED_ANSWER = "{mild}{na}{cardiomegaly}{certain}\n{no}{na}{effusion}"
+_NUMBERED = re.compile(r"^Report (\d+):\n(.*?)(?=\n\nReport \d+:\n|\n\nAnswers:|\Z)", re.DOTALL | re.MULTILINE)
+
+
+def stub_findings(report: str) -> str:
+    echo = re.search(r"ECHO:([a-z]+)", report)
+    return f"{{na}}{{na}}{{{echo.group(1)}}}{{certain}}" if echo else FIXED_ANSWER
 
 
 class StubServer:
@@ -81,8 +96,20 @@ class StubServer:
                 if mode == "slow":
                     time.sleep(server.delay_s)
                 report = body["messages"][-1]["content"]
-                content = ("I'm sorry, as an AI I cannot interpret medical images." if mode == "nonsense"
-                           else "{mild}{na}{cardiomegaly}{certain}\n{no}{na}{effusion}")
+                numbered = _NUMBERED.findall(report)
+                reports = [text for _, text in numbered] or [report]
+                if mode == "nonsense":
+                    content = "I'm sorry, as an AI I cannot interpret medical images."
+                elif numbered:
+                    parts = [f"Report {n}:\n{stub_findings(text)}" for n, text in numbered]
+                    if mode == "batch_missing":
+                        parts, reports = parts[:-1], reports[:-1]
+                    elif mode == "batch_duplicate":
+                        parts[1] = parts[1].replace(f"Report {numbered[1][0]}:", "Report 1:")
+                    content = "\n\n".join(parts)
+                else:
+                    content = stub_findings(report)
+                completion_tokens = COMPLETION_TOKENS * len(reports)
                 prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
                 reply = {
                     "id": "cmpl-1", "object": "chat.completion", "created": 0,
@@ -90,13 +117,13 @@ class StubServer:
                     "choices": [{"index": 0, "finish_reason": "stop", "message": {
                         "role": "assistant",
                         "content": content}}],
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": COMPLETION_TOKENS,
-                              "total_tokens": prompt_tokens + COMPLETION_TOKENS},
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                              "total_tokens": prompt_tokens + completion_tokens},
                 }
                 self._send(200, json.dumps(reply).encode(), {})
                 with server._lock:
                     if mode != "nonsense":
-                        server.answered.append(report)
+                        server.answered.extend(reports)
                     server.prompt_tokens_sent += prompt_tokens
 
             def _send(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
