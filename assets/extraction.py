@@ -176,7 +176,9 @@ def triplets(context: dg.AssetExecutionContext, config: TripletsConfig, storage:
     )
 
 
-@dg.asset(deps=[llm_extractions, triplets], group_name="extraction", kinds={"parquet"}, code_version="1")
+# The label map is part of this asset's code: editing it marks report_labels stale.
+@dg.asset(deps=[llm_extractions, triplets], group_name="extraction", kinds={"parquet"},
+          code_version="1-" + file_sha256(default_label_maps_path())[:12])
 def report_labels(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     """One row per report whose answer was read: the 14 CheXpert observations as 1 (present),
     0 (negated), -1 (uncertain) or null (not mentioned), from `triplets` through the `chexpert`
