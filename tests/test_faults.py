@@ -93,6 +93,22 @@ def test_a_missing_archive_root_fails_the_run_in_one_line(home, tmp_path):
     assert error.startswith(f"archive root {home / 'corpus'} does not exist: set resources.archive.config.root")
 
 
+def test_warn_and_failed_checks_are_in_the_run_summary(home):
+    from pipeline.runner import materialise
+    from pipeline.settings import prepare_home
+
+    prepare_home()
+    build_archive(home / "corpus")  # the default archive root: the generated corpus's place
+    (home / "corpus" / "files" / "p10" / "p10000002" / "s50000002.txt").unlink()
+    with dg.instance_for_test() as instance:
+        summary = materialise("ingestion", partitions=["p10"], instance=instance,
+                              ops_config={"dicom_index": {"config": {"max_quarantine_rate": 0.7}},
+                                          "cxr_images": {"config": {"image_size": 64, "workers": 1}}})
+    assert summary["failed"] == 0
+    assert [(c["asset"], c["check"], c["partition"]) for c in summary["failed_checks"]] == [
+        ("reports", "every_imaged_study_has_a_report", "p10")]
+
+
 def test_an_archive_without_pnn_folders_fails_and_a_missing_shard_is_only_empty(home, tmp_path):
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat" / "image.dcm").write_bytes(b"")
