@@ -17,7 +17,6 @@ from assets.metadata import md_table, preview
 from assets.plots import bar_chart_markdown
 from common.storage import file_sha256, write_table
 from extraction.cache import CacheBusy
-from extraction.config import ExtractorSettingError
 from extraction.extract import backend_failures, extract_shards, failure_summary
 from extraction.interface import EndpointUnavailable
 from extraction.labels import default_label_maps_path, label_counts, load_label_map, report_labels_table
