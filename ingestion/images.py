@@ -60,6 +60,7 @@ class DecodeTask:
     size: int
     pad_to_square: bool
     meta: tuple  # (dicom_id, study_id, patient_key, view_position, file_sha256)
+    reduce_jpeg2000: bool = False
 
 
 def build_cxr_images(
@@ -73,6 +74,7 @@ def build_cxr_images(
     pad_to_square: bool = False,
     progress: Callable[[int, int], None] | None = None,
     sample_count: int = 8,
+    reduce_jpeg2000: bool = False,
 ) -> ImagesResult:
     """Decode every indexed image of one shard; undecodable ones go to the quarantine file."""
     start = time.perf_counter()
@@ -84,6 +86,7 @@ def build_cxr_images(
             size=size,
             pad_to_square=pad_to_square,
             meta=(rec["dicom_id"], rec["study_id"], rec["patient_key"], rec["view_position"], rec["file_sha256"]),
+            reduce_jpeg2000=reduce_jpeg2000,
         )
         for rec in index.to_pylist()
     )
@@ -137,9 +140,10 @@ def write_behind(batches: Iterator[T], write: Callable[[T], object]) -> None:
 
 def decode_task(task: DecodeTask) -> tuple[DecodeTask, np.ndarray | None, str | None]:
     """Runs in a worker process; a bad file becomes an error string, never an exception."""
-    decode = decode_jpeg if task.source_format == "jpg" else decode_dicom
     try:
-        return task, decode(task.path, task.size, task.pad_to_square), None
+        if task.source_format == "jpg":
+            return task, decode_jpeg(task.path, task.size, task.pad_to_square), None
+        return task, decode_dicom(task.path, task.size, task.pad_to_square, reduce_jpeg2000=task.reduce_jpeg2000), None
     except Exception as exc:
         return task, None, f"decode failed ({type(exc).__name__}): {exc}"
 
