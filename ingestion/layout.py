@@ -11,6 +11,7 @@ shards of ~380 images each.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterator
@@ -86,6 +87,29 @@ def iter_shard_files(root: Path | str, shard: str, suffixes: tuple[str, ...]) ->
         for path in sorted(top.rglob("*")):
             if path.is_file() and path.suffix.lower() in suffixes:
                 yield path
+
+
+def shard_fingerprints(root: Path | str, digits: int = PARTITION_DIGITS) -> dict[str, str]:
+    """Per shard, a digest of the studies it holds (report files and study folders, by name
+    and, for files, size): a new or replaced study changes its shard's digest and no other.
+    Costs one directory listing per subject folder, never a read of an image."""
+    base = files_root(root)
+    entries: dict[str, list[str]] = {}
+    for folder in sorted(p for p in base.iterdir() if p.is_dir() and re.fullmatch(r"p\d{2}", p.name)):
+        for subject in _subject_dirs(base, folder.name):
+            shard = subject.name[: 1 + digits]
+            with os.scandir(subject) as studies:
+                entries.setdefault(shard, []).extend(
+                    f"{subject.name}/{e.name}:{e.stat().st_size if e.is_file() else _dir_signature(e.path)}"
+                    for e in studies)
+    return {shard: hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]
+            for shard, names in sorted(entries.items())}
+
+
+def _dir_signature(path: str) -> str:
+    """A study folder's image names and sizes: an image added to a known study counts too."""
+    with os.scandir(path) as images:
+        return ",".join(sorted(f"{e.name}={e.stat().st_size}" for e in images if e.is_file()))
 
 
 def _subject_dirs(base: Path, shard: str) -> list[Path]:
