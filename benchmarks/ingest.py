@@ -155,7 +155,7 @@ def child(mode: str, archive: Path, size: int, workers: int) -> None:
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps({"mode": mode, "workers": workers, "seconds": round(seconds, 2),
-                      "images_per_s": round(len(paths) / seconds, 1),
+                      "images_per_s": round(len(paths) / seconds, 3),
                       "peak_rss_mb": round(peak_self, 1), "peak_worker_rss_mb": round(peak_children, 1)}))
 
 
