@@ -48,7 +48,10 @@ def decode_dicom(path: Path | str, size: int, pad_to_square: bool = False, fast:
         arr, levels = ds.pixel_array, 0
         if arr.ndim == 3:  # multi-frame: the first frame is the radiograph
             arr = arr[0]
-    if fast:
+    # Resizing first pays off where PIL would box-reduce (source over twice the target) or on a
+    # reduced J2K level; near the target size the 8-bit lookup path is cheaper (float resize).
+    shrinks = not pad_to_square and max(arr.shape[0], arr.shape[1]) >= _REDUCING_GAP * size
+    if fast and (shrinks or levels):
         linear = _linear_display(arr, ds)
         if linear is not None:
             return _resize_then_map(arr, *linear, size, pad_to_square, levels)
