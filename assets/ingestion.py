@@ -147,6 +147,7 @@ def cxr_images(
         metadata={
             "dagster/row_count": result.images,
             "quarantined_at_decode": result.quarantined,
+            "reused_unchanged": result.reused,
             "image_size": config.image_size,
             "row_groups": pq.ParquetFile(out_path).num_row_groups,
             "images_per_second": round(rate, 1),

@@ -91,13 +91,37 @@ def test_arrival_sensor_ingests_only_the_shards_with_new_studies_then_extraction
         assert len(instance.get_runs()) == runs_before + 2
         # The other shards' files were not touched: no run, no rewrite.
         assert {s: (home / "data" / "cxr_images" / f"{s}.parquet").stat().st_mtime_ns for s in untouched} == untouched
-        for shard, rows in (("p1004", 3), ("p1205", 1)):
-            record = [r for r in instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey("cxr_images"), asset_partitions=[shard]), limit=5).records]
-            assert record and record[0].asset_materialization.metadata["dagster/row_count"].value == rows, shard
+        # Within the re-run shard, only the new files were decoded: the known image was copied.
+        for shard, rows, reused in (("p1004", 3, 1), ("p1205", 1, 0)):
+            record = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("cxr_images"), asset_partitions=[shard]), limit=5).records
+            metadata = record[0].asset_materialization.metadata
+            assert (metadata["dagster/row_count"].value, metadata["reused_unchanged"].value) == (rows, reused), shard
 
         requests, cursor = run_requests(instance, cursor, resources)
         assert [r.job_name for r in requests] == ["extraction_job"]
         assert requests[0].tags[ARRIVAL_TAG].endswith("-extract")
         assert run_requests(instance, cursor, resources)[0] == []  # the batch is done
         assert json.loads(cursor)["pending"] is None
+
+
+def test_a_rebuilt_shard_decodes_only_new_files_and_matches_a_full_decode(tmp_path):
+    from common.storage import file_sha256
+    from ingestion.images import build_cxr_images
+    from ingestion.shards import index_shard
+
+    archive = tmp_path / "archive"
+    add_study(archive, 10040001, 50000001, images=3)
+
+    def build(name: str, reuse: bool = True, size: int = 32):
+        index = index_shard(archive, "p1004", b"salt", tmp_path / "i.parquet", tmp_path / "q.parquet").index
+        return build_cxr_images(index, archive, tmp_path / f"{name}.parquet", tmp_path / "dq.parquet", size=size,
+                                row_group_size=2, reuse=reuse)
+
+    assert build("shard").reused == 0
+    add_study(archive, 10040002, 50000000, images=2)  # sorts before the known study: reuse keeps index order
+    again = build("shard")
+    assert (again.images, again.reused) == (5, 3)
+    assert file_sha256(tmp_path / "shard.parquet") == file_sha256(build("scratch", reuse=False).path)
+    # Other decode settings: nothing stored may be reused.
+    assert build("shard", size=24).reused == 0
