@@ -150,7 +150,7 @@ def child(mode: str, archive: Path, size: int, workers: int) -> None:
         from ingestion.images import build_cxr_images
 
         build_cxr_images(index, archive, archive / "img.parquet", archive / "dq.parquet", size=size, workers=workers,
-                         reduce_jpeg2000=mode == "cxr_images_reduced")
+                         reduce_jpeg2000=mode == "cxr_images_reduced", reuse=False)  # decode every file
     seconds = time.perf_counter() - start
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
