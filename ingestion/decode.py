@@ -11,9 +11,8 @@ is still at least twice the target size (OpenJPEG skips the finer wavelet levels
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import io
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -48,9 +47,9 @@ def decode_dicom(path: Path | str, size: int, pad_to_square: bool = False, fast:
         arr, levels = ds.pixel_array, 0
         if arr.ndim == 3:  # multi-frame: the first frame is the radiograph
             arr = arr[0]
-    # Resizing first pays off where PIL would box-reduce (source over twice the target) or on a
-    # reduced J2K level; near the target size the 8-bit lookup path is cheaper (float resize).
-    shrinks = not pad_to_square and max(arr.shape[0], arr.shape[1]) >= _REDUCING_GAP * size
+    # Resizing first pays off where PIL would box-reduce (a whole factor > 1 at the reducing gap)
+    # or on a reduced J2K level; otherwise the 8-bit lookup path is cheaper (no float image).
+    shrinks = not pad_to_square and max(arr.shape) / size / _REDUCING_GAP >= 2
     if fast and (shrinks or levels):
         linear = _linear_display(arr, ds)
         if linear is not None:
@@ -182,6 +181,8 @@ def _linear_display(arr: np.ndarray, ds: pydicom.Dataset) -> tuple[float, float]
         return None
     first, last = int(inside[0]), int(inside[-1])
     a = (values[last] - values[first]) / (last - first)
+    if a == 0:
+        return None
     b = values[first] - a * (first + lowest)
     stored = np.arange(lowest, lowest + values.size, dtype=np.float64)
     # One 256th of a grey level: a mapping that is linear up to float32 rounding.
