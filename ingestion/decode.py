@@ -93,11 +93,12 @@ def _uint8_via_lookup(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     return np.take(to_uint8(table), shifted)
 
 
-def _display_table(arr: np.ndarray, ds: pydicom.Dataset, sample: np.ndarray | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def _display_table(arr: np.ndarray, ds: pydicom.Dataset, sample: np.ndarray | None = None,
+                   extremes: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(display value in [0, 1] per stored value, non-negative indices into that table).
-    Percentiles are taken over `sample` (default: every pixel)."""
-    lowest, highest = int(arr.min()), int(arr.max())
+    Percentiles are taken over `sample` (default: every pixel); `extremes` are the image's
+    (min, max) when the caller has them already (each is a pass over every pixel)."""
+    lowest, highest = extremes or (int(arr.min()), int(arr.max()))
     base = min(lowest, 0)
     shifted = (arr.astype(np.int32) - base) if base < 0 else arr
     # The LUTs only run over stored values between the image's extremes; entries below its
@@ -173,8 +174,8 @@ def _linear_display(arr: np.ndarray, ds: pydicom.Dataset) -> tuple[float, float]
     if "VOILUTSequence" in ds or str(ds.get("VOILUTFunction", "LINEAR")).upper() not in ("LINEAR", "LINEAR_EXACT"):
         return None
     stride = max(1, int(np.sqrt(arr.size / _PERCENTILE_SAMPLES)))
-    table, _ = _display_table(arr, ds, sample=arr[::stride, ::stride])
-    lowest = int(arr.min())
+    lowest, highest = int(arr.min()), int(arr.max())
+    table, _ = _display_table(arr, ds, sample=arr[::stride, ::stride], extremes=(lowest, highest))
     values = table[lowest - min(lowest, 0):].astype(np.float64)
     inside = np.flatnonzero((values > 0) & (values < 1))
     if inside.size < 2:
