@@ -155,3 +155,28 @@ def test_jpeg2000_reduced_levels_are_only_used_when_the_target_allows():
     assert _reduced_j2k_pixels(ds, 1000) is None  # no level keeps 2x the target
     plain = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))
     assert _reduced_j2k_pixels(plain, 224) is None
+
+
+@pytest.mark.parametrize("bits", [12, 15, 16])
+def test_native_pixel_view_is_exactly_pydicoms_pixel_array(tmp_path, bits):
+    import pydicom
+
+    from ingestion.decode import _native_pixels
+
+    ds = pydicom.dcmread(write_dicom(tmp_path / f"b{bits}.dcm", chest_like(300, 200), bits_stored=bits))
+    view = _native_pixels(ds)
+    assert view is not None and np.array_equal(view, ds.pixel_array) and view.dtype == ds.pixel_array.dtype
+    assert _native_pixels(pydicom.dcmread(get_testdata_file("RG1_J2KR.dcm"))) is None  # compressed: pydicom
+
+
+def test_bits_above_bits_stored_leave_the_native_view_to_pydicom(tmp_path):
+    import pydicom
+
+    from ingestion.decode import _native_pixels
+
+    path = write_dicom(tmp_path / "o.dcm", chest_like(64, 64), bits_stored=12)
+    ds = pydicom.dcmread(path)
+    raw = np.frombuffer(ds.PixelData, "<u2").copy()
+    raw[0] |= 0x8000  # an overlay bit in the unused high bits
+    ds.PixelData = raw.tobytes()
+    assert _native_pixels(ds) is None
