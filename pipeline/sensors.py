@@ -106,8 +106,11 @@ def archive_arrival_sensor(context: dg.SensorEvaluationContext, storage: Storage
             if all(run.is_success for run in runs):
                 requests.append(dg.RunRequest(run_key=f"arrival-extract-{pending}", job_name=extraction_job.name,
                                               tags={ARRIVAL_TAG: f"{pending}-extract"}))
-            else:
-                context.log.warning(f"arrival batch {pending}: an ingestion run failed; extraction not started")
+            else:  # the run keys are used up: the sensor will not retry, a person re-runs the shard
+                failed = sorted(run.tags.get("dagster/partition", "?") for run in runs if not run.is_success)
+                context.log.warning(f"arrival batch {pending}: ingestion failed for {', '.join(failed)}; extraction "
+                                    f"not started: fix the cause, then `medfilip run ingestion_job --partition "
+                                    f"{failed[0]}` (each) and `medfilip run extraction_job`")
             pending = None
     changed = [shard for shard, digest in now.items() if state["shards"].get(shard) != digest]
     new_shards = [shard for shard in changed if shard not in state["shards"]]
