@@ -22,7 +22,7 @@ from extraction.interface import EndpointUnavailable
 from extraction.labels import default_label_maps_path, label_counts, load_label_map, report_labels_table
 from extraction.to_triplets import summarise_triplets, to_triplets
 from extraction.vocabulary import load_vocabulary
-from ingestion.layout import SHARDS
+from ingestion.layout import shard_outputs
 from pipeline.resources import ExtractorResource, StorageResource
 
 
@@ -74,7 +74,10 @@ def llm_extractions(
         raise dg.Failure(description=str(exc)) from None
     cache_path = storage.layout().cache / "extraction.duckdb"
     out_path = storage.asset_path("llm_extractions", "llm_extractions.parquet")
-    shard_paths = [p for p in (storage.asset_path("reports", f"{shard}.parquet") for shard in SHARDS) if p.exists()]
+    try:
+        shard_paths = shard_outputs(storage.asset_path("reports"))
+    except ValueError as exc:
+        raise dg.Failure(description=str(exc)) from None
     if not shard_paths:
         raise dg.Failure(description="no `reports` shard has been materialised: run the ingestion job first")
 

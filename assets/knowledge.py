@@ -13,7 +13,7 @@ from assets.metadata import md_table, preview
 from assets.plots import bar_chart_markdown, png_markdown
 from common.storage import file_sha256, write_table
 from extraction.vocabulary import load_vocabulary
-from ingestion.layout import SHARDS
+from ingestion.layout import shard_outputs
 from pipeline.resources import StorageResource
 from training.knowledge import load_knowledge, missing_descriptions
 from training.ssm import SSM, build_ssm, plot_block_heatmap, run_checks
@@ -96,8 +96,7 @@ def training_texts(context: dg.AssetExecutionContext, config: TrainingTextsConfi
 
 def decoded_images(storage: StorageResource) -> pa.Table:
     """Ids of every image that made it into cxr_images (decoded), read without the pixels."""
-    tables = [pq.read_table(path, columns=IMAGE_COLUMNS)
-              for shard in SHARDS if (path := storage.asset_path("cxr_images", f"{shard}.parquet")).exists()]
+    tables = [pq.read_table(path, columns=IMAGE_COLUMNS) for path in shard_outputs(storage.asset_path("cxr_images"))]
     return pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.string()) for c in IMAGE_COLUMNS})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,6 +26,10 @@ from ingestion.dicom_index import QUARANTINE_SCHEMA, quarantine_row
 T = TypeVar("T")
 
 MIN_IMAGES_PER_WORKER = 64
+# Bump when the pixels a given file decodes to change: stored rows of older decodes are then
+# never reused (see `build_cxr_images`, reuse).
+DECODER_VERSION = "2"
+SETTINGS_KEY = b"medfilip_decode_settings"
 # zstd level 1: smaller files than snappy (139 vs 153 KiB per 448 px image) and faster to write.
 PIXEL_COMPRESSION, PIXEL_COMPRESSION_LEVEL = "zstd", 1
 
@@ -50,6 +55,7 @@ class ImagesResult:
     path: Path
     quarantine_path: Path
     sample: list[np.ndarray]
+    reused: int = 0  # rows copied from the previous file: same file sha256, same settings
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class DecodeTask:
     size: int
     pad_to_square: bool
     meta: tuple  # (dicom_id, study_id, patient_key, view_position, file_sha256)
+    reduce_jpeg2000: bool = False
 
 
 def build_cxr_images(
@@ -73,9 +80,19 @@ def build_cxr_images(
     pad_to_square: bool = False,
     progress: Callable[[int, int], None] | None = None,
     sample_count: int = 8,
+    reduce_jpeg2000: bool = False,
+    reuse: bool = True,
 ) -> ImagesResult:
-    """Decode every indexed image of one shard; undecodable ones go to the quarantine file."""
+    """Decode every indexed image of one shard; undecodable ones go to the quarantine file.
+    With `reuse`, an image whose file (sha256) and decode settings are those of a row already in
+    `out_path` is copied from there instead of decoded: a shard re-run because new studies
+    arrived decodes only the new files, and the output is byte-identical to a full decode."""
     start = time.perf_counter()
+    settings = json.dumps({"size": size, "pad_to_square": pad_to_square, "reduce_jpeg2000": reduce_jpeg2000,
+                           "decoder": DECODER_VERSION}, sort_keys=True).encode()
+    records = index.to_pylist()
+    keys = [(rec["dicom_id"], rec["file_sha256"]) for rec in records]
+    stored = _reusable_keys(out_path, settings, keys) if reuse else set()
     tasks = (
         DecodeTask(
             path=str(Path(root) / rec["source_path"]),
@@ -84,21 +101,34 @@ def build_cxr_images(
             size=size,
             pad_to_square=pad_to_square,
             meta=(rec["dicom_id"], rec["study_id"], rec["patient_key"], rec["view_position"], rec["file_sha256"]),
+            reduce_jpeg2000=reduce_jpeg2000,
         )
-        for rec in index.to_pylist()
+        for rec, key in zip(records, keys) if key not in stored
     )
     shard = index.column("shard")[0].as_py() if index.num_rows else ""
     # Starting worker processes costs about a second each: not worth it for a small shard.
-    workers = min(workers, max(1, index.num_rows // MIN_IMAGES_PER_WORKER))
+    workers = min(workers, max(1, (index.num_rows - len(stored)) // MIN_IMAGES_PER_WORKER))
     quarantined: list[dict] = []
     sample: list[np.ndarray] = []
     written = 0
 
+    def outcomes() -> Iterator[tuple[DecodeTask | None, np.ndarray | dict | None, str | None]]:
+        """Index order: a stored row (None, row, None) or a decode (task, pixels, error)."""
+        decoded = ordered_map(decode_task, tasks, workers)
+        previous = _stored_rows(out_path) if stored else iter(())
+        for key in keys:
+            if key in stored:  # same order as the index: the next matching stored row
+                yield None, next(row for row in previous if (row["dicom_id"], row["file_sha256"]) == key), None
+            else:
+                yield next(decoded)
+
     def batches() -> Iterator[pa.RecordBatch]:
         nonlocal written
         rows: list[dict] = []
-        for done, (task, pixels, error) in enumerate(ordered_map(decode_task, tasks, workers), 1):
-            if error is not None:
+        for done, (task, pixels, error) in enumerate(outcomes(), 1):
+            if task is None:
+                rows.append(pixels)  # type: ignore[arg-type]
+            elif error is not None:
                 quarantined.append(quarantine_row(task.source_path, shard, "decode", error, task.meta[4], None))
             else:
                 rows.append(image_record(task, pixels))
@@ -115,11 +145,39 @@ def build_cxr_images(
             yield pa.RecordBatch.from_pylist(rows, schema=IMAGE_SCHEMA)
 
     with atomic_path(out_path) as tmp:
-        with pq.ParquetWriter(tmp, IMAGE_SCHEMA, compression=PIXEL_COMPRESSION,
+        with pq.ParquetWriter(tmp, IMAGE_SCHEMA.with_metadata({SETTINGS_KEY: settings}), compression=PIXEL_COMPRESSION,
                               compression_level=PIXEL_COMPRESSION_LEVEL) as writer:
             write_behind(batches(), lambda batch: writer.write_batch(batch, row_group_size=row_group_size))
     write_table(pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA), quarantine_path)
-    return ImagesResult(written, len(quarantined), time.perf_counter() - start, out_path, quarantine_path, sample)
+    return ImagesResult(written, len(quarantined), time.perf_counter() - start, out_path, quarantine_path, sample,
+                        reused=len(stored))
+
+
+def _reusable_keys(out_path: Path, settings: bytes, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """(dicom_id, file sha256) of the rows of the previous `out_path` that can be copied: same
+    decode settings, and in the same relative order as in the new index (rows are streamed in
+    one pass). Anything unexpected means no reuse, never a wrong row."""
+    try:
+        previous = pq.ParquetFile(out_path)
+        if (previous.schema_arrow.metadata or {}).get(SETTINGS_KEY) != settings:
+            return set()
+        ids = previous.read(columns=["dicom_id", "file_sha256"])
+    except (OSError, pa.ArrowException):
+        return set()
+    old = list(zip(ids.column("dicom_id").to_pylist(), ids.column("file_sha256").to_pylist()))
+    wanted = set(keys)
+    common = [key for key in old if key in wanted]
+    if len(set(common)) != len(common) or common != [key for key in keys if key in set(common)]:
+        return set()
+    return set(common)
+
+
+def _stored_rows(out_path: Path) -> Iterator[dict]:
+    """The previous file's rows one row group at a time (bounded memory). Read before the
+    atomic rename replaces the file: the open reader keeps the old file's data."""
+    previous = pq.ParquetFile(out_path)
+    for group in range(previous.num_row_groups):
+        yield from previous.read_row_group(group).to_pylist()
 
 
 def write_behind(batches: Iterator[T], write: Callable[[T], object]) -> None:
@@ -137,9 +195,10 @@ def write_behind(batches: Iterator[T], write: Callable[[T], object]) -> None:
 
 def decode_task(task: DecodeTask) -> tuple[DecodeTask, np.ndarray | None, str | None]:
     """Runs in a worker process; a bad file becomes an error string, never an exception."""
-    decode = decode_jpeg if task.source_format == "jpg" else decode_dicom
     try:
-        return task, decode(task.path, task.size, task.pad_to_square), None
+        if task.source_format == "jpg":
+            return task, decode_jpeg(task.path, task.size, task.pad_to_square), None
+        return task, decode_dicom(task.path, task.size, task.pad_to_square, reduce_jpeg2000=task.reduce_jpeg2000), None
     except Exception as exc:
         return task, None, f"decode failed ({type(exc).__name__}): {exc}"
 

@@ -75,7 +75,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The whole graph on the generated corpus: corpus -> ingestion -> extraction -> knowledge
     and SSM -> pre-training -> evaluations, then the prompt-change sensor is switched on."""
     from corpus.generate import generate_corpus
-    from pipeline.demo import DEMO_CORPUS, DEMO_OPS_CONFIG, print_demo_summary, start_prompt_sensor
+    from pipeline.demo import DEMO_CORPUS, DEMO_OPS_CONFIG, DEMO_PARTITION_DIGITS, print_demo_summary, start_prompt_sensor
     from pipeline.runner import materialise
 
     start = time.perf_counter()
@@ -90,7 +90,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for job in ("ingestion_job", "model_job"):
         tick = time.perf_counter()
         print(f"Materialising {job} ...", flush=True)
-        summaries.append(materialise(job, ops_config=DEMO_OPS_CONFIG))
+        summaries.append(materialise(job, ops_config=DEMO_OPS_CONFIG, partition_digits=DEMO_PARTITION_DIGITS))
         timings[job] = time.perf_counter() - tick
         if summaries[-1]["failed"]:
             break

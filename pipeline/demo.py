@@ -12,6 +12,9 @@ from pathlib import Path
 from pipeline.settings import REPO_ROOT, Layout
 
 DEMO_STUDIES = 3000
+# The ten pNN folders as shards: 3,000 studies over ~900 subject-prefix shards would be 900
+# runs of a few images each, all start-up cost (ingestion/layout.py PARTITION_DIGITS).
+DEMO_PARTITION_DIGITS = 2
 # Rendered small and stored at the demo model's input size: decoding and training at 96 px is
 # what fits a 2-core CPU; the pipeline defaults (512 px corpus, 448 px cxr_images) are for real use.
 DEMO_CORPUS = {"image_size": 192}

@@ -8,7 +8,7 @@ ingestion_job = dg.define_asset_job(
     "ingestion_job",
     selection=dg.AssetSelection.groups("ingestion"),
     partitions_def=shard_partitions,
-    description="Index, decode and parse one shard (pNN folder) of the archive.",
+    description="Index, decode and parse one shard (subject-folder prefix, e.g. p1004) of the archive.",
     tags={"medfilip/stage": "ingestion"},  # per-stage run limits in deploy/dagster.yaml
 )
 

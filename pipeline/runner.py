@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from ingestion.layout import SHARDS
+from ingestion.layout import PARTITION_DIGITS, shard_problem
 from pipeline.run_health import process_tags, sweep_dead_runs
 
 # Step-level DEBUG events are in the UI; the terminal gets the asset functions' own logs.
@@ -15,8 +15,11 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def materialise(target: str, partitions: Sequence[str] | None = None,
-                instance: dg.DagsterInstance | None = None, ops_config: dict | None = None) -> dict:
-    """Run `target` once per partition (all shards by default); a summary with row counts,
+                instance: dg.DagsterInstance | None = None, ops_config: dict | None = None,
+                partition_digits: int | None = None) -> dict:
+    """Run `target` once per partition (by default every shard in the archive, registered as
+    partitions first, `partition_digits` subject-id digits each: by default those the instance
+    already uses, else PARTITION_DIGITS); a summary with row counts,
     each asset's scalar metadata, failed checks (WARN included), and for a failed run which
     step broke and why. Runs left behind by a killed `medfilip` are cleaned first."""
     from pipeline.definitions import defs
@@ -26,7 +29,14 @@ def materialise(target: str, partitions: Sequence[str] | None = None,
     dead = sweep_dead_runs(instance, USER_MLFLOW_TRACKING_URI or layout().mlflow_tracking_uri)
     job = resolve_job(defs, target)
     partitioned = job.partitions_def is not None
-    keys = list(partitions or (SHARDS if partitioned else [None]))
+    keys = list(partitions or (shards_to_run(defs, shard_digits(instance, partition_digits)) if partitioned else [None]))
+    if partitioned:
+        problems = [p for p in map(shard_problem, keys) if p]
+        if problems:
+            raise SystemExit(problems[0])
+        from assets.ingestion import register_shards
+
+        register_shards(instance, keys)
     run_config = {**QUIET, "ops": dict(ops_config or {})}
     selected = {key.to_user_string() for key in job.asset_layer.selected_asset_keys}
     run_config["ops"] = {op: cfg for op, cfg in run_config["ops"].items() if op in selected}
@@ -58,6 +68,27 @@ def materialise(target: str, partitions: Sequence[str] | None = None,
                         "partition": key, "asset": check.asset_key.to_user_string(), "check": check.check_name,
                         "severity": check.severity.value, "description": check.description or ""})
     return summary
+
+
+def shard_digits(instance: dg.DagsterInstance, requested: int | None) -> int:
+    """The granularity to discover shards at: mixing p10 with p1004 would count studies twice,
+    so an instance keeps the one its first shards were registered with."""
+    if requested is not None:
+        return requested
+    from assets.ingestion import shard_partitions
+
+    known = instance.get_dynamic_partitions(shard_partitions.name)
+    return max(set(map(len, known)), key=[len(k) for k in known].count) - 1 if known else PARTITION_DIGITS
+
+
+def shards_to_run(defs: dg.Definitions, digits: int) -> list[str]:
+    """Every shard of the configured archive; none found (no archive yet) gives the ten pNN
+    folders, whose runs then fail or warn in one line exactly as a shard run does."""
+    from assets.ingestion import discover_shards
+    from ingestion.layout import SHARDS
+
+    found = discover_shards(defs.resources["storage"], defs.resources["archive"], digits)
+    return found or list(SHARDS)
 
 
 def failure_text(error: object) -> str:

@@ -6,11 +6,14 @@ version, which marks `llm_extractions` and everything downstream unsynced in the
 requests `extraction_job`, which re-asks the backend only for cache misses.
 """
 
+import hashlib
+import json
+
 import dagster as dg
 
 from assets.extraction import extraction_version
-from pipeline.jobs import extraction_job
-from pipeline.resources import ExtractorResource, MLflowResource, StorageResource
+from pipeline.jobs import extraction_job, ingestion_job
+from pipeline.resources import ArchiveResource, ExtractorResource, MLflowResource, StorageResource
 from pipeline.settings import USER_MLFLOW_TRACKING_URI
 
 PROMPT_VERSION_TAG = "medfilip/prompt_version"
@@ -64,3 +67,65 @@ def dead_run_sensor(context: dg.SensorEvaluationContext, storage: StorageResourc
     if dead:
         context.log.warning(f"marked {len(dead)} dead run(s) failed: {', '.join(dead)}")
     return dg.SkipReason(f"{len(dead)} dead run(s) cleaned" if dead else "no dead runs")
+
+
+ARRIVAL_TAG = "medfilip/arrival"
+
+
+@dg.sensor(jobs=[ingestion_job, extraction_job], minimum_interval_seconds=300,
+           default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Ingest the shards where new studies arrived (only those), then re-run extraction once "
+                       "they succeeded; extraction asks the backend only for the new reports (cache).")
+def archive_arrival_sensor(context: dg.SensorEvaluationContext, storage: StorageResource, archive: ArchiveResource):
+    """Cursor: {"shards": {shard: fingerprint}, "pending": batch id whose ingestion runs must
+    finish before extraction}. The first tick only records the archive as it is: shards ingested
+    before the sensor was switched on are not re-run."""
+    from assets.ingestion import register_shards
+    from ingestion.layout import archive_problem, shard_fingerprints
+    from pipeline.runner import shard_digits
+
+    state = json.loads(context.cursor) if context.cursor else None
+    roots = {archive.image_root(storage), archive.reports_root(storage)}
+    problem = next((p for p in map(archive_problem, roots) if p), None)
+    if problem:
+        return dg.SkipReason(problem)
+    digits = shard_digits(context.instance, None)
+    now: dict[str, str] = {}
+    for root in sorted(roots):
+        for shard, digest in shard_fingerprints(root, digits).items():
+            now[shard] = digest if shard not in now else f"{now[shard]}+{digest}"
+    if state is None:
+        register_shards(context.instance, sorted(now))
+        return dg.SensorResult(cursor=json.dumps({"shards": now, "pending": None}),
+                               skip_reason=f"recorded {len(now)} shards; new studies from now on are ingested")
+    requests: list[dg.RunRequest] = []
+    pending = state.get("pending")
+    if pending:
+        runs = context.instance.get_runs(filters=dg.RunsFilter(tags={ARRIVAL_TAG: pending}))
+        if runs and all(run.is_finished for run in runs):  # none yet: the daemon has not launched them
+            if all(run.is_success for run in runs):
+                requests.append(dg.RunRequest(run_key=f"arrival-extract-{pending}", job_name=extraction_job.name,
+                                              tags={ARRIVAL_TAG: f"{pending}-extract"}))
+            else:  # the run keys are used up: the sensor will not retry, a person re-runs the shard
+                failed = sorted(run.tags.get("dagster/partition", "?") for run in runs if not run.is_success)
+                context.log.warning(f"arrival batch {pending}: ingestion failed for {', '.join(failed)}; extraction "
+                                    f"not started: fix the cause, then `medfilip run ingestion_job --partition "
+                                    f"{failed[0]}` (each) and `medfilip run extraction_job`")
+            pending = None
+    changed = [shard for shard, digest in now.items() if state["shards"].get(shard) != digest]
+    new_shards = [shard for shard in changed if shard not in state["shards"]]
+    if changed and not pending:  # one batch at a time: extraction must see all of it
+        pending = hashlib.sha256(json.dumps(now, sort_keys=True).encode()).hexdigest()[:12]
+        context.log.info(f"new studies in {len(changed)} shard(s): {', '.join(changed[:20])}")
+        requests += [dg.RunRequest(run_key=f"arrival-{shard}-{now[shard]}", job_name=ingestion_job.name,
+                                   partition_key=shard, tags={ARRIVAL_TAG: pending}) for shard in changed]
+        known = {**state["shards"], **{shard: now[shard] for shard in changed}}
+    else:
+        known = state["shards"]
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[dg.AddDynamicPartitionsRequest("archive_shards", new_shards)]
+        if new_shards and requests else [],
+        cursor=json.dumps({"shards": known, "pending": pending}),
+        skip_reason=None if requests else "no new studies",
+    )

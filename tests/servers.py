@@ -252,3 +252,35 @@ def as_user(user: str | None, command: list[str]) -> list[str]:
     account = pwd.getpwnam(user)
     # setpriv (util-linux) keeps the environment and needs no PAM session, unlike su.
     return ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups", "--", *command]
+
+
+# --- Redis (the Celery broker) -----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running_redis(timeout_s: float = 30.0) -> Iterator[str]:
+    """Debian's redis-server on 127.0.0.1, in memory only (no snapshot, no append log), in a
+    fresh temp folder; yields its URL without a database number. Stopped after."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError("redis-server not found: apt-get install redis-server")
+    root = Path(tempfile.mkdtemp(prefix="medfilip-redis-"))
+    port = free_port()
+    command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+               "--dir", str(root), "--protected-mode", "yes"]
+    server = start_server(command, root / "redis.log", cwd=root)
+    try:
+        wait_until(lambda: _redis_pings(port), timeout_s=timeout_s, what="redis-server ready", server=server)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        stop_server(server, grace_s=10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _redis_pings(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False

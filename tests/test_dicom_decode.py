@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
@@ -78,3 +80,103 @@ def test_lookup_table_path_equals_applying_the_luts_to_every_pixel(tmp_path, nam
     difference = np.abs(via_table.astype(int) - direct)
     # Percentiles agree to ~1e-5, so only a value sitting on a rounding edge may move by one level.
     assert difference.max() <= 1 and (difference == 0).mean() > 0.999
+
+
+def _agreement(fast: np.ndarray, full: np.ndarray) -> tuple[int, float]:
+    difference = np.abs(fast.astype(int) - full.astype(int))
+    return int(difference.max()), float((difference <= 1).mean())
+
+
+@pytest.fixture(scope="module")
+def full_size_radiograph(tmp_path_factory) -> Path:
+    """A MIMIC-sized (2,544 x 3,056, 12-bit) radiograph, uncompressed."""
+    return write_dicom(tmp_path_factory.mktemp("full") / "full.dcm", chest_like(3056, 2544, seed=3))
+
+
+@pytest.mark.parametrize("name", ["full_size", "RG1_UNCR.dcm", "monochrome1", "window"])
+@pytest.mark.parametrize("size", [448, 224])
+def test_fast_path_equals_the_full_resolution_path_to_one_grey_level(tmp_path, full_size_radiograph, name, size):
+    if name == "full_size":
+        path = full_size_radiograph
+    elif name == "monochrome1":
+        path = write_dicom(tmp_path / "m1.dcm", chest_like(1500, 1200, seed=4), photometric="MONOCHROME1", bits_stored=15)
+    elif name == "window":
+        path = write_dicom(tmp_path / "w.dcm", chest_like(1500, 1200, seed=5), bits_stored=16, window=(20000, 30000))
+    else:
+        path = get_testdata_file(name)
+    worst, within_one = _agreement(decode_dicom(path, size), decode_dicom(path, size, fast=False))
+    assert within_one >= 0.999, f"{name}: only {within_one:.4%} within one grey level (max {worst})"
+
+
+def test_fast_path_pads_to_square_like_the_full_resolution_path(full_size_radiograph):
+    fast = decode_dicom(full_size_radiograph, 224, pad_to_square=True)
+    full = decode_dicom(full_size_radiograph, 224, pad_to_square=True, fast=False)
+    assert fast[:, :10].max() == 0  # the padding is black
+    assert _agreement(fast, full)[1] >= 0.999
+
+
+def test_non_linear_voi_lut_takes_the_exact_path(tmp_path):
+    import pydicom
+
+    path = write_dicom(tmp_path / "sig.dcm", chest_like(600, 500, seed=6), window=(1500, 2000))
+    ds = pydicom.dcmread(path)
+    ds.VOILUTFunction = "SIGMOID"
+    ds.save_as(path)
+    from ingestion.decode import _linear_display
+
+    assert _linear_display(pydicom.dcmread(path).pixel_array, pydicom.dcmread(path)) is None
+    assert np.array_equal(decode_dicom(path, 128), decode_dicom(path, 128, fast=False))
+
+
+@pytest.mark.parametrize("name", ["RG1_J2KR.dcm", "RG1_J2KI.dcm"])
+def test_reduced_jpeg2000_level_stays_close_to_the_full_decode(name):
+    """Opt-in reduced-resolution decode on a real radiograph: the measured agreement (about 97%
+    within one grey level, a few levels at most) is what the opt-in's documentation promises."""
+    path = get_testdata_file(name)
+    reduced = decode_dicom(path, 448, reduce_jpeg2000=True)
+    full = decode_dicom(path, 448, fast=False)
+    worst, within_one = _agreement(reduced, full)
+    assert within_one >= 0.96 and worst <= 12
+    assert np.abs(reduced.astype(int) - full.astype(int)).mean() < 0.6
+    lungs, mediastinum = lung_and_mediastinum_means(reduced)
+    assert lungs + 20 < mediastinum
+
+
+def test_jpeg2000_reduced_levels_are_only_used_when_the_target_allows():
+    import pydicom
+
+    from ingestion.decode import _reduced_j2k_pixels
+
+    ds = pydicom.dcmread(get_testdata_file("RG1_J2KR.dcm"))  # 1955 x 1841
+    arr, levels = _reduced_j2k_pixels(ds, 448)
+    assert levels == 1 and arr.shape == (978, 921)
+    # The level's values are the stored values' scale (Pillow's 16-bit scaling undone).
+    assert abs(float(arr.mean()) - float(ds.pixel_array.mean())) < 0.01 * float(ds.pixel_array.mean())
+    assert _reduced_j2k_pixels(ds, 1000) is None  # no level keeps 2x the target
+    plain = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))
+    assert _reduced_j2k_pixels(plain, 224) is None
+
+
+@pytest.mark.parametrize("bits", [12, 15, 16])
+def test_native_pixel_view_is_exactly_pydicoms_pixel_array(tmp_path, bits):
+    import pydicom
+
+    from ingestion.decode import _native_pixels
+
+    ds = pydicom.dcmread(write_dicom(tmp_path / f"b{bits}.dcm", chest_like(300, 200), bits_stored=bits))
+    view = _native_pixels(ds)
+    assert view is not None and np.array_equal(view, ds.pixel_array) and view.dtype == ds.pixel_array.dtype
+    assert _native_pixels(pydicom.dcmread(get_testdata_file("RG1_J2KR.dcm"))) is None  # compressed: pydicom
+
+
+def test_bits_above_bits_stored_leave_the_native_view_to_pydicom(tmp_path):
+    import pydicom
+
+    from ingestion.decode import _native_pixels
+
+    path = write_dicom(tmp_path / "o.dcm", chest_like(64, 64), bits_stored=12)
+    ds = pydicom.dcmread(path)
+    raw = np.frombuffer(ds.PixelData, "<u2").copy()
+    raw[0] |= 0x8000  # an overlay bit in the unused high bits
+    ds.PixelData = raw.tobytes()
+    assert _native_pixels(ds) is None

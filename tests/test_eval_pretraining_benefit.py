@@ -35,6 +35,7 @@ def trained(tmp_path_factory) -> tuple[str, Path]:
 
 def _pretrain(tmp: Path) -> tuple[str, Path]:
     from corpus.generate import generate_corpus
+    from assets.ingestion import register_shards
     from ingestion.layout import SHARDS
     from pipeline.definitions import defs
     from pipeline.demo import DEMO_OPS_CONFIG
@@ -51,6 +52,7 @@ def _pretrain(tmp: Path) -> tuple[str, Path]:
     ops = {**DEMO_OPS_CONFIG,
            "pretrained_model": {"config": {"preset": "demo", "overrides_json": json.dumps({"epochs": 6})}}}
     with dg.instance_for_test() as instance:
+        register_shards(instance, list(SHARDS))
         for shard in SHARDS:
             assert graph.resolve_job_def("ingest").execute_in_process(
                 instance=instance, partition_key=shard, run_config={"ops": {"cxr_images": ops["cxr_images"]}}).success

@@ -10,7 +10,7 @@ from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from assets.extraction import llm_extractions, prompts, report_labels, triplets
-from assets.ingestion import reports
+from assets.ingestion import register_shards, reports
 from common.storage import file_sha256
 from pipeline.resources import ArchiveResource, ExtractorResource, StorageResource
 from pipeline.sensors import prompt_change_sensor
@@ -37,6 +37,7 @@ def resources(home, archive, extractor=None):
 
 
 def ingest_reports(instance, res):
+    register_shards(instance, ["p10", "p11"])
     for shard in ("p10", "p11"):
         assert dg.materialize([reports], partition_key=shard, instance=instance, resources=res).success
 

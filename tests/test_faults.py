@@ -26,7 +26,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from assets.extraction import llm_extractions, triplets
-from assets.ingestion import cxr_images, dicom_index, reports
+from assets.ingestion import cxr_images, dicom_index, register_shards, reports
 from common.paths import REPO_ROOT
 from common.storage import write_table
 from extraction.backends import make_backend
@@ -114,6 +114,7 @@ def test_an_archive_without_pnn_folders_fails_and_a_missing_shard_is_only_empty(
     (tmp_path / "flat" / "image.dcm").write_bytes(b"")
     resources = {"storage": StorageResource(home=str(home))}
     with dg.instance_for_test() as instance:
+        register_shards(instance, ["p10", "p15"])
         flat = dg.materialize([dicom_index], partition_key="p10", instance=instance, raise_on_error=False,
                               resources={**resources, "archive": ArchiveResource(root=str(tmp_path / "flat"))})
         assert not flat.success
@@ -267,6 +268,7 @@ def test_preamble_less_dicom_is_read_and_duplicates_are_quarantined_with_the_fil
 def test_a_mostly_broken_shard_fails_the_run_naming_the_rate_and_the_reasons(home, tmp_path):
     build_archive(tmp_path / "archive")  # p10: 5 broken files of 8
     with dg.instance_for_test() as instance:
+        register_shards(instance, ["p10"])
         result = dg.materialize([dicom_index, cxr_images, reports], partition_key="p10", instance=instance,
                                 raise_on_error=False,
                                 resources={"storage": StorageResource(home=str(home)),

@@ -5,7 +5,7 @@ import pytest
 import numpy as np
 import pyarrow.parquet as pq
 
-from assets.ingestion import cxr_images, dicom_index, reports
+from assets.ingestion import cxr_images, dicom_index, register_shards, reports
 from pipeline.definitions import defs
 from pipeline.resources import ArchiveResource, StorageResource
 from tests.archive_factory import build_archive
@@ -14,6 +14,7 @@ from tests.dicom_factory import PATIENT_ID, PATIENT_NAME
 
 def materialise_shard(home, archive_root, shard, instance, max_quarantine_rate=0.7):
     # The fixture shard is 5 broken files of 8 on purpose; tests/test_faults.py covers the default limit.
+    register_shards(instance, [shard])
     return dg.materialize(
         [dicom_index, cxr_images, reports],
         partition_key=shard,

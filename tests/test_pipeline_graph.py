@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
+from assets.ingestion import register_shards
 from pipeline.definitions import defs
 from pipeline.resources import ArchiveResource, ExtractorResource, MLflowResource, StorageResource
 from corpus.generate import generate_corpus
@@ -36,6 +37,7 @@ def graph(tmp_path_factory):
                       "training_texts": {"config": {"val_fraction": 0.3}},
                       "pretrained_model": {"config": {"overrides_json": json.dumps(TRAIN)}}}}
     with dg.instance_for_test() as instance:
+        register_shards(instance, list(SHARDS))
         for shard in SHARDS:
             run = graph_defs.resolve_job_def("ingest").execute_in_process(
                 instance=instance, partition_key=shard,

@@ -40,6 +40,10 @@ LAUNCH_RUN = """mutation Launch($params: ExecutionParams!) { launchRun(execution
   ... on RunConfigValidationInvalid { errors { message } }
   ... on InvalidSubsetError { message } } }"""
 RUN_STATUS = """query Status($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }"""
+# The UI's "Add partition" button: shards are dynamic partitions (assets/ingestion.py).
+ADD_PARTITION = """mutation Add($repo: RepositorySelector!, $name: String!, $key: String!) {
+  addDynamicPartition(repositorySelector: $repo, partitionsDefName: $name, partitionKey: $key) {
+    __typename ... on AddDynamicPartitionSuccess { partitionKey } ... on PythonError { message } } }"""
 MATERIALISATIONS = """query Mats($path: [String!]!) { assetOrError(assetKey: {path: $path}) {
   ... on Asset { assetMaterializations(limit: 10) { runId partition
     metadataEntries { label ... on PathMetadataEntry { path } } } } } }"""
@@ -79,6 +83,9 @@ def test_asset_launched_through_graphql_is_materialised_by_the_running_ui(ui):
     assert nodes[("reports",)]["isPartitioned"] and nodes[("reports",)]["groupName"] == "ingestion"
     repository = nodes[("reports",)]["repository"]
     shard = first_shard(home / "corpus")
+    selector = {"repositoryLocationName": repository["location"]["name"], "repositoryName": repository["name"]}
+    added = graphql(server, ADD_PARTITION, {"repo": selector, "name": "archive_shards", "key": shard})
+    assert added["data"]["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess", added
 
     # What the UI's "Materialize" button sends for one partition of one asset.
     params = {"selector": {"repositoryLocationName": repository["location"]["name"],
