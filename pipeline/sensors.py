@@ -6,6 +6,8 @@ version, which marks `llm_extractions` and everything downstream unsynced in the
 requests `extraction_job`, which re-asks the backend only for cache misses.
 """
 
+from pathlib import Path
+
 import dagster as dg
 
 from assets.extraction import extraction_version
@@ -16,31 +18,52 @@ PROMPT_VERSION_TAG = "medfilip/prompt_version"
 
 
 @dg.sensor(job=extraction_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Re-run extraction when a file in prompts/ (or the rules vocabulary) changes.")
+           description="Re-run extraction when the current prompt version (prompts/, or the rules "
+                       "vocabulary) is not the one the current llm_extractions was made with.")
 def prompt_change_sensor(context: dg.SensorEvaluationContext, extractor: ExtractorResource):
+    """Converges on the current version: whenever it differs from the latest extraction's, one run
+    is requested, also for a version seen before (its answers come from the cache). The run key
+    names the version and the materialisation it replaces, so the daemon launches it once per
+    (version, current extraction) and never again for that pair, however many ticks pass."""
     version = extraction_version(extractor)
-    if version == context.cursor:
-        return dg.SkipReason(f"prompt version {version} unchanged")
     observation = dg.AssetObservation(asset_key="prompts", tags={"dagster/data_version": version},
-                                      metadata={"prompt_version": version, "backend": extractor.backend})
-    # First tick after switching on: only re-run if the last extraction used another version.
-    last_used = last_extraction_version(context.instance)
-    if context.cursor is None and last_used == version:
-        return dg.SensorResult(asset_events=[observation], cursor=version)
-    context.log.info(f"prompt version {context.cursor or last_used} -> {version}: re-running extraction")
+                                      metadata={"prompt_version": version, "backend": extractor.backend_config().kind,
+                                                "prompt_files": ", ".join(prompt_files(extractor))})
+    events = [observation] if version != context.cursor else []
+    latest = latest_extraction(context.instance)
+    if latest is not None and latest[0] == version:
+        return dg.SensorResult(asset_events=events, cursor=version,
+                               skip_reason=None if events else f"llm_extractions already uses prompt version {version}")
+    replaces = f"after-{latest[1]}" if latest else "first"
+    context.log.info(f"prompt version {latest[0] if latest else '(none)'} -> {version}: re-running extraction")
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=f"prompt-{version}", tags={PROMPT_VERSION_TAG: version})],
-        asset_events=[observation],
+        run_requests=[dg.RunRequest(run_key=f"prompt-{version}-{replaces}", tags={PROMPT_VERSION_TAG: version})],
+        asset_events=events,
         cursor=version,
     )
 
 
-def last_extraction_version(instance: dg.DagsterInstance) -> str | None:
-    event = instance.get_latest_materialization_event(dg.AssetKey("llm_extractions"))
-    if event is None or event.asset_materialization is None:
+def latest_extraction(instance: dg.DagsterInstance) -> tuple[str, int] | None:
+    """(prompt version, storage id) of the current llm_extractions materialisation."""
+    records = instance.fetch_materializations(dg.AssetKey("llm_extractions"), limit=1).records
+    if not records or records[0].asset_materialization is None:
         return None
-    value = event.asset_materialization.metadata.get("prompt_version")
-    return str(value.value)[:16] if value is not None else None
+    value = records[0].asset_materialization.metadata.get("prompt_version")
+    return (str(value.value)[:16] if value is not None else "", int(records[0].storage_id))
+
+
+def prompt_files(extractor: ExtractorResource) -> list[str]:
+    """The files whose content is "the prompt" of the configured backend."""
+    from extraction.prompts import default_prompt_dir
+    from extraction.vocabulary import default_vocabulary_path
+
+    config = extractor.backend_config()
+    if config.kind == "rules":  # the rules' code and their vocabulary
+        import extraction.rules
+
+        return [str(config.vocabulary_path or default_vocabulary_path()), str(Path(extraction.rules.__file__))]
+    folder = Path(config.prompt_dir or default_prompt_dir(config.response_format))
+    return sorted(str(p) for p in folder.glob("*.md"))
 
 
 nightly_extraction_schedule = dg.ScheduleDefinition(
