@@ -15,6 +15,7 @@ from functools import partial
 import dagster as dg
 import pyarrow.parquet as pq
 
+from assets.automation import DERIVED_FROM_EXTRACTION
 from assets.metadata import md_table, preview
 from assets.plots import bar_chart_markdown
 from common.storage import file_sha256, write_table
@@ -108,6 +109,7 @@ def llm_extractions(
     group_name="extraction",
     kinds={"parquet"},
     code_version="1",
+    automation_condition=DERIVED_FROM_EXTRACTION,
     check_specs=[
         dg.AssetCheckSpec("share_of_reports_with_triplets", asset="triplets",
                           description="Enough usable reports yield at least one finding."),
@@ -161,7 +163,8 @@ def triplets(context: dg.AssetExecutionContext, config: TripletsConfig, storage:
     )
 
 
-@dg.asset(deps=[llm_extractions, triplets], group_name="extraction", kinds={"parquet"}, code_version="1")
+@dg.asset(deps=[llm_extractions, triplets], group_name="extraction", kinds={"parquet"}, code_version="1",
+          automation_condition=DERIVED_FROM_EXTRACTION)
 def report_labels(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     """One row per report whose answer was read: the 14 CheXpert observations as 1 (present),
     0 (negated), -1 (uncertain) or null (not mentioned), from `triplets` through the `chexpert`

@@ -27,13 +27,19 @@ DEMO_OPS_CONFIG = {
 }
 
 
+PROMPT_SENSORS = ("prompt_change_sensor", "prompt_downstream_sensor")
+
+
 def start_prompt_sensor(lay: Layout) -> str:
-    """Switch on prompt_change_sensor in the instance (the daemon of `dagster dev` runs it)."""
-    command = [str(Path(sys.executable).with_name("dagster")), "sensor", "start", "prompt_change_sensor",
-               "-m", "pipeline.definitions"]
+    """Switch on the prompt sensors in the instance (the daemon of `dagster dev` runs them)."""
     env = dict(os.environ, DAGSTER_HOME=str(lay.dagster_home))
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    return "on" if done.returncode == 0 else f"could not be started: {done.stderr.strip()[-300:]}"
+    for sensor in PROMPT_SENSORS:
+        command = [str(Path(sys.executable).with_name("dagster")), "sensor", "start", sensor,
+                   "-m", "pipeline.definitions"]
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            return f"{sensor} could not be started: {done.stderr.strip().splitlines()[-1][-300:]}"
+    return "on (" + ", ".join(PROMPT_SENSORS) + ")"
 
 
 def print_demo_summary(lay: Layout, summaries: list[dict], timings: dict[str, float], sensor: str) -> None:

@@ -2,12 +2,10 @@
 
 import dagster as dg
 
-from assets.ingestion import shard_partitions
 
 ingestion_job = dg.define_asset_job(
     "ingestion_job",
     selection=dg.AssetSelection.groups("ingestion"),
-    partitions_def=shard_partitions,
     description="Index, decode and parse one shard (pNN folder) of the archive.",
     tags={"medfilip/stage": "ingestion"},  # per-stage run limits in deploy/dagster.yaml
 )

@@ -66,6 +66,15 @@ def prompt_files(extractor: ExtractorResource) -> list[str]:
     return sorted(str(p) for p in folder.glob("*.md"))
 
 
+# Evaluates the eager conditions of the assets derived from extraction (assets/automation.py);
+# off until switched on, like prompt_change_sensor, with which `medfilip demo` starts it.
+prompt_downstream_sensor = dg.AutomationConditionSensorDefinition(
+    "prompt_downstream_sensor",
+    target=dg.AssetSelection.assets("triplets", "report_labels", "training_texts", "text_embeddings", "ssm"),
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Re-materialise triplets, report labels, training texts, embeddings and SSM once their inputs change.",
+)
+
 nightly_extraction_schedule = dg.ScheduleDefinition(
     name="nightly_extraction_check",
     job=extraction_job,

@@ -62,3 +62,49 @@ def test_returning_to_an_earlier_prompt_version_re_extracts_it_from_the_cache(ho
         second_a = extract()
         assert second_a["calls"].value == 0 and second_a["cache_hits"].value == 4  # from the cache
         assert not tick(instance, extractor, back.cursor).run_requests  # converged
+
+
+def test_a_re_extraction_re_materialises_every_derived_asset_down_to_the_ssm(home, tmp_path):
+    """Dagster's staleness is one hop, so the derived assets carry eager automation conditions:
+    one evaluation after a prompt change requests the whole chain to the SSM, and nothing beyond
+    (the model is never retrained unasked)."""
+    from assets.ingestion import cxr_images, dicom_files, dicom_index, report_files
+    from assets.knowledge import knowledge_base, ssm, text_embeddings, training_texts
+
+    archive, vocabulary = tmp_path / "archive", tmp_path / "vocabulary.yaml"
+    build_archive(archive)
+    shutil.copy(KNOWLEDGE_DIR / "vocabulary.yaml", vocabulary)
+    extractor = ExtractorResource(backend="rules", vocabulary_path=str(vocabulary))
+    res = {"storage": StorageResource(home=str(home)), "archive": ArchiveResource(root=str(archive)),
+           "extractor": extractor}
+    graph = [dicom_files, report_files, dicom_index, cxr_images, reports, prompts, llm_extractions, triplets,
+             knowledge_base, training_texts, text_embeddings, ssm]
+    chain = {"triplets", "training_texts", "text_embeddings", "ssm"}
+    defs = dg.Definitions(assets=graph, resources=res)
+
+    with dg.instance_for_test() as instance:
+        for shard in ("p10", "p11"):
+            assert dg.materialize(graph, partition_key=shard, instance=instance, resources=res,
+                                  selection=["dicom_index", "cxr_images", "reports"]).success
+        assert dg.materialize(graph, instance=instance, resources=res,
+                              selection=["prompts", "llm_extractions", "knowledge_base", *chain]).success
+        settled = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        assert settled.total_requested == 0  # everything current: nothing to do
+
+        vocabulary.write_text(vocabulary.read_text() + "\n# edited\n")
+        assert dg.materialize(graph, instance=instance, resources=res,
+                              selection=["prompts", "llm_extractions"]).success
+        # What the daemon does tick after tick: evaluate, run what was requested, until settled.
+        waves, cursor = [], settled.cursor
+        for _ in range(len(chain) + 2):
+            result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+            cursor = result.cursor
+            requested = sorted(name for name in chain | {"knowledge_base", "llm_extractions"}
+                               if result.get_num_requested(dg.AssetKey(name)))
+            if not requested:
+                break
+            waves.append(requested)
+            assert dg.materialize(graph, instance=instance, resources=res, selection=requested).success
+        assert sorted(name for wave in waves for name in wave) == sorted(chain), waves
+        assert "triplets" in waves[0], waves  # one run for the whole chain, as the daemon launches it
+        assert not requested  # converged: nothing more to do, and nothing beyond the SSM
