@@ -82,7 +82,7 @@ def pretrained_model(
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"pretrain-{fingerprint[:8]}", tags=tags) as run:
         mlflow.log_params({**train_config.model_dump(mode="json"), "preset": chosen["preset"],
                            "launcher": chosen["launcher"], "nproc_per_node": chosen["nproc_per_node"]})
-        log_inputs(lineage)
+        input_digests = log_inputs(lineage)
         if chosen["launcher"] == "torchrun":
             history = train_with_torchrun(context, train_config, lay, out_dir, chosen["nproc_per_node"])
         else:
@@ -97,7 +97,7 @@ def pretrained_model(
         mlflow.log_artifact(str(out_dir / "lineage.json"))
         curves = curves_figure(history)
         if curves is not None:
-            mlflow.log_figure(curves, "training_curves.png")
+            mlflow.log_figure(curves, "training_curves.png", save_kwargs={"bbox_inches": "tight", "dpi": 100})
         version = register_model(best, out_dir, checkpoint_sha, mlflow_tracking.registered_model_name)
         final = history[-1] if history else {}
         if final:
@@ -115,8 +115,9 @@ def pretrained_model(
             "model": train_config.model,
             "loss": train_config.loss,
             "epochs": len(history),
-            "zero_shot_mean_auc": float(final.get("zero_shot_mean_auc", float("nan"))),
-            "val_loss": float(final.get("val_loss", float("nan"))),
+            "zero_shot_mean_auc": round(float(final.get("zero_shot_mean_auc", float("nan"))), 4),
+            "val_loss": round(float(final.get("val_loss", float("nan"))), 4),
+            **{f"input_digest_{asset}": digest for asset, digest in input_digests.items()},
             "curves": dg.MetadataValue.md(figure_markdown(curves, "training curves") if curves else "_no epochs_"),
             "history": dg.MetadataValue.json(history),
         },

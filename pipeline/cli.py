@@ -206,6 +206,9 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     record = resolve_lineage(args.model)
     record["inputs"] = check_lineage(record["inputs"])
     if args.json:
+        from pipeline.lineage import dataset_digests
+
+        record["datasets"] = dataset_digests(record["inputs"])
         print(json.dumps(record, indent=2, default=str))
     else:
         print(format_lineage(record))

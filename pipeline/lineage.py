@@ -200,18 +200,37 @@ def _model_versions(client, name: str) -> list[str]:
     return [str(v) for v in sorted(int(v.version) for v in versions)]
 
 
+def dataset_digests(entries: list[dict]) -> dict[str, str]:
+    """Per asset the one digest that MLflow's dataset inputs and the Dagster metadata show."""
+    from training.tracking import dataset_digest
+
+    by_asset: dict[str, list[dict]] = {}
+    for entry in entries:
+        by_asset.setdefault(entry["asset"], []).append(entry)
+    return {asset: dataset_digest(group) for asset, group in by_asset.items()}
+
+
 def format_lineage(record: dict) -> str:
+    from training.tracking import entry_digest
+
     lines = [f"checkpoint  {record['checkpoint']}",
              f"  sha256    {record['checkpoint_sha256']}",
              f"  mlflow    run {record['mlflow_run_id']}   dagster run {record['dagster_run_id']}"]
+    datasets = dataset_digests(record["inputs"])
+    counts: dict[str, int] = {}
     for entry in record["inputs"]:
-        digest = next(iter(entry.get("digests", {}).values()), entry.get("data_version", ""))
+        counts[entry["asset"]] = counts.get(entry["asset"], 0) + 1
+    for index, entry in enumerate(record["inputs"]):
         label = entry["asset"] + (f"[{entry['partition']}]" if entry.get("partition") else "")
         flag = {"ok": "ok", "unchecked": "-", "changed": "CHANGED"}.get(entry.get("status", "-"), entry.get("status"))
         context = ", ".join(f"{k}={v}" for k, v in entry.get("context", {}).items() if k != "dagster/row_count")
-        lines.append(f"<- {label:<22} {str(digest)[:16]:<16} run {entry['run_id'][:8]} {entry['time'][:19]}  {flag}"
+        lines.append(f"<- {label:<22} {entry_digest(entry):<16} run {entry['run_id'][:8]} {entry['time'][:19]}  {flag}"
                      + (f"  ({context})" if context else ""))
         lines.extend(f"     ! {problem}" for problem in entry.get("problems", []))
+        following = record["inputs"][index + 1]["asset"] if index + 1 < len(record["inputs"]) else None
+        if counts[entry["asset"]] > 1 and following != entry["asset"]:
+            lines.append(f"   {entry['asset'] + ' (all ' + str(counts[entry['asset']]) + ')':<22} "
+                         f"{datasets[entry['asset']]:<16} dataset digest, as in MLflow")
     changed = sum(e.get("status") == "changed" for e in record["inputs"])
     lines.append(f"{changed} input(s) changed since training" if changed else "all recorded inputs match")
     return "\n".join(lines)
