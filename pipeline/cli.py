@@ -113,7 +113,7 @@ def data_root(create: str = "never"):
     named it) or "always" (`medfilip init` / `medfilip demo`, the commands that ask for it):
     nothing else silently makes a ./.medfilip in whatever folder it was run from."""
     home, source = home_and_source()
-    exists = (home / "dagster" / "dagster.yaml").is_file()
+    exists = home.is_dir()
     configured = not source.startswith("default")
     if not exists and not (create == "always" or (create == "configured" and configured)):
         if not configured:
