@@ -22,7 +22,8 @@ def installed(tmp_path_factory) -> Path:
     """The wheel of a copy of the working tree's files (building in place would write build/ here)."""
     tmp = tmp_path_factory.mktemp("install")
     source, wheels, target = tmp / "source", tmp / "wheels", tmp / "site"
-    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout
     for name in tracked.splitlines():
         if (REPO / name).is_file():
             (source / name).parent.mkdir(parents=True, exist_ok=True)
