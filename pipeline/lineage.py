@@ -119,6 +119,9 @@ def resolve_lineage(reference: str) -> dict:
 
     from pipeline.settings import USER_MLFLOW_TRACKING_URI, layout
 
+    from pipeline.quiet import quiet_mlflow
+
+    quiet_mlflow()
     store = USER_MLFLOW_TRACKING_URI or layout().mlflow_tracking_uri
     mlflow.set_tracking_uri(store)
     client = MlflowClient()

@@ -112,8 +112,10 @@ class MLflowResource(dg.ConfigurableResource):
         """Point the mlflow client at the store and return the experiment id."""
         import mlflow
 
+        from pipeline.quiet import quiet_mlflow
         from pipeline.settings import USER_MLFLOW_TRACKING_URI
 
+        quiet_mlflow()
         lay = storage.layout()
         remote = self.tracking_uri or USER_MLFLOW_TRACKING_URI
         mlflow.set_tracking_uri(remote or lay.mlflow_tracking_uri)

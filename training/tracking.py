@@ -117,9 +117,20 @@ def register_model(checkpoint: Path, out_dir: Path, sha: str, registered_name: s
         name="model", python_model=str(Path(mlflow_model_code.__file__)), artifacts={WEIGHTS_ARTIFACT: str(weights)},
         code_paths=packages, signature=model_signature(), input_example=input_example(),
         pip_requirements=["torch", "open_clip_torch", "transformers", "numpy", "pandas", "pillow", "pyyaml"],
-        registered_model_name=registered_name, tags={"checkpoint_sha256": sha},
+        tags={"checkpoint_sha256": sha},
     )
-    return str(info.registered_model_version)
+    # Registered through the client: the fluent path prints its own "Successfully registered" lines.
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        client.get_registered_model(registered_name)
+    except MlflowException:
+        client.create_registered_model(registered_name)
+    version = client.create_model_version(registered_name, source=info.model_uri, run_id=info.run_id,
+                                          tags={"checkpoint_sha256": sha}, model_id=info.model_id)
+    return str(version.version)
 
 
 def run_fingerprint(train_config: dict, lineage: list[dict]) -> str:
