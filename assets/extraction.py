@@ -16,7 +16,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from assets.automation import DERIVED_FROM_EXTRACTION
-from assets.metadata import md_table, preview
+from assets.metadata import md_table, preview, rounded
 from assets.plots import bar_chart_markdown
 from common.storage import file_sha256, write_table
 from extraction.extract import ExtractionStats, backend_failures, extract_shards
@@ -30,8 +30,12 @@ from pipeline.resources import ExtractorResource, StorageResource
 @dg.observable_source_asset(group_name="sources", description=(
     "The extraction instruction (prompts/) or, for the rules backend, its rule and vocabulary "
     "files. Its data version is their content hash: a change makes extraction stale."))
-def prompts(extractor: ExtractorResource) -> dg.DataVersion:
-    return dg.DataVersion(extraction_version(extractor))
+def prompts(extractor: ExtractorResource) -> dg.ObserveResult:
+    # The UI shows which files are "the prompt" of the configured backend, beside their version.
+    return dg.ObserveResult(data_version=dg.DataVersion(extraction_version(extractor)),
+                            metadata={"prompt_version": extraction_version(extractor),
+                                      "backend": extractor.backend_config().kind,
+                                      "prompt_files": ", ".join(extractor.prompt_files())})
 
 
 def extraction_version(extractor: ExtractorResource) -> str:
@@ -83,7 +87,7 @@ def llm_extractions(
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": table.num_rows,
-            **{k: v for k, v in total.as_dict().items() if v is not None},
+            **{k: v for k, v in rounded(total.as_dict()).items() if v is not None},
             "total_tokens": total.prompt_tokens + total.completion_tokens,
             "backend": backend.name,
             "model": backend.model or "(rules)",

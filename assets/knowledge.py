@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from assets.automation import DERIVED_FROM_EXTRACTION
-from assets.metadata import md_table, preview
+from assets.metadata import md_table, preview, rounded
 from assets.plots import bar_chart_markdown, png_markdown
 from common.storage import file_sha256, write_table
 from extraction.vocabulary import load_vocabulary
@@ -163,7 +163,7 @@ def ssm(context: dg.AssetExecutionContext, config: SSMConfig, storage: StorageRe
     context.log.info(f"{summary.n_blocks} blocks, {summary.n_texts} texts, {summary.bytes_on_disk} bytes")
     return dg.MaterializeResult(
         metadata={
-            **{k: v for k, v in summary.metadata().items() if k != "out_dir"},
+            **rounded({k: v for k, v in summary.metadata().items() if k != "out_dir"}),
             "dagster/row_count": summary.n_texts,
             "block_sizes": md_table(blocks.select(["group", "size"]).to_pylist(), ["group", "size"], 40),
             "largest_block_heatmap": dg.MetadataValue.md(png_markdown(heatmap, summary.largest_block_group)),

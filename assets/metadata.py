@@ -36,5 +36,6 @@ def format_interval(interval, digits: int = 3) -> str:
 
 
 def rounded(metadata: dict, digits: int = 4) -> dict:
-    """Floats rounded for display (the UI shows every digit otherwise); other values as they are."""
-    return {k: round(v, digits) if isinstance(v, float) else v for k, v in metadata.items()}
+    """Floats to `digits` significant digits for display (the UI shows all 17 otherwise; a small
+    error such as 3.2e-05 keeps its size); other values as they are."""
+    return {k: float(f"{v:.{digits}g}") if isinstance(v, float) else v for k, v in metadata.items()}

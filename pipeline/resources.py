@@ -98,6 +98,19 @@ class ExtractorResource(dg.ConfigurableResource):
 
         return make_backend(self.backend_config())
 
+    def prompt_files(self) -> list[str]:
+        """The files whose content is "the prompt" of the configured backend (its version's input)."""
+        from extraction.prompts import default_prompt_dir
+        from extraction.vocabulary import default_vocabulary_path
+
+        config = self.backend_config()
+        if config.kind == "rules":  # the rules' code and their vocabulary
+            import extraction.rules
+
+            return [str(config.vocabulary_path or default_vocabulary_path()), str(Path(extraction.rules.__file__))]
+        folder = Path(config.prompt_dir or default_prompt_dir(config.response_format))
+        return sorted(str(p) for p in folder.glob("*.md"))
+
 
 class MLflowResource(dg.ConfigurableResource):
     """MLflow tracking: by default a SQLite store and artifact folder under MEDFILIP_HOME; any

@@ -6,8 +6,6 @@ version, which marks `llm_extractions` and everything downstream unsynced in the
 requests `extraction_job`, which re-asks the backend only for cache misses.
 """
 
-from pathlib import Path
-
 import dagster as dg
 
 from assets.extraction import extraction_version
@@ -28,7 +26,7 @@ def prompt_change_sensor(context: dg.SensorEvaluationContext, extractor: Extract
     version = extraction_version(extractor)
     observation = dg.AssetObservation(asset_key="prompts", tags={"dagster/data_version": version},
                                       metadata={"prompt_version": version, "backend": extractor.backend_config().kind,
-                                                "prompt_files": ", ".join(prompt_files(extractor))})
+                                                "prompt_files": ", ".join(extractor.prompt_files())})
     events = [observation] if version != context.cursor else []
     latest = latest_extraction(context.instance)
     if latest is not None and latest[0] == version:
@@ -50,20 +48,6 @@ def latest_extraction(instance: dg.DagsterInstance) -> tuple[str, int] | None:
         return None
     value = records[0].asset_materialization.metadata.get("prompt_version")
     return (str(value.value)[:16] if value is not None else "", int(records[0].storage_id))
-
-
-def prompt_files(extractor: ExtractorResource) -> list[str]:
-    """The files whose content is "the prompt" of the configured backend."""
-    from extraction.prompts import default_prompt_dir
-    from extraction.vocabulary import default_vocabulary_path
-
-    config = extractor.backend_config()
-    if config.kind == "rules":  # the rules' code and their vocabulary
-        import extraction.rules
-
-        return [str(config.vocabulary_path or default_vocabulary_path()), str(Path(extraction.rules.__file__))]
-    folder = Path(config.prompt_dir or default_prompt_dir(config.response_format))
-    return sorted(str(p) for p in folder.glob("*.md"))
 
 
 # Evaluates the eager conditions of the assets derived from extraction (assets/automation.py);

@@ -61,6 +61,7 @@ def test_a_settings_file_points_the_pipeline_at_a_mimic_cxr_jpg_archive(tmp_path
     done = medfilip("run", "dicom_index", "--partition", shard, cwd=work, env=clean_env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"data root {work / 'data-root'} (from {work / 'medfilip.yaml'})" in done.stderr
+    assert "Warning" not in done.stderr, done.stderr  # no BetaWarning (or any other) per run
     index = pq.read_table(work / "data-root" / "data" / "dicom_index" / f"{shard}.parquet")
     assert index.num_rows == expected_images > 0
     assert all(p.endswith(".jpg") for p in index.column("source_path").to_pylist())
