@@ -216,7 +216,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    lay = data_root()
+    lay = data_root(create="configured")
     print(f"Dagster UI on http://127.0.0.1:{args.port}  (DAGSTER_HOME={lay.dagster_home})")
     # -m, not a workspace file: the code location is the installed package, wherever that is.
     command = [str(Path(sys.executable).with_name("dagster")), "dev", "-m", "pipeline.definitions",
