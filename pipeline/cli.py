@@ -11,7 +11,7 @@ import time
 import traceback
 from pathlib import Path
 
-from pipeline.config_file import home_and_source, template, use_config_file
+from pipeline.config_file import home_and_source, setting, template, use_config_file
 from pipeline.demo import DEMO_STUDIES
 from pipeline.errors import UserError, one_line
 from pipeline.settings import prepare_home
@@ -164,7 +164,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     lay = data_root(create="always")
-    if not (lay.corpus / "manifest.json").exists():
+    archive = setting("archive.root")
+    if archive:  # a configured archive is the demo's input; no corpus is generated beside it
+        print(f"Using the archive at {archive} (archive.root of the settings)")
+    elif not (lay.corpus / "manifest.json").exists():
         print(f"Generating {args.studies} studies into {lay.corpus} ...", flush=True)
         generate_corpus(lay.corpus, studies=args.studies, seed=args.seed, progress=sys.stderr.isatty(),
                         **DEMO_CORPUS)
