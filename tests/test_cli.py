@@ -22,6 +22,7 @@ def test_corpus_command_writes_a_mimic_layout_archive(tmp_path):
     assert summary["studies"] == 6 and summary["images"] >= 6
     assert len(list((tmp_path / "c" / "files").rglob("*.dcm"))) == summary["images"]
     assert (tmp_path / "c" / "manifest.json").is_file()
+    assert "it/s" not in done.stderr  # no progress bar when the output is not a terminal
 
 
 def test_run_command_rematerialises_one_stage_for_one_shard(home, tmp_path, monkeypatch, capsys):
