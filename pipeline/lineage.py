@@ -233,7 +233,7 @@ def format_lineage(record: dict) -> str:
         following = record["inputs"][index + 1]["asset"] if index + 1 < len(record["inputs"]) else None
         if counts[entry["asset"]] > 1 and following != entry["asset"]:
             lines.append(f"   {entry['asset'] + ' (all ' + str(counts[entry['asset']]) + ')':<22} "
-                         f"{datasets[entry['asset']]:<16} dataset digest, as in MLflow")
+                         f"{datasets[entry['asset']]:<16} whole-dataset digest (the one MLflow inputs carry)")
     changed = sum(e.get("status") == "changed" for e in record["inputs"])
     lines.append(f"{changed} input(s) changed since training" if changed else "all recorded inputs match")
     return "\n".join(lines)
