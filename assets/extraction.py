@@ -10,8 +10,6 @@ prompt change propagates as "unsynced" through every downstream asset; file dige
 recorded as `sha256` metadata for lineage.
 """
 
-from functools import partial
-
 import dagster as dg
 import pyarrow.parquet as pq
 
@@ -19,7 +17,9 @@ from assets.automation import DERIVED_FROM_EXTRACTION
 from assets.metadata import md_table, preview, rounded
 from assets.plots import bar_chart_markdown
 from common.storage import file_sha256, write_table
-from extraction.extract import ExtractionStats, backend_failures, extract_shards
+from extraction.cache import CacheBusy
+from extraction.extract import backend_failures, extract_shards, failure_summary
+from extraction.interface import EndpointUnavailable
 from extraction.labels import default_label_maps_path, label_counts, load_label_map, report_labels_table
 from extraction.to_triplets import summarise_triplets, to_triplets
 from extraction.vocabulary import load_vocabulary
@@ -44,6 +44,8 @@ def extraction_version(extractor: ExtractorResource) -> str:
 
 class ExtractionConfig(dg.Config):
     max_parse_failure_rate: float = 0.02
+    # Above this share of reports without an answer the run fails and the previous table stays.
+    max_error_rate: float = 0.2
 
 
 class TripletsConfig(dg.Config):
@@ -56,6 +58,8 @@ class TripletsConfig(dg.Config):
     group_name="extraction",
     kinds={"parquet", "duckdb"},
     code_version="1",
+    # One extraction at a time per instance: the second run queues for the DuckDB cache.
+    pool="extraction_cache",
     check_specs=[
         dg.AssetCheckSpec("parse_failure_rate", asset="llm_extractions",
                           description="Share of answers the parser could not read stays under the limit."),
@@ -69,17 +73,24 @@ def llm_extractions(
     """One row per report: the backend's raw answer, prompt version, backend, model, usage,
     latency, attempts and error. Answers come from the DuckDB cache when the key (prompt
     version + backend + model + parameters + report text) was asked before."""
-    backend = extractor.make_backend()
+    try:
+        backend = extractor.make_backend()
+    except ValueError as exc:
+        raise dg.Failure(description=str(exc)) from None
     cache_path = storage.layout().cache / "extraction.duckdb"
     out_path = storage.asset_path("llm_extractions", "llm_extractions.parquet")
     shard_paths = [p for p in (storage.asset_path("reports", f"{shard}.parquet") for shard in SHARDS) if p.exists()]
+    if not shard_paths:
+        raise dg.Failure(description="no `reports` shard has been materialised: run the ingestion job first")
 
-    def log_shard(shard: str, stats: ExtractionStats) -> None:
-        context.log.info(f"{shard}: {stats.reports} reports, {stats.calls} calls, "
-                         f"{stats.cache_hits} cache hits, {stats.errors} errors")
-
-    result = extract_shards(shard_paths, backend, cache_path, partial(_progress_logger, context), log_shard)
+    try:
+        result = extract_shards(shard_paths, backend, cache_path, _progress_logger(context), context.log.warning)
+    except (EndpointUnavailable, CacheBusy) as exc:
+        raise dg.Failure(description=str(exc)) from None
     table, total = result.table, result.stats
+    unusable = failure_summary(table, config.max_error_rate)
+    if unusable:  # before the write: the previous table stays for downstream assets
+        raise dg.Failure(description=unusable, metadata={"reports": table.num_rows, "errors": total.errors})
     write_table(table, out_path)
     answered, parse_rate = total.answered(), total.parse_failure_rate()
     failed = backend_failures(table)
@@ -128,6 +139,9 @@ def triplets(context: dg.AssetExecutionContext, config: TripletsConfig, storage:
     extractions = pq.read_table(storage.asset_path("llm_extractions", "llm_extractions.parquet"))
     vocab = load_vocabulary()
     table, rejects = to_triplets(extractions, vocab)
+    if table.num_rows == 0:  # before the writes: training on no findings is never what was meant
+        raise dg.Failure(description=f"no triplet from {extractions.num_rows} extraction rows ({len(rejects)} rejected "
+                                     f"by the vocabulary): look at llm_extractions' answers and parse errors")
     out_path = storage.asset_path("triplets", "triplets.parquet")
     rejects_path = storage.asset_path("triplets", "triplet_rejects.parquet")
     write_table(table, out_path)
@@ -167,7 +181,9 @@ def triplets(context: dg.AssetExecutionContext, config: TripletsConfig, storage:
     )
 
 
-@dg.asset(deps=[llm_extractions, triplets], group_name="extraction", kinds={"parquet"}, code_version="1",
+# The label map is part of this asset's code: editing it marks report_labels stale.
+@dg.asset(deps=[llm_extractions, triplets], group_name="extraction", kinds={"parquet"},
+          code_version="1-" + file_sha256(default_label_maps_path())[:12],
           automation_condition=DERIVED_FROM_EXTRACTION)
 def report_labels(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     """One row per report whose answer was read: the 14 CheXpert observations as 1 (present),
@@ -193,13 +209,13 @@ def report_labels(context: dg.AssetExecutionContext, storage: StorageResource) -
     )
 
 
-def _progress_logger(context: dg.AssetExecutionContext, shard: str):
+def _progress_logger(context: dg.AssetExecutionContext):
     last = {"logged": -1}
 
     def log(done: int, total: int) -> None:
-        step = max(1, total // 5)
+        step = max(1, total // 10)
         if done // step != last["logged"] and (done == total or done % step == 0):
             last["logged"] = done // step
-            context.log.info(f"{shard}: {done}/{total} reports extracted")
+            context.log.info(f"{done}/{total} reports extracted")
 
     return log

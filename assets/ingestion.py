@@ -5,7 +5,10 @@ their results into metadata and check results.
 """
 
 
+from pathlib import Path
+
 import dagster as dg
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from assets.metadata import counts, md_table, preview
@@ -13,7 +16,7 @@ from common.storage import file_sha256
 from ingestion.dicom_index import header_identifiers
 from ingestion.identifiers import find_leaks, identifier_signatures
 from ingestion.images import build_cxr_images, contact_sheet_markdown
-from ingestion.layout import SHARDS
+from ingestion.layout import SHARDS, archive_problem, has_shard
 from ingestion.shards import index_shard, reports_shard
 from pipeline.resources import ArchiveResource, StorageResource
 
@@ -35,6 +38,8 @@ report_files = dg.AssetSpec(
 
 
 class IndexConfig(dg.Config):
+    # Above this share of quarantined files the shard fails (blocking check): an archive that
+    # is mostly unreadable is a wrong root or a broken copy, not something to train on.
     max_quarantine_rate: float = 0.05
 
 
@@ -54,7 +59,7 @@ class ImagesConfig(dg.Config):
     check_specs=[
         dg.AssetCheckSpec("no_identifier_leaks", asset="dicom_index", blocking=True,
                           description="No PatientName/PatientID/birth date value seen in headers appears in outputs."),
-        dg.AssetCheckSpec("quarantine_rate", asset="dicom_index",
+        dg.AssetCheckSpec("quarantine_rate", asset="dicom_index", blocking=True,
                           description="Share of files quarantined stays under the configured rate."),
     ],
 )
@@ -64,7 +69,7 @@ def dicom_index(
     """One row per image instance: ids, view, geometry, encoding, file sha256, salted patient key.
     Unusable files go to the `quarantine` table with the reason."""
     shard = context.partition_key
-    root = archive.image_root(storage)
+    root = checked_root(context, archive.image_root(storage), shard)
     index_path = storage.asset_path("dicom_index", f"{shard}.parquet")
     quarantine_path = storage.asset_path("quarantine", "index", f"{shard}.parquet")
     result = index_shard(
@@ -98,7 +103,9 @@ def dicom_index(
                                 metadata={"identifier_values_checked": len(result.identifier_values),
                                           "leaks": md_table(leaks)}),
             dg.AssetCheckResult(check_name="quarantine_rate", passed=rate <= config.max_quarantine_rate,
-                                severity=dg.AssetCheckSeverity.WARN,
+                                description=(f"{result.quarantine.num_rows} of {total} files quarantined "
+                                             f"({rate:.0%} > max_quarantine_rate {config.max_quarantine_rate:g}); first "
+                                             f"reasons: {first_reasons(result.quarantine)}") if rate > config.max_quarantine_rate else None,
                                 metadata={"rate": round(rate, 4), "limit": config.max_quarantine_rate,
                                           "quarantined": result.quarantine.num_rows, "files": total}),
         ],
@@ -164,7 +171,8 @@ def reports(context: dg.AssetExecutionContext, storage: StorageResource, archive
     usable text are kept and flagged."""
     shard = context.partition_key
     out_path = storage.asset_path("reports", f"{shard}.parquet")
-    table = reports_shard(archive.reports_root(storage), shard, storage.patient_salt(), out_path)
+    root = checked_root(context, archive.reports_root(storage), shard)
+    table = reports_shard(root, shard, storage.patient_salt(), out_path)
     index_path = storage.asset_path("dicom_index", f"{shard}.parquet")
     imaged = set(pq.read_table(index_path, columns=["study_id"]).column("study_id").to_pylist()) if index_path.exists() else set()
     missing = sorted(imaged - set(table.column("study_id").to_pylist()))
@@ -191,3 +199,19 @@ def reports(context: dg.AssetExecutionContext, storage: StorageResource, archive
                                 metadata={"identifier_values_checked": len(identifiers), "leaks": md_table(leaks)}),
         ],
     )
+
+
+def checked_root(context: dg.AssetExecutionContext, root: Path, shard: str) -> Path:
+    """The archive root, or a one-line failure when it cannot be one. A valid archive without
+    this shard's folder gives an empty shard (MIMIC-CXR subsets often hold a few pNN only)."""
+    problem = archive_problem(root)
+    if problem:
+        raise dg.Failure(description=problem)
+    if not has_shard(root, shard):
+        context.log.warning(f"{shard}: no folder {shard} under {root}; this shard is empty")
+    return root
+
+
+def first_reasons(quarantine: pa.Table, n: int = 3) -> str:
+    reasons = quarantine.column("reason").to_pylist()
+    return "; ".join(list(dict.fromkeys(r[:100] for r in reasons))[:n]) if reasons else "none"

@@ -52,7 +52,7 @@ def pretrained_model(
     import mlflow
 
     from training.config import PRESETS, TrainConfig
-    from training.tracking import curves_figure, log_inputs, register_model, run_fingerprint
+    from training.tracking import curves_figure, input_digests as digests_of, log_inputs, register_model, run_fingerprint
 
     lay = storage.layout()
     chosen = resolved_training(config)
@@ -79,10 +79,19 @@ def pretrained_model(
         "medfilip.extraction_model": str(extraction.get("context", {}).get("model", "")),
         "medfilip.fingerprint": fingerprint,
     }
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"pretrain-{fingerprint[:8]}", tags=tags) as run:
-        mlflow.log_params({**train_config.model_dump(mode="json"), "preset": chosen["preset"],
-                           "launcher": chosen["launcher"], "nproc_per_node": chosen["nproc_per_node"]})
-        input_digests = log_inputs(lineage)
+    # A resumed training continues the MLflow run of the interrupted one, so its curves are whole.
+    previous = mlflow_run_to_resume(out_dir) if resuming else None
+    start = {"run_id": previous} if previous else {"experiment_id": experiment_id, "run_name": f"pretrain-{fingerprint[:8]}"}
+    with mlflow.start_run(**start) as run:
+        mlflow.set_tags(tags)
+        input_digests = digests_of(lineage)
+        if previous:
+            context.log.info(f"continuing MLflow run {previous}")
+        else:
+            write_text(out_dir / MLFLOW_RUN_FILE, run.info.run_id)
+            mlflow.log_params({**train_config.model_dump(mode="json"), "preset": chosen["preset"],
+                               "launcher": chosen["launcher"], "nproc_per_node": chosen["nproc_per_node"]})
+            log_inputs(lineage)
         if chosen["launcher"] == "torchrun":
             history = train_with_torchrun(context, train_config, lay, out_dir, chosen["nproc_per_node"])
         else:
@@ -122,6 +131,24 @@ def pretrained_model(
             "history": dg.MetadataValue.json(history),
         },
     )
+
+
+MLFLOW_RUN_FILE = "mlflow_run_id"
+
+
+def mlflow_run_to_resume(out_dir: Path) -> str | None:
+    """The MLflow run an interrupted training in `out_dir` logged to, if it still exists."""
+    import mlflow
+
+    path = out_dir / MLFLOW_RUN_FILE
+    if not path.exists():
+        return None
+    run_id = path.read_text().strip()
+    try:
+        mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException:  # store reset or run deleted: start a new one
+        return None
+    return run_id
 
 
 def train_in_process(context, train_config, lay, out_dir: Path, resuming: bool) -> list[dict]:

@@ -19,6 +19,12 @@ predicted 1 and -1; under "uncertain as negative" only 1 is, on both sides. Gold
 split under that policy. It also prints the rules backend's reports/s on one core (one thread,
 complete() only, over every IU report; per CPU second, and per wall second).
 
+--tokens: prompt + completion tokens per report on the LLM path (stub server's usage counts,
+which count words), one report per request against K in (4, 8, 16) reports per request
+(`reports_per_request`), over the first --llm-reports IU reports, with the parsed answers compared
+to the one-per-request run; and how much of each request is the stable prefix (the system prompt)
+that providers' prompt caching serves.
+
 medspaCy, evaluated as the engine instead of our triggers and not adopted (2026-12-03, by
 hand, in a separate virtual environment so it is no dependency): medspacy 1.3.1 / spaCy 3.7.5,
 PyRuSH sentences, every knowledge/vocabulary.yaml synonym (and plural) as a TargetRule, the
@@ -66,9 +72,13 @@ def main() -> None:
     parser.add_argument("--llm-reports", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--quality", action="store_true", help="F1 on the IU gold standard")
+    parser.add_argument("--tokens", action="store_true", help="tokens per report, K reports per request")
     args = parser.parse_args()
     if args.quality:
         quality()
+        return
+    if args.tokens:
+        tokens(args.llm_reports)
         return
     iu = load_iu_reports()
     texts = [f"{iu[i % len(iu)]} [copy {i}]" for i in range(args.reports)]
@@ -103,6 +113,37 @@ def main() -> None:
             rerun = extract_reports(llm_table, backend, Path(tmp) / f"llm{args.concurrency}.duckdb")
         print(f"speed-up concurrency {args.concurrency} vs 1: {timings[1] / timings[args.concurrency]:.1f}x; "
               f"openai re-run calls={rerun.stats.calls}")
+
+
+def tokens(n_reports: int) -> None:
+    from extraction.parse import parse_answer
+    from extraction.prompts import default_prompt_dir, load_prompt
+
+    texts = load_iu_reports()[:n_reports]
+    table = reports_table(texts)
+    os.environ["MEDFILIP_BENCH_KEY"] = "bench"
+    prefix_words = len(load_prompt(default_prompt_dir()).system.split())
+    rows, baseline, base_answers = [], None, None
+    with tempfile.TemporaryDirectory() as tmp, StubServer() as server:
+        for k in (1, 4, 8, 16):
+            before = len(server.requests)
+            backend = make_backend({"kind": "openai", "base_url": server.base_url, "model": "stub",
+                                    "api_key_env": "MEDFILIP_BENCH_KEY", "concurrency": 4, "reports_per_request": k})
+            result = extract_reports(table, backend, Path(tmp) / f"k{k}.duckdb")
+            answers = [[(f.severity, f.location, f.category, f.uncertain) for f in parse_answer(a).findings]
+                       for a in result.table.column("answer").to_pylist()]
+            requests = len(server.requests) - before
+            per_report = (result.stats.prompt_tokens + result.stats.completion_tokens) / len(texts)
+            baseline = baseline or per_report
+            base_answers = base_answers or answers
+            rows.append({"reports per request": k, "requests": requests,
+                         "prompt tokens / report": f"{result.stats.prompt_tokens / len(texts):.0f}",
+                         "completion tokens / report": f"{result.stats.completion_tokens / len(texts):.0f}",
+                         "total / report": f"{per_report:.0f}", "vs one per request": f"{per_report / baseline:.2f}x",
+                         "stable prefix share": f"{prefix_words * requests / max(1, result.stats.prompt_tokens):.0%}",
+                         "answers equal": "yes" if answers == base_answers else "NO"})
+    print(f"{len(texts)} IU reports, stub usage counts (words); stable prefix = system prompt, {prefix_words} words")
+    print(markdown_table(rows, list(rows[0])))
 
 
 def load_iu_reports() -> list[str]:

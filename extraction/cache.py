@@ -4,17 +4,19 @@ key = sha256(canonical JSON of backend version (prompt hash / rules hash), backe
 model, answer-changing parameters, report text). Only successful answers are cached;
 failures go to a separate log table, so the next run asks again. Each ``put`` is its own
 committed transaction: a killed run loses at most the answers still in flight.
-DuckDB allows one writing process, so one AnswerCache per run, used from one thread.
+DuckDB allows one writing process, so one AnswerCache per run, used from one thread; a second
+run that finds the file locked waits for it (up to ``lock_timeout_s``) instead of dying.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import duckdb
 import pyarrow as pa
@@ -65,12 +67,17 @@ def cache_key(backend: Backend, report_text: str) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+class CacheBusy(RuntimeError):
+    """Another process kept the cache file locked for longer than we were willing to wait."""
+
+
 class AnswerCache:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, lock_timeout_s: float = 1800.0,
+                 on_wait: Callable[[str], None] | None = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = duckdb.connect(str(path))
+        self._db = _connect_when_free(path, lock_timeout_s, on_wait)
         self._db.execute(_SCHEMA)
 
     def __enter__(self) -> "AnswerCache":
@@ -135,3 +142,22 @@ class AnswerCache:
 
     def failure_count(self) -> int:
         return self._db.execute("SELECT count(*) FROM failures").fetchone()[0]
+
+
+def _connect_when_free(path: Path, timeout_s: float, on_wait: Callable[[str], None] | None) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + timeout_s
+    told = False
+    while True:
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            holder = str(exc).split("Conflicting lock is held in", 1)[-1].strip().rstrip(".") if "Conflicting" in str(exc) else "another process"
+            if time.monotonic() >= deadline:
+                raise CacheBusy(f"the extraction cache {path} stayed locked by {holder} for {timeout_s:.0f} s: "
+                                f"wait for the other extraction run to finish (or stop it), then re-run") from None
+            if not told and on_wait is not None:
+                on_wait(f"extraction cache {path} is in use by {holder}; waiting for it")
+                told = True
+            time.sleep(1.0)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 
 class RulesConfig(BaseModel):
@@ -19,8 +19,9 @@ class RulesConfig(BaseModel):
 class OpenAIConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["openai"] = "openai"
-    base_url: str = "https://api.openai.com/v1"
-    model: str
+    # No default endpoint: reports must never go to a provider nobody named.
+    base_url: str = Field(min_length=1)
+    model: str = Field(min_length=1)
     api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable; the key never sits in config
     prompt_dir: Path | None = None  # default: prompts/gpt_ie (or gpt_ie_json for json_object)
     temperature: float = 0.0
@@ -33,16 +34,43 @@ class OpenAIConfig(BaseModel):
     backoff_max_s: float = Field(default=30.0, ge=0)
     price_prompt_per_1k: float | None = Field(default=None, ge=0)
     price_completion_per_1k: float | None = Field(default=None, ge=0)
+    # Characters of report text sent per request; the rest is recorded as truncated. Real reports
+    # are < 5k characters; a 2 MB file is a mistake that must not become a 2 MB request.
+    max_report_chars: int = Field(default=20_000, gt=0)
+    # Calls in a row that fail after their retries before the run stops: a dead endpoint ends the
+    # run within about a minute instead of retrying every report.
+    circuit_breaker_failures: int = Field(default=8, ge=1)
+    # Reports sent in one request (numbered; answers matched back by number). The instruction is
+    # then sent once per K reports instead of once per report; 1 keeps one report per request.
+    reports_per_request: int = Field(default=1, ge=1, le=50)
 
 
 BackendConfig = Annotated[Union[RulesConfig, OpenAIConfig], Field(discriminator="kind")]
 _CONFIG_ADAPTER: TypeAdapter[Any] = TypeAdapter(BackendConfig)
 
 
+class ExtractorSettingError(ValueError):
+    """A setting that cannot work; the message is one line naming the setting and the fix."""
+
+
 def parse_backend_config(config: Mapping[str, Any] | RulesConfig | OpenAIConfig) -> RulesConfig | OpenAIConfig:
     if isinstance(config, (RulesConfig, OpenAIConfig)):
         return config
-    return _CONFIG_ADAPTER.validate_python(dict(config))
+    try:
+        return _CONFIG_ADAPTER.validate_python(dict(config))
+    except ValidationError as exc:
+        raise ExtractorSettingError(_one_line(exc, str(dict(config).get("kind", "rules")))) from None
+
+
+def _one_line(exc: ValidationError, kind: str) -> str:
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"] if part not in ("rules", "openai"))
+        env = next((name for name, f in ENV_SETTINGS.items() if f == field), None)
+        where = f"resources.extractor.config.{field}" + (f" or {env}" if env else "")
+        what = "is required" if error["type"] == "missing" else error["msg"].lower()
+        problems.append(f"{field} {what} (set {where})")
+    return f"extractor ({kind} backend): " + "; ".join(problems)
 
 
 # Environment variables that choose the extractor without editing code, so the daemon, the UI and
@@ -54,6 +82,7 @@ ENV_SETTINGS = {
     "MEDFILIP_LLM_API_KEY_ENV": "api_key_env",
     "MEDFILIP_PROMPT_DIR": "prompt_dir",
     "MEDFILIP_LLM_CONCURRENCY": "concurrency",
+    "MEDFILIP_LLM_REPORTS_PER_REQUEST": "reports_per_request",
 }
 
 
@@ -69,10 +98,10 @@ def backend_config_from_settings(settings: Mapping[str, Any]) -> RulesConfig | O
     values = dict(settings)
     kind = values.pop("backend", None) or "rules"
     if kind not in ("rules", "openai"):
-        raise ValueError(f"extractor backend {kind!r} is unknown: use 'rules' or 'openai'")
+        raise ExtractorSettingError(f"extractor backend {kind!r} is unknown: use 'rules' or 'openai'")
     model = RulesConfig if kind == "rules" else OpenAIConfig
     unknown = sorted(set(values) - set(model.model_fields))
     if unknown:
-        raise ValueError(f"extractor setting(s) {', '.join(unknown)} only apply to another backend, but the "
+        raise ExtractorSettingError(f"extractor setting(s) {', '.join(unknown)} only apply to another backend, but the "
                          f"backend is {kind!r}: set backend (MEDFILIP_EXTRACTOR) to the one you mean")
     return parse_backend_config({"kind": kind, **values})

@@ -3,24 +3,32 @@
 Workers (threads, at most ``backend.concurrency`` in flight) only call the backend; the
 main thread alone writes to DuckDB, committing answers as they arrive, so killing the run
 loses at most the calls in flight. Reports with identical text share one call.
+
+An answer the parser cannot read gets one repair request (backends that offer ``repair``);
+still unreadable, it is recorded as a failure, never cached, and asked again next run. Text
+beyond the backend's ``max_report_chars`` is not sent and the row says how much was cut.
 """
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from extraction.cache import AnswerCache, CachedAnswer, cache_key
-from extraction.interface import Answer, Backend, Usage
+from extraction.interface import Answer, Backend, EndpointUnavailable, Usage
 from extraction.parse import parse_answer
 
 EMPTY_REPORT_ERROR = "empty report"
+UNUSABLE_REPORT_ERROR = "report not usable (see its flag in `reports`)"
+UNREADABLE_ANSWER_ERROR = "answer unreadable after one repair request"
+# Input problems, recorded in `reports`; not failures of the backend.
+INPUT_ERRORS = (EMPTY_REPORT_ERROR, UNUSABLE_REPORT_ERROR)
 ProgressCallback = Callable[[int, int], None]  # (reports done, reports total)
 
 LLM_EXTRACTIONS_SCHEMA = pa.schema([
@@ -39,6 +47,7 @@ LLM_EXTRACTIONS_SCHEMA = pa.schema([
     ("attempts", pa.int32()),
     ("error", pa.string()),
     ("cached", pa.bool_()),
+    ("truncated_chars", pa.int32()),
 ])
 
 
@@ -49,8 +58,11 @@ class ExtractionStats:
     attempts: int = 0  # HTTP attempts behind those calls (retries included)
     cache_hits: int = 0
     misses: int = 0
-    errors: int = 0  # calls that failed after retries (not cached)
-    empty_reports: int = 0
+    errors: int = 0  # calls that failed after retries or stayed unreadable (not cached)
+    unreadable: int = 0  # of which: answers unreadable after the repair request
+    repairs: int = 0  # repair requests sent
+    empty_reports: int = 0  # empty or not usable: never sent
+    truncated_reports: int = 0
     parse_errors: int = 0
     prompt_tokens: int = 0  # spent by this run's calls
     completion_tokens: int = 0
@@ -71,7 +83,7 @@ class ExtractionStats:
 
     def answered(self) -> int:
         """Reports that got an answer to parse: neither empty nor failed at the backend."""
-        return self.reports - self.empty_reports - self.errors
+        return self.reports - self.empty_reports - (self.errors - self.unreadable)
 
     def parse_failure_rate(self) -> float:
         answered = self.answered()
@@ -85,20 +97,28 @@ class ExtractionResult:
 
 
 def extract_reports(reports: pa.Table, backend: Backend, cache_path: Path | str,
-                    progress: ProgressCallback | None = None) -> ExtractionResult:
-    """Extract findings for every report (columns study_id, text, text_sha256)."""
+                    progress: ProgressCallback | None = None,
+                    on_cache_wait: Callable[[str], None] | None = None) -> ExtractionResult:
+    """Extract findings for every report (columns study_id, text, text_sha256; optional `usable`:
+    False rows are recorded, not sent). Raises EndpointUnavailable when the backend's endpoint
+    is down, after committing every answer received."""
     started = time.perf_counter()
     missing = {"study_id", "text", "text_sha256"} - set(reports.column_names)
     if missing:
         raise ValueError(f"reports table lacks column(s) {sorted(missing)}")
     study_ids = reports.column("study_id").to_pylist()
-    texts = [t or "" for t in reports.column("text").to_pylist()]
+    full_texts = [t or "" for t in reports.column("text").to_pylist()]
+    usable = (reports.column("usable").to_pylist() if "usable" in reports.column_names
+              else [True] * len(full_texts))
+    limit = getattr(backend, "max_report_chars", None)
+    texts = [t[:limit] if limit else t for t in full_texts]
+    cut = [len(full) - len(sent) for full, sent in zip(full_texts, texts)]
     text_hashes = reports.column("text_sha256").to_pylist()
-    keys = [cache_key(backend, text) if text.strip() else None for text in texts]
+    keys = [cache_key(backend, text) if text.strip() and ok is not False else None
+            for text, ok in zip(texts, usable)]
     stats = ExtractionStats(reports=len(texts))
-    done = 0
 
-    with AnswerCache(cache_path) as cache:
+    with AnswerCache(cache_path, on_wait=on_cache_wait) as cache:
         cached = cache.lookup(k for k in keys if k is not None)
         fresh: dict[str, Answer] = {}
         pending = list(dict.fromkeys(k for k in keys if k is not None and k not in cached))
@@ -116,79 +136,136 @@ def extract_reports(reports: pa.Table, backend: Backend, cache_path: Path | str,
                 progress(done, len(texts))
 
     rows = [_row(sid, sha, key, backend, cached.get(key) if key else None,
-                 fresh.get(key) if key else None)
-            for sid, sha, key in zip(study_ids, text_hashes, keys)]
+                 fresh.get(key) if key else None, ok, n_cut)
+            for sid, sha, key, ok, n_cut in zip(study_ids, text_hashes, keys, usable, cut)]
     table = pa.Table.from_pylist(rows, schema=LLM_EXTRACTIONS_SCHEMA)
     stats.cache_hits = sum(1 for r in rows if r["cached"])
     stats.empty_reports = sum(1 for k in keys if k is None)
+    stats.truncated_reports = sum(1 for n in cut if n > 0)
     stats.parse_errors = sum(1 for r in rows if r["parse_error"] is not None)
     stats.wall_s = time.perf_counter() - started
     return ExtractionResult(table, stats)
 
 
 def extract_shards(report_paths: Iterable[Path], backend: Backend, cache_path: Path | str,
-                   progress_of: Callable[[str], ProgressCallback | None] | None = None,
-                   on_shard: Callable[[str, ExtractionStats], None] | None = None) -> ExtractionResult:
-    """Extract every `reports` shard file (one Parquet per shard, named <shard>.parquet) in turn;
-    one table in shard order and the summed counts."""
-    total, tables = ExtractionStats(), []
+                   progress: ProgressCallback | None = None,
+                   on_cache_wait: Callable[[str], None] | None = None) -> ExtractionResult:
+    """Extract every `reports` shard file (one Parquet per shard) as one batch: a single window
+    of `concurrency` calls spans all shards, so one slow report holds up one slot, not a shard."""
+    tables = []
     for path in report_paths:
-        shard = Path(path).stem
-        reports = pq.read_table(path, columns=["study_id", "extraction_text", "text_sha256"])
-        reports = reports.rename_columns(["study_id", "text", "text_sha256"])
-        result = extract_reports(reports, backend, cache_path, progress=progress_of(shard) if progress_of else None)
-        tables.append(result.table)
-        total.add(result.stats)
-        if on_shard:
-            on_shard(shard, result.stats)
-    table = pa.concat_tables(tables) if tables else LLM_EXTRACTIONS_SCHEMA.empty_table()
-    return ExtractionResult(table, total)
+        table = pq.read_table(path, columns=["study_id", "extraction_text", "text_sha256", "usable"])
+        tables.append(table.rename_columns(["study_id", "text", "text_sha256", "usable"]))
+    if not tables:
+        return ExtractionResult(LLM_EXTRACTIONS_SCHEMA.empty_table(), ExtractionStats())
+    return extract_reports(pa.concat_tables(tables), backend, cache_path, progress, on_cache_wait)
+
+
+def failure_summary(table: pa.Table, max_error_rate: float) -> str | None:
+    """One line saying why the extraction is unusable, or None: too many reports without an
+    answer (backend errors and unreadable answers; empty or unusable reports do not count)."""
+    errors = table.column("error").to_pylist()
+    sent = sum(1 for e in errors if e not in INPUT_ERRORS)
+    failed = backend_failures(table)
+    if sent == 0:
+        return (f"none of the {table.num_rows} reports has text to extract (all empty or flagged unusable in "
+                f"`reports`): check the report files and the `reports` asset's flags")
+    rate = len(failed) / sent
+    if rate <= max_error_rate:
+        return None
+    reasons = "; ".join(sorted({f["error"][:120] for f in failed})[:3])
+    return (f"{len(failed)} of {sent} reports got no usable answer ({rate:.0%} > max_error_rate {max_error_rate:g}); "
+            f"first reasons: {reasons}. Answers received are cached: fix the cause and re-run")
 
 
 def backend_failures(table: pa.Table) -> list[dict]:
     """(study_id, error) of every report the backend gave no answer for (empty reports aside)."""
-    return [r for r in table.select(["study_id", "error"]).to_pylist() if r["error"] and r["error"] != EMPTY_REPORT_ERROR]
+    return [r for r in table.select(["study_id", "error"]).to_pylist() if r["error"] and r["error"] not in INPUT_ERRORS]
 
 
 def _ask(backend: Backend, keys: list[str], text_of: dict[str, str],
          cache: AnswerCache) -> Iterator[tuple[str, Answer]]:
-    """Yield (key, answer) as answers arrive, after committing each one to the cache."""
+    """Yield (key, answer) as answers arrive, after committing each one to the cache. Keys go
+    out in units of `reports_per_request` (1 for most backends)."""
     commit_every = max(1, int(getattr(backend, "commit_every", 1)))
+    per_request = max(1, int(getattr(backend, "reports_per_request", 1)))
+    units = [keys[i:i + per_request] for i in range(0, len(keys), per_request)]
     if backend.concurrency <= 1:
         batch: list[tuple[str, Answer]] = []
-        for key in keys:
-            answer = _safe_complete(backend, text_of[key])
-            batch.append((key, answer))
+        for unit in units:
+            batch.extend(zip(unit, _answer_unit(backend, [text_of[k] for k in unit])))
             if len(batch) >= commit_every:
                 yield from _commit(cache, backend, batch)
                 batch = []
         yield from _commit(cache, backend, batch)
         return
-    # Bounded window: never more than `concurrency` calls in flight, so a kill loses few.
-    remaining = iter(keys)
+    # Bounded window: never more than `concurrency` requests in flight, so a kill loses few.
+    remaining = iter(units)
     with ThreadPoolExecutor(max_workers=backend.concurrency,
                             thread_name_prefix=f"extract-{backend.name}") as pool:
-        in_flight: dict[Future[Answer], str] = {}
+        in_flight: dict[Future[list[Answer]], list[str]] = {}
 
         def submit_next() -> None:
-            key = next(remaining, None)
-            if key is not None:
-                in_flight[pool.submit(_safe_complete, backend, text_of[key])] = key
+            unit = next(remaining, None)
+            if unit is not None:
+                in_flight[pool.submit(_answer_unit, backend, [text_of[k] for k in unit])] = unit
 
         for _ in range(backend.concurrency):
             submit_next()
         while in_flight:
             finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in finished:
-                key = in_flight.pop(future)
+                unit = in_flight.pop(future)
                 submit_next()
-                yield from _commit(cache, backend, [(key, future.result())])
+                yield from _commit(cache, backend, list(zip(unit, future.result())))
 
 
-def _safe_complete(backend: Backend, text: str) -> Answer:
+def _answer_unit(backend: Backend, texts: list[str]) -> list[Answer]:
+    """Answers for one request's reports. A report the batched answer gives no clean, readable
+    part for is asked again alone, so no report ever gets another one's findings."""
+    if len(texts) == 1:
+        return [_answer_readably(backend, texts[0])]
+    parts = _safe_call(backend.complete_many, backend, texts)  # type: ignore[attr-defined]
+    if isinstance(parts, Answer):  # the call itself broke: every report alone
+        parts = [None] * len(texts)
+    return [part if part is not None and _parse_problem(part) is None and part.error is None
+            else _answer_readably(backend, text) for part, text in zip(parts, texts)]
+
+
+def _answer_readably(backend: Backend, text: str) -> Answer:
+    """The backend's answer; an unreadable one gets one repair request, and if that is still
+    unreadable the answer comes back as an error (so it is not cached)."""
+    answer = _safe_call(backend.complete, backend, text)
+    problem = _parse_problem(answer)
+    if problem is None:
+        return answer
+    repair = getattr(backend, "repair", None)
+    if repair is not None:
+        second = _safe_call(repair, backend, text, answer.text, problem)
+        combined = Usage(answer.usage.prompt_tokens + second.usage.prompt_tokens,
+                         answer.usage.completion_tokens + second.usage.completion_tokens)
+        answer = replace(second, usage=combined, latency_s=answer.latency_s + second.latency_s,
+                         attempts=answer.attempts + second.attempts, repaired=True)
+        problem = _parse_problem(answer)
+        if problem is None:
+            return answer
+    if answer.error is not None:
+        return answer
+    return replace(answer, error=f"{UNREADABLE_ANSWER_ERROR}: {problem}")
+
+
+def _parse_problem(answer: Answer) -> str | None:
+    if answer.error is not None or answer.text is None:
+        return None
+    return parse_answer(answer.text).error
+
+
+def _safe_call(call: Callable[..., Any], backend: Backend, *args: object) -> Any:
     started = time.perf_counter()
     try:
-        return backend.complete(text)
+        return call(*args)
+    except EndpointUnavailable:
+        raise
     except Exception as exc:  # a backend bug becomes a recorded error, not a lost run
         return Answer(None, Usage(), time.perf_counter() - started, backend.model, 1,
                       f"backend raised {type(exc).__name__}: {exc}")
@@ -208,8 +285,10 @@ def _account(stats: ExtractionStats, backend: Backend, answer: Answer) -> None:
     stats.attempts += answer.attempts
     stats.prompt_tokens += answer.usage.prompt_tokens
     stats.completion_tokens += answer.usage.completion_tokens
+    stats.repairs += int(answer.repaired)
     if answer.error is not None or answer.text is None:
         stats.errors += 1
+        stats.unreadable += int(answer.error is not None and answer.error.startswith(UNREADABLE_ANSWER_ERROR))
     cost = backend.cost_usd(answer.usage)
     if cost is not None:
         stats.cost_usd = (stats.cost_usd or 0.0) + cost
@@ -224,15 +303,17 @@ def _count_rows(keys: list[str | None]) -> dict[str, int]:
 
 
 def _row(study_id: str, text_sha256: str, key: str | None, backend: Backend,
-         cached: CachedAnswer | None, fresh: Answer | None) -> dict[str, object]:
+         cached: CachedAnswer | None, fresh: Answer | None, usable: bool | None,
+         truncated_chars: int) -> dict[str, object]:
     row: dict[str, object] = {
         "study_id": study_id, "text_sha256": text_sha256, "cache_key": key,
         "prompt_version": backend.version, "backend": backend.name, "model": backend.model,
         "answer": None, "parse_error": None, "n_findings": 0, "prompt_tokens": 0,
         "completion_tokens": 0, "latency_s": 0.0, "attempts": 0, "error": None, "cached": False,
+        "truncated_chars": truncated_chars,
     }
     if key is None:
-        row["error"] = EMPTY_REPORT_ERROR
+        row["error"] = UNUSABLE_REPORT_ERROR if usable is False else EMPTY_REPORT_ERROR
         return row
     if cached is not None:
         row.update(model=cached.model, answer=cached.answer, prompt_tokens=cached.prompt_tokens,

@@ -27,6 +27,12 @@ class Answer:
     model: str = ""
     attempts: int = 1
     error: str | None = None
+    repaired: bool = False  # a repair request followed an unreadable first answer
+
+
+class EndpointUnavailable(RuntimeError):
+    """The backend's endpoint is down (the circuit breaker opened): stop the run, do not record
+    every remaining report as failed. Answers committed so far stay cached."""
 
 
 @runtime_checkable

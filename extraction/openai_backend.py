@@ -5,23 +5,34 @@ attempt is counted: 429, 5xx, timeouts and connection errors are retried with ex
 backoff and full jitter (a server's Retry-After is honoured up to the backoff cap); other
 errors (400, 401, 404, unreadable responses) fail at once. Only the prompt and the report
 text are sent: no study id, no user field, no metadata.
+
+A circuit breaker, shared by the worker threads, stops the run when the endpoint is dead:
+after ``circuit_breaker_failures`` attempts in a row that failed with a connection error, a
+timeout or a 5xx (a 429 means the server is alive), every call raises EndpointUnavailable.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import threading
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 import openai
 
 from extraction.config import OpenAIConfig
-from extraction.interface import Answer, Usage
-from extraction.prompts import Prompt, default_prompt_dir, load_prompt
+from extraction.interface import Answer, EndpointUnavailable, Usage
+from extraction.prompts import BATCH_INSTRUCTION, Prompt, default_prompt_dir, load_prompt, split_batch_answer
 
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
              openai.APIConnectionError)
+# Failures that say the endpoint itself is unwell (APITimeoutError is an APIConnectionError).
+ENDPOINT_DOWN = (openai.InternalServerError, openai.APIConnectionError)
+
+REPAIR_INSTRUCTION = ("Your answer above could not be read ({problem}). Answer again for the same report, "
+                      "in exactly the format the instructions give, and nothing else.")
 
 
 class OpenAIBackend:
@@ -31,7 +42,8 @@ class OpenAIBackend:
                  sleep: Callable[[float], None] = time.sleep) -> None:
         api_key = os.environ.get(config.api_key_env)
         if not api_key:
-            raise ValueError(f"environment variable {config.api_key_env} (the API key) is not set")
+            raise ValueError(f"environment variable {config.api_key_env} (the API key of {config.base_url}) is not "
+                             f"set: export it, or name another variable with MEDFILIP_LLM_API_KEY_ENV")
         self.config = config
         self.model = config.model
         self.concurrency = config.concurrency
@@ -42,32 +54,83 @@ class OpenAIBackend:
                                        "max_tokens": config.max_tokens,
                                        "response_format": config.response_format,
                                        "base_url": config.base_url}
+        self.reports_per_request = config.reports_per_request
+        if self.reports_per_request > 1:  # other reports in the context may change an answer
+            self.params.update(reports_per_request=self.reports_per_request, batch_instruction=BATCH_INSTRUCTION)
         self._client = openai.OpenAI(base_url=config.base_url, api_key=api_key,
                                      timeout=config.timeout_s, max_retries=0)
         self._sleep = sleep
+        self.max_report_chars = config.max_report_chars
+        self._breaker_lock = threading.Lock()
+        self._endpoint_failures = 0  # attempts in a row that found the endpoint unwell
+        self._open_reason: str | None = None
 
     def complete(self, report_text: str) -> Answer:
+        return self._chat(self.prompt.messages(report_text))
+
+    def complete_many(self, report_texts: list[str]) -> list[Answer | None]:
+        """One request for several reports; each report's part of the answer, or None where the
+        answer has no clean part for it (the caller asks that report alone). The request's
+        usage is shared out evenly over the reports it answered."""
+        if len(report_texts) == 1:
+            return [self.complete(report_texts[0])]
+        answer = self._chat(self.prompt.batch_messages(report_texts))
+        if answer.error is not None or answer.text is None:
+            return [None] * len(report_texts)
+        parts = split_batch_answer(answer.text, len(report_texts))
+        share = max(1, sum(part is not None for part in parts))
+        usage = Usage(answer.usage.prompt_tokens // share, answer.usage.completion_tokens // share)
+        return [None if part is None else replace(answer, text=part, usage=usage) for part in parts]
+
+    def repair(self, report_text: str, bad_answer: str, problem: str) -> Answer:
+        """Ask once more, showing the model its unreadable answer and what was wrong with it."""
+        messages = [*self.prompt.messages(report_text), {"role": "assistant", "content": bad_answer},
+                    {"role": "user", "content": REPAIR_INSTRUCTION.format(problem=problem)}]
+        return self._chat(messages)
+
+    def _chat(self, messages: list[dict[str, str]]) -> Answer:
         started = time.perf_counter()
-        request: dict[str, Any] = {"model": self.model,
-                                   "messages": self.prompt.messages(report_text),
+        request: dict[str, Any] = {"model": self.model, "messages": messages,
                                    "temperature": self.config.temperature,
                                    "max_tokens": self.config.max_tokens}
         if self.config.response_format == "json_object":
             request["response_format"] = {"type": "json_object"}
         last_error = ""
         for attempt in range(1, self.config.max_attempts + 1):
+            self._raise_if_open()
             try:
                 response = self._client.chat.completions.create(**request)
             except RETRYABLE as exc:
                 last_error = _describe(exc)
+                self._record_attempt(exc)
                 if attempt < self.config.max_attempts:
                     self._sleep(self._backoff_s(attempt, exc))
                 continue
             except Exception as exc:  # not worth retrying: bad request, auth, garbage body
+                self._record_attempt(None)
                 return self._failed(f"{_describe(exc)}", attempt, started)
+            self._record_attempt(None)
             return self._answer(response, attempt, started)
+        self._raise_if_open()
         return self._failed(f"gave up after {self.config.max_attempts} attempts: {last_error}",
                             self.config.max_attempts, started)
+
+    def _record_attempt(self, exc: Exception | None) -> None:
+        with self._breaker_lock:
+            if not isinstance(exc, ENDPOINT_DOWN):
+                if exc is None:  # the endpoint answered: it is alive
+                    self._endpoint_failures = 0
+                return
+            self._endpoint_failures += 1
+            if self._endpoint_failures >= self.config.circuit_breaker_failures and self._open_reason is None:
+                self._open_reason = (f"{self._endpoint_failures} requests in a row to {self.config.base_url} failed "
+                                     f"(last: {_describe(exc)}); check that the server is up and "
+                                     f"MEDFILIP_LLM_BASE_URL / resources.extractor.config.base_url, then re-run: "
+                                     f"answers received so far are cached")
+
+    def _raise_if_open(self) -> None:
+        if self._open_reason is not None:
+            raise EndpointUnavailable(f"LLM endpoint unavailable: {self._open_reason}")
 
     def cost_usd(self, usage: Usage) -> float | None:
         prompt_price = self.config.price_prompt_per_1k

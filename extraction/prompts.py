@@ -8,6 +8,7 @@ gives a new version and therefore new cache keys: the next run re-asks every rep
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,34 @@ class Prompt:
         # str.replace, not str.format: prompts and reports both contain literal braces.
         user = self.user_template.replace(REPORT_PLACEHOLDER, report_text)
         return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+
+
+    def batch_messages(self, report_texts: list[str]) -> list[dict[str, str]]:
+        """Chat messages for several reports at once: the same system prompt (a long stable
+        prefix that providers' prompt caching serves), then the numbered reports."""
+        numbered = "\n\n".join(f"Report {i}:\n{text}" for i, text in enumerate(report_texts, 1))
+        user = BATCH_INSTRUCTION.format(n=len(report_texts)) + "\n\n" + numbered + "\n\nAnswers:"
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+
+
+# Part of the backend's identity when reports_per_request > 1 (see OpenAIBackend.params).
+BATCH_INSTRUCTION = ("Below are {n} reports, numbered. Treat each one alone, exactly as the instructions say for "
+                     "one report. Answer for every report under a header line `Report N:` with its number, in "
+                     "order, its findings' lines below the header (`none` when it has none).")
+_BATCH_HEADER = re.compile(r"^[ \t>*#_]*report\s+(\d+)\s*[:.)\]-]*[ \t*_]*(.*)$", re.IGNORECASE | re.MULTILINE)
+
+
+def split_batch_answer(answer: str, n: int) -> list[str | None]:
+    """The part of a batched answer that belongs to each of the n reports, by its `Report N:`
+    header; None where the number is missing, repeated or the part is empty, so that report is
+    asked again alone rather than given another report's findings."""
+    headers = list(_BATCH_HEADER.finditer(answer))
+    parts: dict[int, list[str]] = {}
+    for i, match in enumerate(headers):
+        end = headers[i + 1].start() if i + 1 < len(headers) else len(answer)
+        body = (match.group(2) + "\n" + answer[match.end():end]).strip()
+        parts.setdefault(int(match.group(1)), []).append(body)
+    return [parts[i][0] if len(parts.get(i, [])) == 1 and parts[i][0] else None for i in range(1, n + 1)]
 
 
 def default_prompt_dir(response_format: str = "text") -> Path:

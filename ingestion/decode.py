@@ -10,12 +10,14 @@ import pydicom
 from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from ingestion.dicom_read import read_dicom
+
 _LOW_PCT, _HIGH_PCT = 0.5, 99.5
 
 
 def decode_dicom(path: Path | str, size: int, pad_to_square: bool = False) -> np.ndarray:
     """Decode one radiograph to a `size` x `size` uint8 array, bright = dense (MONOCHROME2)."""
-    ds = pydicom.dcmread(path)
+    ds = read_dicom(path)
     arr = ds.pixel_array
     if arr.ndim == 3:  # multi-frame: the first frame is the radiograph
         arr = arr[0]

@@ -6,6 +6,7 @@ values seen are returned separately (in memory only) so the caller can scan outp
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from common.storage import file_sha256
+from ingestion.dicom_read import NOT_DICOM, read_dicom
 from ingestion.identifiers import IDENTIFIER_KEYWORDS, patient_key
 from ingestion.layout import iter_shard_files, parse_image_path, relative_to_root
 
@@ -43,6 +45,7 @@ INDEX_SCHEMA = pa.schema(
         ("source_path", pa.string()),
         ("file_sha256", pa.string()),
         ("file_size", pa.int64()),
+        ("pixel_sha256", pa.string()),  # the stored Pixel Data bytes: duplicates under other UIDs
     ]
 )
 
@@ -77,9 +80,9 @@ def index_dicom(path: Path, root: Path, shard: str, salt: bytes) -> IndexOutcome
     if size == 0:
         return quarantined("empty file (0 bytes)")
     try:
-        ds = pydicom.dcmread(path)
-    except InvalidDicomError as exc:
-        return quarantined(f"not a DICOM file: {exc}")
+        ds = read_dicom(path)
+    except InvalidDicomError:
+        return quarantined(NOT_DICOM)
     except Exception as exc:  # truncated headers surface as EOFError/struct errors/etc.
         return quarantined(f"unreadable DICOM ({type(exc).__name__}): {exc}")
 
@@ -114,6 +117,7 @@ def index_dicom(path: Path, root: Path, shard: str, salt: bytes) -> IndexOutcome
         "source_path": rel,
         "file_sha256": sha,
         "file_size": size,
+        "pixel_sha256": hashlib.sha256(ds.PixelData).hexdigest(),
     }
     return IndexOutcome(row=row, identifiers=identifiers)
 
@@ -176,8 +180,33 @@ def header_identifiers(root: Path, shard: str) -> set[str]:
     values: set[str] = set()
     for path in iter_shard_files(root, shard, (".dcm", ".dicom")):
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(IDENTIFIER_KEYWORDS))
+            ds = read_dicom(path, stop_before_pixels=True, specific_tags=list(IDENTIFIER_KEYWORDS))
         except Exception:  # unreadable files are already quarantined by dicom_index
             continue
         values.update(str(ds.get(k)) for k in IDENTIFIER_KEYWORDS if ds.get(k) not in (None, ""))
     return values
+
+
+def split_duplicates(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Keep the first row (in path order) of each SOPInstanceUID and of each Pixel Data hash; the
+    others come back as quarantine rows naming the file they duplicate. Two files with one UID
+    would make joins ambiguous; the same pixels twice would leak one image across splits."""
+    kept, duplicates = [], []
+    first_uid: dict[str, str] = {}
+    first_pixels: dict[str, str] = {}
+    for row in rows:
+        uid, pixels = row.get("sop_instance_uid"), row.get("pixel_sha256")
+        if uid and uid in first_uid:
+            reason = f"duplicate SOPInstanceUID of {first_uid[uid]}"
+        elif pixels and pixels in first_pixels:
+            reason = f"duplicate pixel data (sha256) of {first_pixels[pixels]}"
+        else:
+            if uid:
+                first_uid[uid] = row["source_path"]
+            if pixels:
+                first_pixels[pixels] = row["source_path"]
+            kept.append(row)
+            continue
+        duplicates.append(quarantine_row(row["source_path"], row["shard"], "index", reason,
+                                         row["file_sha256"], row["file_size"]))
+    return kept, duplicates

@@ -65,6 +65,7 @@ def index_jpg_shard(root: Path, shard: str, salt: bytes, metadata_csv: Path | No
                 "source_path": rel,
                 "file_sha256": sha,
                 "file_size": size,
+                "pixel_sha256": sha,  # the JPEG file is the pixels
             }
         )
     return rows, quarantined

@@ -28,6 +28,23 @@ def files_root(root: Path | str) -> Path:
     return root / "files" if (root / "files").is_dir() else root
 
 
+def archive_problem(root: Path | str) -> str | None:
+    """Why `root` cannot be a MIMIC-CXR-layout archive (one line with the fix), or None."""
+    root = Path(root)
+    if not root.is_dir():
+        return (f"archive root {root} does not exist: set resources.archive.config.root to the folder holding "
+                f"files/pNN/ (or run `medfilip demo` to generate the demo corpus)")
+    base = files_root(root)
+    if not any(p.is_dir() and re.fullmatch(r"p\d{2}", p.name) for p in base.iterdir()):
+        return (f"archive root {root} has no pNN folders (expected files/p10 ... files/p19 as in MIMIC-CXR): "
+                f"point resources.archive.config.root at the folder that holds them")
+    return None
+
+
+def has_shard(root: Path | str, shard: str) -> bool:
+    return (files_root(root) / shard).is_dir()
+
+
 def iter_shard_files(root: Path | str, shard: str, suffixes: tuple[str, ...]) -> Iterator[Path]:
     """Every file under one shard whose suffix matches, in a stable (sorted) order."""
     base = files_root(root) / shard

@@ -97,14 +97,32 @@ def parse_report(text: str) -> ParsedReport:
     return ParsedReport(findings, impression, tuple(order), flag)
 
 
+# A report with more than this share of characters that are no text (control bytes, invalid
+# UTF-8) is a binary file under a .txt name: sending it to an LLM only buys a garbage answer.
+MAX_NON_TEXT_SHARE = 0.05
+
+
+def non_text_share(text: str) -> float:
+    """Share of characters that are neither printable nor ordinary whitespace."""
+    if not text:
+        return 0.0
+    bad = sum(1 for ch in text if ch == "\ufffd" or (not ch.isprintable() and ch not in "\n\r\t\f\v"))
+    return bad / len(text)
+
+
 def report_row(path: Path, root: Path, shard: str, salt: bytes) -> dict:
     """One `reports` row. Unreadable bytes are replaced, not fatal: the flag records it."""
     raw = path.read_bytes()
-    text = raw.decode("utf-8", errors="replace")
+    decoded = raw.decode("utf-8", errors="replace")
+    binary = non_text_share(decoded)
+    # Nothing of a binary file is worth keeping or sending; its hash still identifies it.
+    text = "" if binary > MAX_NON_TEXT_SHARE else decoded
     parsed = parse_report(text)
     ids = parse_report_path(path)
     flag = parsed.flag
-    if "\ufffd" in text:
+    if binary > MAX_NON_TEXT_SHARE:
+        flag = f"not text: {binary:.0%} of the characters are control bytes or invalid UTF-8"
+    elif "\ufffd" in text:
         flag = "; ".join(f for f in (flag, "invalid UTF-8 replaced") if f)
     return {
         "study_id": ids.study_id if ids else path.stem,
@@ -118,7 +136,7 @@ def report_row(path: Path, root: Path, shard: str, salt: bytes) -> dict:
         "sections": list(parsed.sections),
         "usable": bool(parsed.extraction_text),
         "flag": flag,
-        "text_sha256": text_sha256(text),
+        "text_sha256": text_sha256(decoded),
     }
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from common.storage import write_table
-from ingestion.dicom_index import INDEX_SCHEMA, QUARANTINE_SCHEMA, index_dicom, quarantine_row
+from ingestion.dicom_index import INDEX_SCHEMA, QUARANTINE_SCHEMA, index_dicom, quarantine_row, split_duplicates
 from ingestion.identifiers import patient_key
 from ingestion.jpg_index import index_jpg_shard
 from ingestion.layout import iter_shard_files, parse_report_path, relative_to_root
@@ -58,8 +58,9 @@ def index_shard(
                 quarantined.append(outcome.quarantine)
             if progress:
                 progress(count)
+    rows, duplicates = split_duplicates(rows)
     index = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
-    quarantine = pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA)
+    quarantine = pa.Table.from_pylist(quarantined + duplicates, schema=QUARANTINE_SCHEMA)
     write_table(index, index_path)
     write_table(quarantine, quarantine_path)
     return IndexResult(index, quarantine, identifiers, time.perf_counter() - start)

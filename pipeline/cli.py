@@ -195,6 +195,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     data_root(create="configured")
     summary = materialise(args.target, partitions=args.partition)
     print(json.dumps(summary, indent=2))
+    # The JSON is for scripts; these lines are for the person at the terminal.
+    for check in summary["failed_checks"]:
+        print(f"check {check['severity']}: {check['asset']}.{check['check']}"
+              f"{' [' + check['partition'] + ']' if check['partition'] else ''} {check['description']}".rstrip(),
+              file=sys.stderr)
+    for failure in summary["failures"]:
+        print(f"FAILED {failure['step']}{' [' + failure['partition'] + ']' if failure['partition'] else ''}: "
+              f"{failure['error']}", file=sys.stderr)
     return 0 if summary["failed"] == 0 else 1
 
 

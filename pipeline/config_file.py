@@ -65,7 +65,7 @@ def _mapping(value: Any) -> dict:
     return parsed
 
 
-# The extractor keys are the fields of extraction.config (checked there); the first six keep the
+# The extractor keys are the fields of extraction.config (checked there); the first seven keep the
 # variable names the README has always documented.
 _EXTRACTOR = {
     "backend": ("MEDFILIP_EXTRACTOR", _choice("rules", "openai"), "rules (offline) or openai (any OpenAI-compatible endpoint)"),
@@ -74,6 +74,7 @@ _EXTRACTOR = {
     "api_key_env": ("MEDFILIP_LLM_API_KEY_ENV", _text, "NAME of the variable holding the API key"),
     "prompt_dir": ("MEDFILIP_PROMPT_DIR", _text, "folder with system.md and user.md (openai backend)"),
     "concurrency": ("MEDFILIP_LLM_CONCURRENCY", _int, "requests in flight"),
+    "reports_per_request": ("MEDFILIP_LLM_REPORTS_PER_REQUEST", _int, "reports sharing one request"),
     "vocabulary_path": ("MEDFILIP_RULES_VOCABULARY", _text, "vocabulary.yaml of the rules backend"),
     "temperature": ("MEDFILIP_LLM_TEMPERATURE", _float, "sampling temperature"),
     "max_tokens": ("MEDFILIP_LLM_MAX_TOKENS", _int, "answer length limit"),

@@ -45,11 +45,12 @@ def start_prompt_sensor(lay: Layout) -> str:
 def print_demo_summary(lay: Layout, summaries: list[dict], timings: dict[str, float], sensor: str) -> None:
     rows: dict[str, int] = {}
     assets: dict[str, dict] = {}
-    failures = []
+    failures, checks = [], []
     for summary in summaries:
         rows.update(summary["rows"])
         assets.update(summary["assets"])
         failures += summary["failures"]
+        checks += summary.get("failed_checks", [])
     print()
     print("MedFILIP demo: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     for name in ("dicom_index", "cxr_images", "reports", "llm_extractions", "triplets", "training_texts", "ssm"):
@@ -65,6 +66,9 @@ def print_demo_summary(lay: Layout, summaries: list[dict], timings: dict[str, fl
               f"(95% CI {format_ci(zero_shot.get('mean_auc_ci'))})")
     for failure in failures:
         print(f"  FAILED {failure['step']} (run {failure['run_id'][:8]}): {failure['error'][:300]}")
+    for check in checks:
+        print(f"  check {check['severity']} {check['asset']}.{check['check']}"
+              f"{' (' + check['partition'] + ')' if check['partition'] else ''}: {check['description'] or 'failed'}")
     print(f"Outputs:  {lay.data}")
     print(f"MLflow:   {lay.mlflow_tracking_uri}" + (f"  run {model['mlflow_run_id']}" if model else ""))
     print(f"Prompt-change sensor: {sensor}")

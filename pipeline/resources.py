@@ -86,6 +86,9 @@ class ExtractorResource(dg.ConfigurableResource):
     backoff_max_s: Optional[float] = None
     price_prompt_per_1k: Optional[float] = None
     price_completion_per_1k: Optional[float] = None
+    max_report_chars: Optional[int] = None
+    circuit_breaker_failures: Optional[int] = None
+    reports_per_request: Optional[int] = None
 
     def backend_config(self):
         from extraction.config import backend_config_from_settings, settings_from_env

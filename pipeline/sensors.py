@@ -10,7 +10,8 @@ import dagster as dg
 
 from assets.extraction import extraction_version
 from pipeline.jobs import extraction_job
-from pipeline.resources import ExtractorResource
+from pipeline.resources import ExtractorResource, MLflowResource, StorageResource
+from pipeline.settings import USER_MLFLOW_TRACKING_URI
 
 PROMPT_VERSION_TAG = "medfilip/prompt_version"
 
@@ -66,3 +67,16 @@ nightly_extraction_schedule = dg.ScheduleDefinition(
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description="Nightly re-extraction check: with nothing changed it makes zero backend calls.",
 )
+
+
+@dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Mark runs whose `medfilip` process died as failed, freeing their pool slots "
+                       "and ending their MLflow runs as KILLED.")
+def dead_run_sensor(context: dg.SensorEvaluationContext, storage: StorageResource, mlflow_tracking: MLflowResource):
+    from pipeline.run_health import sweep_dead_runs
+
+    tracking_uri = mlflow_tracking.tracking_uri or USER_MLFLOW_TRACKING_URI or storage.layout().mlflow_tracking_uri
+    dead = sweep_dead_runs(context.instance, tracking_uri)
+    if dead:
+        context.log.warning(f"marked {len(dead)} dead run(s) failed: {', '.join(dead)}")
+    return dg.SkipReason(f"{len(dead)} dead run(s) cleaned" if dead else "no dead runs")

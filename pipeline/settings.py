@@ -31,8 +31,17 @@ concurrency:
   runs:
     max_concurrent_runs: 4
   pools:
-    # Training steps declare pool "gpu": two trainings never share one GPU by accident.
+    # Training steps declare pool "gpu": two trainings never share one GPU by accident;
+    # extraction declares "extraction_cache": a second extraction queues for the DuckDB cache.
     default_limit: 1
+# A run whose worker died is marked failed and its pool slots freed (docs/operations.md).
+# CLI runs are watched by dead_run_sensor and by every `medfilip` command (pipeline/run_health.py).
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  poll_interval_seconds: 60
+  free_slots_after_run_end_seconds: 30
 """
 
 

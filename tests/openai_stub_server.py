@@ -1,26 +1,42 @@
 """A real HTTP server on 127.0.0.1 speaking POST /v1/chat/completions, for extraction tests.
 
 Behaviour per request comes from ``plan`` (consumed first) or ``default``:
-"ok", "slow" (``delay_s`` then ok), "429" (Retry-After: 0), "500", "garbage" (200, not JSON),
+"ok", "slow" (``delay_s`` then ok), "400", "429" (Retry-After: 0), "500", "garbage" (200, not JSON),
+"nonsense" (a well-formed completion whose content is no answer in any accepted format),
+"batch_missing" / "batch_duplicate" (a batched answer without the last report's part, or
+with report 1's header twice),
 "hang" (never answers within any test timeout).
+
+A request whose user message holds numbered reports (`Report N:`, as OpenAIBackend batches
+them) gets one `Report N:` part per report. Each report's findings are the fixed pair below,
+unless its text holds `ECHO:<category>`: then `{na}{na}{<category>}{certain}`, so tests can
+see which answer went to which report.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-COMPLETION_TOKENS = 9
+COMPLETION_TOKENS = 9  # per report answered
+FIXED_ANSWER = "{mild}{na}{cardiomegaly}{certain}\n{no}{na}{effusion}"
+_NUMBERED = re.compile(r"^Report (\d+):\n(.*?)(?=\n\nReport \d+:\n|\n\nAnswers:|\Z)", re.DOTALL | re.MULTILINE)
+
+
+def stub_findings(report: str) -> str:
+    echo = re.search(r"ECHO:([a-z]+)", report)
+    return f"{{na}}{{na}}{{{echo.group(1)}}}{{certain}}" if echo else FIXED_ANSWER
 
 
 class StubServer:
-    def __init__(self, default: str = "ok", delay_s: float = 0.05) -> None:
+    def __init__(self, default: str = "ok", delay_s: float = 0.05, plan: list[str] | None = None) -> None:
         self.default = default
         self.delay_s = delay_s
-        self.plan: deque[str] = deque()
+        self.plan: deque[str] = deque(plan or [])
         self.requests: list[dict] = []  # every request body received
         self.answered: list[str] = []  # report texts whose "ok" reply was sent
         self.prompt_tokens_sent = 0
@@ -70,7 +86,7 @@ class StubServer:
                 if mode == "hang":
                     time.sleep(30)
                     return
-                if mode in ("429", "500"):
+                if mode in ("400", "429", "500"):
                     self._send(int(mode), b'{"error": {"message": "try later"}}',
                                {"Retry-After": "0"} if mode == "429" else {})
                     return
@@ -80,19 +96,34 @@ class StubServer:
                 if mode == "slow":
                     time.sleep(server.delay_s)
                 report = body["messages"][-1]["content"]
+                numbered = _NUMBERED.findall(report)
+                reports = [text for _, text in numbered] or [report]
+                if mode == "nonsense":
+                    content = "I'm sorry, as an AI I cannot interpret medical images."
+                elif numbered:
+                    parts = [f"Report {n}:\n{stub_findings(text)}" for n, text in numbered]
+                    if mode == "batch_missing":
+                        parts, reports = parts[:-1], reports[:-1]
+                    elif mode == "batch_duplicate":
+                        parts[1] = parts[1].replace(f"Report {numbered[1][0]}:", "Report 1:")
+                    content = "\n\n".join(parts)
+                else:
+                    content = stub_findings(report)
+                completion_tokens = COMPLETION_TOKENS * len(reports)
                 prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
                 reply = {
                     "id": "cmpl-1", "object": "chat.completion", "created": 0,
                     "model": body["model"] + "-served",
                     "choices": [{"index": 0, "finish_reason": "stop", "message": {
                         "role": "assistant",
-                        "content": "{mild}{na}{cardiomegaly}{certain}\n{no}{na}{effusion}"}}],
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": COMPLETION_TOKENS,
-                              "total_tokens": prompt_tokens + COMPLETION_TOKENS},
+                        "content": content}}],
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                              "total_tokens": prompt_tokens + completion_tokens},
                 }
                 self._send(200, json.dumps(reply).encode(), {})
                 with server._lock:
-                    server.answered.append(report)
+                    if mode != "nonsense":
+                        server.answered.extend(reports)
                     server.prompt_tokens_sent += prompt_tokens
 
             def _send(self, status: int, payload: bytes, headers: dict[str, str]) -> None:

@@ -117,3 +117,13 @@ def test_report_labels_has_one_chexpert_row_per_read_report(home, archive):
     assert rows["50000001"]["Pleural Effusion"] == 1 and rows["50000001"]["Pneumothorax"] == 0
     assert rows["50000001"]["No Finding"] is None
     assert rows["50000004"]["Cardiomegaly"] == 0 and rows["50000004"]["No Finding"] == 1
+
+
+def test_editing_the_label_map_changes_report_labels_code_version():
+    """Dagster marks an asset stale when its code version changes; the label map is its code."""
+    from common.storage import file_sha256
+    from extraction.labels import default_label_maps_path
+    from pipeline.definitions import defs
+
+    node = defs.resolve_asset_graph().get(dg.AssetKey("report_labels"))
+    assert node.code_version == "1-" + file_sha256(default_label_maps_path())[:12]

@@ -18,8 +18,9 @@ jpg00002,10000001,50000001,CHEST (PA AND LAT),LATERAL,128,112
 def test_mimic_cxr_jpg_ingests_into_the_dicom_schema(tmp_path):
     study = tmp_path / "files" / "p10" / "p10000001" / "s50000001"
     study.mkdir(parents=True)
-    for name in ("jpg00001", "jpg00002"):
-        Image.fromarray((chest_like() * 255).astype(np.uint8)).save(study / f"{name}.jpg", quality=95)
+    frontal = (chest_like() * 255).astype(np.uint8)
+    for name, pixels in (("jpg00001", frontal), ("jpg00002", np.fliplr(frontal))):  # identical files are duplicates
+        Image.fromarray(np.ascontiguousarray(pixels)).save(study / f"{name}.jpg", quality=95)
     (study / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (tmp_path / "mimic-cxr-2.0.0-metadata.csv").write_text(METADATA)
 

@@ -163,6 +163,24 @@ def test_torchrun_launcher_trains_with_two_gloo_processes_through_pipes(graph):
     assert any("[epoch" in message for message in logs), "epoch metrics should stream back through Pipes"
 
 
+def test_a_resumed_training_continues_the_mlflow_run_of_the_interrupted_one(graph):
+    """Same config and inputs -> same folder with last.pt -> resume, into the same MLflow run, so
+    its curves hold every epoch (a killed run's MLflow run was ended KILLED; resuming reopens it)."""
+    first = graph["result"].asset_materializations_for_node("pretrained_model")[0].metadata["mlflow_run_id"].value
+    MlflowClient().set_terminated(first, "KILLED")  # what sweep_dead_runs does after kill -9
+    job = dg.define_asset_job("resume_train", selection=["pretrained_model"])
+    defs_ = dg.Definitions.merge(graph["defs"], dg.Definitions(jobs=[job]))
+    result = defs_.resolve_job_def("resume_train").execute_in_process(
+        instance=graph["instance"],
+        run_config={"ops": {"pretrained_model": {"config": {"overrides_json": json.dumps(TRAIN)}}}})
+    assert result.success
+    meta = result.asset_materializations_for_node("pretrained_model")[0].metadata
+    assert meta["mlflow_run_id"].value == first
+    run = MlflowClient().get_run(first)
+    assert run.info.status == "FINISHED" and run.data.tags["dagster.run_id"] == result.run_id
+    assert MlflowClient().get_metric_history(first, "val_loss")  # the epochs logged before the interruption
+
+
 def test_lineage_command_prints_the_chain_and_flags_changed_inputs(graph, capsys, monkeypatch):
     from pipeline.cli import main
 

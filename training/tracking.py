@@ -45,7 +45,18 @@ def dataset_digest(entries: list[Mapping]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
-def log_inputs(lineage: list[dict], assets: tuple[str, ...] = ("cxr_images", "training_texts", "ssm"),
+TRAINING_INPUTS = ("cxr_images", "training_texts", "ssm")
+
+
+def input_digests(lineage: list[dict], assets: tuple[str, ...] = TRAINING_INPUTS) -> dict[str, str]:
+    """The dataset digest of each training input present in `lineage`."""
+    by_asset: dict[str, list[dict]] = {}
+    for entry in lineage:
+        by_asset.setdefault(entry["asset"], []).append(entry)
+    return {asset: dataset_digest(by_asset[asset]) for asset in assets if by_asset.get(asset)}
+
+
+def log_inputs(lineage: list[dict], assets: tuple[str, ...] = TRAINING_INPUTS,
                context: str = "training") -> dict[str, str]:
     """Each input asset as an MLflow dataset with its digest and location; returns the digests."""
     import mlflow
