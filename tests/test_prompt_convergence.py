@@ -84,7 +84,9 @@ def test_a_re_extraction_re_materialises_every_derived_asset_down_to_the_ssm(hom
 
     with dg.instance_for_test() as instance:
         for shard in ("p10", "p11"):
-            assert dg.materialize(graph, partition_key=shard, instance=instance, resources=res,
+            # The archive's broken files are the point of other tests; here they may be quarantined.
+            lenient = {"ops": {"dicom_index": {"config": {"max_quarantine_rate": 1.0}}}}
+            assert dg.materialize(graph, partition_key=shard, instance=instance, resources=res, run_config=lenient,
                                   selection=["dicom_index", "cxr_images", "reports"]).success
         assert dg.materialize(graph, instance=instance, resources=res,
                               selection=["prompts", "llm_extractions", "knowledge_base", *chain]).success
