@@ -14,6 +14,7 @@ from typing import Literal
 
 import dagster as dg
 
+from assets.metadata import format_interval
 from assets.plots import png_markdown
 from pipeline.resources import ArchiveResource, MLflowResource, StorageResource
 
@@ -56,8 +57,9 @@ def zero_shot_eval(context: dg.AssetExecutionContext, config: EvalConfig, storag
         if report.get(group, {}).get("evaluable"):
             summary[f"{group}_mean_auc"] = report[group]["mean_auc"]
     return record_evaluation(context, "zero_shot_eval", results, summary, model_info, mlflow_tracking, storage,
-                             roc=report.get("roc"), examples=data,
-                             extra={"mean_auc_ci": str(report.get("mean_auc_ci")), "unseen_categories": ", ".join(unseen)})
+                             roc=report.get("roc"), examples=data, config=config, data=data,
+                             extra={"mean_auc_ci": format_interval(report.get("mean_auc_ci")),
+                                    "unseen_categories": ", ".join(unseen)})
 
 
 @dg.asset(deps=EVAL_DEPS, group_name="evaluation", kinds={"pytorch", "mlflow"}, code_version="1")
@@ -77,7 +79,8 @@ def retrieval_eval(context: dg.AssetExecutionContext, config: EvalConfig, storag
     summary = {f"{direction}_{key.replace('@', '_at_')}": value for direction in ("image_to_text", "text_to_image")
                for key, value in report[direction].items() if "@" in key}
     return record_evaluation(context, "retrieval_eval", {"retrieval": {data.name: report}}, summary, model_info,
-                             mlflow_tracking, storage, extra={"relevance": str(report.get("relevance", ""))})
+                             mlflow_tracking, storage, config=config, data=data,
+                             extra={"relevance": str(report.get("relevance", ""))})
 
 
 @dg.asset(deps=EVAL_DEPS, group_name="evaluation", kinds={"pytorch", "mlflow"}, code_version="1")
@@ -94,7 +97,7 @@ def finetune_eval(context: dg.AssetExecutionContext, config: EvalConfig, storage
     summary = {f"auc_{r['mode']}_{r['init']}_{int(r['fraction'] * 100)}pct": r["report"]["mean_auc"]
                for r in report["runs"]}
     return record_evaluation(context, "finetune_eval", {"finetune": {data.name: report}}, summary, model_info,
-                             mlflow_tracking, storage)
+                             mlflow_tracking, storage, config=config, data=data)
 
 
 @dg.asset(deps=EVAL_DEPS, group_name="evaluation", kinds={"pytorch", "mlflow"}, code_version="1")
@@ -111,7 +114,7 @@ def segmentation_eval(context: dg.AssetExecutionContext, config: EvalConfig, sto
                               config=SegmentationConfig(epochs=config.epochs, seed=config.seed), n_boot=config.n_boot)
     summary = {f"{metric}_{r['init']}": r[metric] for r in report["runs"] for metric in ("mean_dice", "mean_iou")}
     return record_evaluation(context, "segmentation_eval", {"segmentation": {data.name: report}}, summary,
-                             model_info, mlflow_tracking, storage, examples=data)
+                             model_info, mlflow_tracking, storage, examples=data, config=siim, data=data)
 
 
 def latest_model(context: dg.AssetExecutionContext) -> dict:
@@ -142,17 +145,31 @@ def load_eval_dataset(config: EvalConfig, archive_root: Path):
 
 def record_evaluation(context, name: str, results: dict, summary: dict, model_info: dict,
                       tracking: MLflowResource, storage: StorageResource, roc: dict | None = None,
-                      examples=None, extra: dict | None = None) -> dg.MaterializeResult:
-    """The evaluation's MLflow run (nested under the model's run) and its Dagster materialisation."""
-    from evaluation.tracking import log_evaluation
+                      examples=None, extra: dict | None = None, config: EvalConfig | None = None,
+                      data=None) -> dg.MaterializeResult:
+    """The evaluation's MLflow run (nested under the model's run) and its Dagster materialisation.
+    The run carries the config as params and the evaluation set and checkpoint as dataset inputs,
+    with the digests the Dagster metadata shows."""
+    from evaluation.tracking import dataset_digest, log_evaluation
 
     experiment_id = tracking.activate(storage)
     tags = {"dagster.run_id": context.run.run_id, "dagster.asset_key": name,
             "medfilip.checkpoint_sha256": model_info["sha256"]}
+    params = {**(config.model_dump() if config else {}), "checkpoint": model_info["checkpoint"]}
+    datasets = [("pretrained_model", str(model_info["sha256"])[:16], str(Path(model_info["checkpoint"]).parent))]
+    data_digest = None
+    if data is not None:
+        data_digest = dataset_digest(data)
+        params["eval_dataset"] = data.name
+        params["eval_images"] = len(data.image_ids)
+        location = str(Path(data.paths[0]).parent) if data.paths else data.name
+        datasets.append((f"eval_{data.name}", data_digest, location))
     record = log_evaluation(name, results, summary, storage.layout().asset_dir(name), experiment_id=experiment_id,
-                            parent_run_id=model_info["mlflow_run_id"], tags=tags, roc=roc, examples=examples)
+                            parent_run_id=model_info["mlflow_run_id"], tags=tags, roc=roc, examples=examples,
+                            params=params, datasets=datasets)
     metadata = {"results": dg.MetadataValue.md(record.table), **{k: round(v, 4) for k, v in record.metrics.items()},
                 **(extra or {}), "model_checkpoint_sha256": model_info["sha256"],
+                **({"eval_dataset_digest": data_digest} if data_digest else {}),
                 "mlflow_run_id": record.run_id,
                 "mlflow_run": dg.MetadataValue.url(tracking.run_url(experiment_id, record.run_id)),
                 "path": dg.MetadataValue.path(str(record.files["results"]))}

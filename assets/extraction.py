@@ -13,7 +13,8 @@ recorded as `sha256` metadata for lineage.
 import dagster as dg
 import pyarrow.parquet as pq
 
-from assets.metadata import md_table, preview
+from assets.automation import DERIVED_FROM_EXTRACTION
+from assets.metadata import md_table, preview, rounded
 from assets.plots import bar_chart_markdown
 from common.storage import file_sha256, write_table
 from extraction.cache import CacheBusy
@@ -29,8 +30,12 @@ from pipeline.resources import ExtractorResource, StorageResource
 @dg.observable_source_asset(group_name="sources", description=(
     "The extraction instruction (prompts/) or, for the rules backend, its rule and vocabulary "
     "files. Its data version is their content hash: a change makes extraction stale."))
-def prompts(extractor: ExtractorResource) -> dg.DataVersion:
-    return dg.DataVersion(extraction_version(extractor))
+def prompts(extractor: ExtractorResource) -> dg.ObserveResult:
+    # The UI shows which files are "the prompt" of the configured backend, beside their version.
+    return dg.ObserveResult(data_version=dg.DataVersion(extraction_version(extractor)),
+                            metadata={"prompt_version": extraction_version(extractor),
+                                      "backend": extractor.backend_config().kind,
+                                      "prompt_files": ", ".join(extractor.prompt_files())})
 
 
 def extraction_version(extractor: ExtractorResource) -> str:
@@ -96,7 +101,7 @@ def llm_extractions(
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": table.num_rows,
-            **{k: v for k, v in total.as_dict().items() if v is not None},
+            **{k: v for k, v in rounded(total.as_dict()).items() if v is not None},
             "total_tokens": total.prompt_tokens + total.completion_tokens,
             "backend": backend.name,
             "model": backend.model or "(rules)",
@@ -122,6 +127,7 @@ def llm_extractions(
     group_name="extraction",
     kinds={"parquet"},
     code_version="1",
+    automation_condition=DERIVED_FROM_EXTRACTION,
     check_specs=[
         dg.AssetCheckSpec("share_of_reports_with_triplets", asset="triplets",
                           description="Enough usable reports yield at least one finding."),
@@ -180,7 +186,8 @@ def triplets(context: dg.AssetExecutionContext, config: TripletsConfig, storage:
 
 # The label map is part of this asset's code: editing it marks report_labels stale.
 @dg.asset(deps=[llm_extractions, triplets], group_name="extraction", kinds={"parquet"},
-          code_version="1-" + file_sha256(default_label_maps_path())[:12])
+          code_version="1-" + file_sha256(default_label_maps_path())[:12],
+          automation_condition=DERIVED_FROM_EXTRACTION)
 def report_labels(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     """One row per report whose answer was read: the 14 CheXpert observations as 1 (present),
     0 (negated), -1 (uncertain) or null (not mentioned), from `triplets` through the `chexpert`

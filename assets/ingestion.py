@@ -80,7 +80,7 @@ def dicom_index(
     quarantine_path = storage.asset_path("quarantine", "index", f"{shard}.parquet")
     result = index_shard(
         root, shard, storage.patient_salt(), index_path, quarantine_path,
-        source_format=archive.image_format, metadata_csv=archive.metadata_path(),
+        source_format=archive.source_format(), metadata_csv=archive.metadata_path(),
         progress=lambda n: n % 500 == 0 and context.log.info(f"{shard}: indexed {n} files"),
     )
     total = result.index.num_rows + result.quarantine.num_rows
@@ -183,7 +183,7 @@ def reports(context: dg.AssetExecutionContext, storage: StorageResource, archive
     index_path = storage.asset_path("dicom_index", f"{shard}.parquet")
     imaged = set(pq.read_table(index_path, columns=["study_id"]).column("study_id").to_pylist()) if index_path.exists() else set()
     missing = sorted(imaged - set(table.column("study_id").to_pylist()))
-    identifiers = header_identifiers(archive.image_root(storage), shard) if archive.image_format == "dicom" else set()
+    identifiers = header_identifiers(archive.image_root(storage), shard) if archive.source_format() == "dicom" else set()
     leaks = find_leaks([out_path], identifier_signatures(identifiers))
     flags = [f for f in table.column("flag").to_pylist() if f]
     digest = file_sha256(out_path)

@@ -9,7 +9,8 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from assets.metadata import md_table, preview
+from assets.automation import DERIVED_FROM_EXTRACTION
+from assets.metadata import md_table, preview, rounded
 from assets.plots import bar_chart_markdown, png_markdown
 from common.storage import file_sha256, write_table
 from extraction.vocabulary import load_vocabulary
@@ -63,7 +64,7 @@ class TrainingTextsConfig(dg.Config):
 
 
 @dg.asset(deps=["triplets", knowledge_base, "cxr_images"], group_name="knowledge", kinds={"duckdb", "parquet"},
-          code_version="1")
+          code_version="1", automation_condition=DERIVED_FROM_EXTRACTION)
 def training_texts(context: dg.AssetExecutionContext, config: TrainingTextsConfig,
                    storage: StorageResource) -> dg.MaterializeResult:
     """Per image its list of texts "<severity> <location> <category>. <description>", each
@@ -105,7 +106,8 @@ class TextEmbeddingsConfig(dg.Config):
     batch_size: int = 64
 
 
-@dg.asset(deps=[training_texts], group_name="knowledge", kinds={"pytorch", "numpy"}, code_version="1")
+@dg.asset(deps=[training_texts], group_name="knowledge", kinds={"pytorch", "numpy"}, code_version="1",
+          automation_condition=DERIVED_FROM_EXTRACTION)
 def text_embeddings(context: dg.AssetExecutionContext, config: TextEmbeddingsConfig,
                     storage: StorageResource) -> dg.MaterializeResult:
     """One embedding per distinct text from a frozen sentence encoder loaded from a local path."""
@@ -141,6 +143,7 @@ SSM_CHECKS = ("symmetric", "unit_diagonal", "value_range", "zero_across_categori
 
 @dg.asset(
     deps=[training_texts, text_embeddings], group_name="knowledge", kinds={"numpy"}, code_version="1",
+    automation_condition=DERIVED_FROM_EXTRACTION,
     check_specs=[dg.AssetCheckSpec(name, asset="ssm", blocking=True) for name in SSM_CHECKS],
 )
 def ssm(context: dg.AssetExecutionContext, config: SSMConfig, storage: StorageResource) -> dg.MaterializeResult:
@@ -159,7 +162,7 @@ def ssm(context: dg.AssetExecutionContext, config: SSMConfig, storage: StorageRe
     context.log.info(f"{summary.n_blocks} blocks, {summary.n_texts} texts, {summary.bytes_on_disk} bytes")
     return dg.MaterializeResult(
         metadata={
-            **{k: v for k, v in summary.metadata().items() if k != "out_dir"},
+            **rounded({k: v for k, v in summary.metadata().items() if k != "out_dir"}),
             "dagster/row_count": summary.n_texts,
             "block_sizes": md_table(blocks.select(["group", "size"]).to_pylist(), ["group", "size"], 40),
             "largest_block_heatmap": dg.MetadataValue.md(png_markdown(heatmap, summary.largest_block_group)),

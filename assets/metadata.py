@@ -22,3 +22,20 @@ def counts(values: Iterable, name: str = "value") -> dg.MetadataValue:
 
 def preview(table: pa.Table, columns: Sequence[str], limit: int = 5) -> dg.MetadataValue:
     return md_table(table.select(list(columns)).slice(0, limit).to_pylist(), columns, limit)
+
+
+def format_interval(interval, digits: int = 3) -> str:
+    """(0.8917, 0.9231) -> "0.892–0.923"; "n/a" when there is no interval (too few positives)."""
+    try:
+        low, high = (float(x) for x in interval)
+    except (TypeError, ValueError):
+        return "n/a"
+    if low != low or high != high:
+        return "n/a"
+    return f"{low:.{digits}f}–{high:.{digits}f}"
+
+
+def rounded(metadata: dict, digits: int = 4) -> dict:
+    """Floats to `digits` significant digits for display (the UI shows all 17 otherwise; a small
+    error such as 3.2e-05 keeps its size); other values as they are."""
+    return {k: float(f"{v:.{digits}g}") if isinstance(v, float) else v for k, v in metadata.items()}

@@ -8,7 +8,6 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Literal
 
 import dagster as dg
 
@@ -19,11 +18,24 @@ from pipeline.resources import MLflowResource, StorageResource
 
 
 class PretrainConfig(dg.Config):
-    preset: str = "demo"  # training.config.PRESETS: demo (CPU minutes) or paper
-    overrides_json: str = "{}"  # TrainConfig fields, e.g. {"epochs": 5, "loss": "infonce"}
-    launcher: Literal["in_process", "torchrun"] = "in_process"
-    nproc_per_node: int = 1
+    """Empty / unset fields take `training:` of medfilip.yaml (or MEDFILIP_TRAINING_*), then the defaults."""
+
+    preset: str = ""  # training.config.PRESETS: demo (CPU minutes) or paper; default demo
+    overrides_json: str = ""  # TrainConfig fields, e.g. {"epochs": 5, "loss": "infonce"}; on top of the file's
+    launcher: str = ""  # in_process (default) or torchrun
+    nproc_per_node: int = 0  # default 1
     fresh: bool = False  # start over instead of resuming an interrupted run with the same inputs
+
+
+def resolved_training(config: PretrainConfig) -> dict:
+    """The run config merged onto the settings file: preset, overrides, launcher, nproc_per_node."""
+    from pipeline.config_file import section
+
+    file = section("training")
+    overrides = {**file.get("overrides", {}), **json.loads(config.overrides_json or "{}")}
+    return {"preset": config.preset or file.get("preset", "demo"), "overrides": overrides,
+            "launcher": config.launcher or file.get("launcher", "in_process"),
+            "nproc_per_node": config.nproc_per_node or file.get("nproc_per_node", 1)}
 
 
 @dg.asset(
@@ -40,10 +52,15 @@ def pretrained_model(
     import mlflow
 
     from training.config import PRESETS, TrainConfig
-    from training.tracking import curves_figure, log_inputs, register_model, run_fingerprint
+    from training.tracking import curves_figure, input_digests as digests_of, log_inputs, register_model, run_fingerprint
 
     lay = storage.layout()
-    train_config = TrainConfig.model_validate({**PRESETS[config.preset], **json.loads(config.overrides_json)})
+    chosen = resolved_training(config)
+    if chosen["launcher"] not in ("in_process", "torchrun"):
+        raise dg.Failure(f"launcher {chosen['launcher']!r} is unknown: use in_process or torchrun")
+    if chosen["preset"] not in PRESETS:
+        raise dg.Failure(f"training preset {chosen['preset']!r} is unknown: use one of {', '.join(PRESETS)}")
+    train_config = TrainConfig.model_validate({**PRESETS[chosen["preset"]], **chosen["overrides"]})
     lineage = collect_lineage(context.instance, MODEL_ANCESTORS)
     fingerprint = run_fingerprint(train_config.model_dump(mode="json"), lineage)
     out_dir = lay.asset_dir("pretrained_model") / fingerprint
@@ -67,15 +84,16 @@ def pretrained_model(
     start = {"run_id": previous} if previous else {"experiment_id": experiment_id, "run_name": f"pretrain-{fingerprint[:8]}"}
     with mlflow.start_run(**start) as run:
         mlflow.set_tags(tags)
+        input_digests = digests_of(lineage)
         if previous:
             context.log.info(f"continuing MLflow run {previous}")
         else:
             write_text(out_dir / MLFLOW_RUN_FILE, run.info.run_id)
-            mlflow.log_params({**train_config.model_dump(mode="json"), "preset": config.preset,
-                               "launcher": config.launcher, "nproc_per_node": config.nproc_per_node})
+            mlflow.log_params({**train_config.model_dump(mode="json"), "preset": chosen["preset"],
+                               "launcher": chosen["launcher"], "nproc_per_node": chosen["nproc_per_node"]})
             log_inputs(lineage)
-        if config.launcher == "torchrun":
-            history = train_with_torchrun(context, train_config, lay, out_dir, config.nproc_per_node)
+        if chosen["launcher"] == "torchrun":
+            history = train_with_torchrun(context, train_config, lay, out_dir, chosen["nproc_per_node"])
         else:
             history = train_in_process(context, train_config, lay, out_dir, resuming)
         best = out_dir / "checkpoints" / "best.pt"
@@ -88,7 +106,7 @@ def pretrained_model(
         mlflow.log_artifact(str(out_dir / "lineage.json"))
         curves = curves_figure(history)
         if curves is not None:
-            mlflow.log_figure(curves, "training_curves.png")
+            mlflow.log_figure(curves, "training_curves.png", save_kwargs={"bbox_inches": "tight", "dpi": 100})
         version = register_model(best, out_dir, checkpoint_sha, mlflow_tracking.registered_model_name)
         final = history[-1] if history else {}
         if final:
@@ -106,8 +124,9 @@ def pretrained_model(
             "model": train_config.model,
             "loss": train_config.loss,
             "epochs": len(history),
-            "zero_shot_mean_auc": float(final.get("zero_shot_mean_auc", float("nan"))),
-            "val_loss": float(final.get("val_loss", float("nan"))),
+            "zero_shot_mean_auc": round(float(final.get("zero_shot_mean_auc", float("nan"))), 4),
+            "val_loss": round(float(final.get("val_loss", float("nan"))), 4),
+            **{f"input_digest_{asset}": digest for asset, digest in input_digests.items()},
             "curves": dg.MetadataValue.md(figure_markdown(curves, "training curves") if curves else "_no epochs_"),
             "history": dg.MetadataValue.json(history),
         },

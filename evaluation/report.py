@@ -104,7 +104,7 @@ def write_json(results: Mapping[str, Any], path: str | Path) -> Path:
 def _row(task: str, setting: str, metric: str, value: float, ci: Any = None) -> dict[str, str]:
     text = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
     if ci is not None and text != "n/a" and not any(math.isnan(v) for v in ci[:2]):
-        text += f" ({ci[0]:.3f}-{ci[1]:.3f})"
+        text += f" ({ci[0]:.3f}–{ci[1]:.3f})"
     return {"task": task, "setting": setting, "metric": metric, "value": text}
 
 

@@ -25,12 +25,30 @@ def finite_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
 
 
+def dataset_digest(data: Any) -> str:
+    """16 hex over an evaluation set's image ids, categories and labels: what was scored."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    digest.update("\n".join(map(str, data.image_ids)).encode())
+    digest.update(b"\0" + "\n".join(map(str, data.categories)).encode())
+    digest.update(b"\0" + np.ascontiguousarray(data.labels).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def log_evaluation(name: str, results: Mapping[str, Any], summary: Mapping[str, Any], out_dir: Path, *,
                    experiment_id: str, parent_run_id: str, tags: Mapping[str, str] | None = None,
-                   roc: Mapping | None = None, examples: Any = None) -> EvaluationRecord:
+                   roc: Mapping | None = None, examples: Any = None, params: Mapping[str, Any] | None = None,
+                   datasets: list[tuple[str, str, str]] | None = None) -> EvaluationRecord:
     """Write results.json / results.md (and roc.png / examples.png) under `out_dir` and log them,
-    with the summary's numbers as metrics, in a run named `name` under `parent_run_id`."""
+    with the summary's numbers as metrics, `params`, and `datasets` ((name, digest, location)
+    inputs), in a run named `name` under `parent_run_id`."""
     import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from training.tracking import local_source
 
     out_dir.mkdir(parents=True, exist_ok=True)
     record = EvaluationRecord(run_id="", table=markdown_table(results), metrics=finite_metrics(summary))
@@ -42,6 +60,11 @@ def log_evaluation(name: str, results: Mapping[str, Any], summary: Mapping[str, 
         record.files["examples"] = plot_examples(examples, out_dir / "examples.png")
     run_tags = {"mlflow.parentRunId": parent_run_id, **(tags or {})}
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=run_tags) as run:
+        if params:
+            mlflow.log_params({k: v for k, v in params.items() if v not in (None, "")})
+        for dataset_name, digest, location in datasets or []:
+            mlflow.log_input(MetaDataset(local_source(location), name=dataset_name, digest=digest),
+                             context="evaluation")
         mlflow.log_metrics(record.metrics)
         for path in record.files.values():
             mlflow.log_artifact(str(path))

@@ -8,12 +8,18 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
+from pipeline.config_file import home_and_source, setting, template, use_config_file
 from pipeline.demo import DEMO_STUDIES
-from pipeline.settings import REPO_ROOT, prepare_home
+from pipeline.errors import UserError, one_line
+from pipeline.settings import prepare_home
 
 CORPUS_STUDIES = 200
+# Extraction assets: a run that selects one builds the extractor first, so a missing key or
+# endpoint is one line before any work starts, not a trace out of a failed step.
+EXTRACTION_ASSETS = {"prompts", "llm_extractions"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,14 +28,52 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    return int(args.handler(args) or 0)
+    debug = getattr(args, "debug", False)
+    try:
+        use_config_file(getattr(args, "config", None))
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"medfilip: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:
+        if debug or not isinstance(exc.code, str):
+            raise
+        print(f"medfilip: error: {exc.code}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medfilip: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001  (anything else still gets the short form)
+        if debug:
+            raise
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        print(f"medfilip: {type(exc).__name__}: {one_line(exc)}\n"
+              f"  at {Path(where.filename).name}:{where.lineno}; rerun with --debug for the traceback",
+              file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medfilip", description=__doc__)
+    # The shared options work before or after the subcommand (`medfilip --debug run x` and
+    # `medfilip run x --debug`); SUPPRESS keeps a subparser from resetting what the main set.
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                        help="settings file (default: $MEDFILIP_CONFIG, else ./medfilip.yaml if present)")
+    shared.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error")
+    parser = argparse.ArgumentParser(prog="medfilip", description=__doc__, parents=[shared])
     sub = parser.add_subparsers()
 
-    corpus = sub.add_parser("corpus", help="generate the synthetic DICOM + report corpus")
+    init = sub.add_parser("init", parents=[shared],
+                          help="create the data root and a medfilip.yaml here (nothing else creates one silently)")
+    init.add_argument("--home", help="data root to create (default: the configured one, else ./.medfilip)")
+    init.add_argument("--print", action="store_true", dest="print_only",
+                      help="print a commented medfilip.yaml and create nothing")
+    init.set_defaults(handler=cmd_init)
+
+    corpus = sub.add_parser("corpus", parents=[shared], help="generate the synthetic DICOM + report corpus")
     corpus.add_argument("--out", type=Path, required=True)
     corpus.add_argument("--studies", type=int, default=CORPUS_STUDIES)
     corpus.add_argument("--seed", type=int, default=0)
@@ -38,26 +82,66 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--workers", type=int, default=1)
     corpus.set_defaults(handler=cmd_corpus)
 
-    demo = sub.add_parser("demo", help="generate a corpus (if needed) and materialise the pipeline")
+    demo = sub.add_parser("demo", parents=[shared],
+                          help="generate a corpus (if needed) and materialise the pipeline")
     demo.add_argument("--studies", type=int, default=DEMO_STUDIES)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=cmd_demo)
 
-    run = sub.add_parser("run", help="materialise one asset, group or job (runs show in the UI)")
+    run = sub.add_parser("run", parents=[shared],
+                         help="materialise one asset, group or job (runs show in the UI)")
     run.add_argument("target", help="asset key, group name or job name")
     run.add_argument("--partition", action="append", help="shard (pNN); repeatable; default all")
     run.set_defaults(handler=cmd_run)
 
-    lineage = sub.add_parser("lineage", help="print what a model was built from, flagging inputs that changed since")
+    lineage = sub.add_parser("lineage", parents=[shared],
+                             help="print what a model was built from, flagging inputs that changed since")
     lineage.add_argument("model", help="registered model version (3, medfilip/3, models:/medfilip/3), "
-                                       "MLflow run id, or checkpoint path")
+                                       "MLflow run id, checkpoint path, or a file of the registered model")
     lineage.add_argument("--json", action="store_true", help="machine-readable output")
     lineage.set_defaults(handler=cmd_lineage)
 
-    ui = sub.add_parser("ui", help="start `dagster dev` on 127.0.0.1 over MEDFILIP_HOME's instance")
+    ui = sub.add_parser("ui", parents=[shared], help="start `dagster dev` on 127.0.0.1 over MEDFILIP_HOME's instance")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(handler=cmd_ui)
     return parser
+
+
+def data_root(create: str = "never"):
+    """The data root this command uses, announced on stderr. An existing one is used as is. A
+    missing one is created only when `create` allows: "configured" (MEDFILIP_HOME or `home:`
+    named it) or "always" (`medfilip init` / `medfilip demo`, the commands that ask for it):
+    nothing else silently makes a ./.medfilip in whatever folder it was run from."""
+    home, source = home_and_source()
+    exists = home.is_dir()
+    configured = not source.startswith("default")
+    if not exists and not (create == "always" or (create == "configured" and configured)):
+        if not configured:
+            raise UserError(f"no data root configured and none at {home}",
+                            "run `medfilip init` (creates ./.medfilip and ./medfilip.yaml), "
+                            "or set MEDFILIP_HOME / `home:` in medfilip.yaml to your data root")
+        raise UserError(f"data root {home} (from {source}) does not exist",
+                        "check the path, or create it with `medfilip init`")
+    lay = prepare_home(home)
+    print(f"medfilip: data root {home} (from {source}){'' if exists else ', created'}", file=sys.stderr)
+    return lay
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    if args.print_only:
+        print(template(args.home or ".medfilip"), end="")
+        return 0
+    home = Path(args.home).expanduser().resolve() if args.home else home_and_source()[0]
+    lay = prepare_home(home)
+    print(f"data root {lay.home} ready")
+    config = Path.cwd() / "medfilip.yaml"
+    if not os.environ.get("MEDFILIP_CONFIG") and not config.exists():
+        shown = os.path.relpath(lay.home) if lay.home.is_relative_to(Path.cwd()) else str(lay.home)
+        from common.storage import write_text
+
+        write_text(config, template(shown))
+        print(f"wrote {config}: set archive: there to read your own archive")
+    return 0
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
@@ -65,7 +149,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
     summary = generate_corpus(
         args.out, studies=args.studies, seed=args.seed, image_size=args.image_size,
-        image_format=args.format, workers=args.workers, progress=True,
+        image_format=args.format, workers=args.workers, progress=sys.stderr.isatty(),
     )
     print(json.dumps(summary.to_dict(), indent=2, default=str))
     return 0
@@ -79,10 +163,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.runner import materialise
 
     start = time.perf_counter()
-    lay = prepare_home()
-    if not (lay.corpus / "manifest.json").exists():
+    lay = data_root(create="always")
+    archive = setting("archive.root")
+    if archive:  # a configured archive is the demo's input; no corpus is generated beside it
+        print(f"Using the archive at {archive} (archive.root of the settings)")
+    elif not (lay.corpus / "manifest.json").exists():
         print(f"Generating {args.studies} studies into {lay.corpus} ...", flush=True)
-        generate_corpus(lay.corpus, studies=args.studies, seed=args.seed, progress=True, **DEMO_CORPUS)
+        generate_corpus(lay.corpus, studies=args.studies, seed=args.seed, progress=sys.stderr.isatty(),
+                        **DEMO_CORPUS)
     else:
         print(f"Using the corpus already in {lay.corpus}")
     timings = {"corpus": time.perf_counter() - start}
@@ -103,7 +191,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runner import materialise
 
-    prepare_home()
+    check_run_request(args.target, args.partition)
+    data_root(create="configured")
     summary = materialise(args.target, partitions=args.partition)
     print(json.dumps(summary, indent=2))
     # The JSON is for scripts; these lines are for the person at the terminal.
@@ -120,11 +209,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_lineage(args: argparse.Namespace) -> int:
     from pipeline.lineage import check_lineage, format_lineage, resolve_lineage
 
-    prepare_home()
+    lay = data_root()
+    if not lay.mlflow_db.is_file() and not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise UserError(f"no MLflow store at {lay.mlflow_db}: no model has been trained in this data root",
+                        "materialise pretrained_model (`medfilip demo`), or point MEDFILIP_HOME at the right root")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     record = resolve_lineage(args.model)
     record["inputs"] = check_lineage(record["inputs"])
     if args.json:
+        from pipeline.lineage import dataset_digests
+
+        record["datasets"] = dataset_digests(record["inputs"])
         print(json.dumps(record, indent=2, default=str))
     else:
         print(format_lineage(record))
@@ -132,10 +227,42 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    lay = prepare_home()
+    lay = data_root(create="configured")
     print(f"Dagster UI on http://127.0.0.1:{args.port}  (DAGSTER_HOME={lay.dagster_home})")
-    command = [str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
+    # -m, not a workspace file: the code location is the installed package, wherever that is.
+    command = [str(Path(sys.executable).with_name("dagster")), "dev", "-m", "pipeline.definitions",
                "-h", "127.0.0.1", "-p", str(args.port)]
     # exec, not a child: a signal to `medfilip ui` then reaches dagster dev itself.
-    os.chdir(REPO_ROOT)
     os.execve(command[0], command, dict(os.environ, DAGSTER_HOME=str(lay.dagster_home)))
+
+
+def check_run_request(target: str, partitions: list[str] | None) -> None:
+    """Refuse, in one line, what would fail only after Dagster started: a partition the target
+    does not have, a partition of an unpartitioned target, an extractor that cannot be built."""
+    from pipeline.definitions import defs
+    from pipeline.resources import ExtractorResource
+    from pipeline.runner import resolve_job
+
+    job = resolve_job(defs, target)
+    if partitions:
+        if job.partitions_def is None:
+            raise UserError(f"{target} is not partitioned", "drop --partition")
+        valid = list(job.partitions_def.get_partition_keys())
+        unknown = [p for p in partitions if p not in valid]
+        if unknown:
+            raise UserError(f"unknown partition {', '.join(unknown)} of {target}",
+                            f"use one of {', '.join(valid)} (or no --partition for all)")
+    selected = {key.to_user_string() for key in job.asset_layer.selected_asset_keys}
+    if selected & EXTRACTION_ASSETS:
+        try:
+            ExtractorResource().make_backend()
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (pydantic, a missing key, an unreadable prompt)
+            errors = getattr(exc, "errors", None)
+            cause = ("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors())
+                     if callable(errors) else one_line(exc))
+            raise UserError(f"the extractor cannot be built: {cause}",
+                            ("export that variable with the key, or " if "is not set" in cause else "")
+                            + "fix the extractor settings (medfilip.yaml `extractor:` or MEDFILIP_EXTRACTOR / "
+                            "MEDFILIP_LLM_*), or use the offline default: MEDFILIP_EXTRACTOR=rules") from exc

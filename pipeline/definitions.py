@@ -9,7 +9,13 @@ from assets.knowledge import every_triplet_category_described, knowledge_base, s
 from assets.training import pretrained_model
 from pipeline.jobs import jobs
 from pipeline.resources import ArchiveResource, ExtractorResource, MLflowResource, StorageResource
-from pipeline.sensors import archive_arrival_sensor, dead_run_sensor, nightly_extraction_schedule, prompt_change_sensor
+from pipeline.sensors import (
+    archive_arrival_sensor,
+    dead_run_sensor,
+    nightly_extraction_schedule,
+    prompt_change_sensor,
+    prompt_downstream_sensor,
+)
 
 defs = dg.Definitions(
     assets=[
@@ -21,7 +27,7 @@ defs = dg.Definitions(
     ],
     asset_checks=[every_triplet_category_described],
     jobs=jobs,
-    sensors=[prompt_change_sensor, dead_run_sensor, archive_arrival_sensor],
+    sensors=[prompt_change_sensor, prompt_downstream_sensor, dead_run_sensor, archive_arrival_sensor],
     schedules=[nightly_extraction_schedule],
     resources={
         "storage": StorageResource(),

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.settings import REPO_ROOT, Layout
+from pipeline.settings import Layout
 
 DEMO_STUDIES = 3000
 # The ten pNN folders as shards: 3,000 studies over ~900 subject-prefix shards would be 900
@@ -24,19 +24,25 @@ DEMO_OPS_CONFIG = {
     # the frozen text encoder, negated texts invert the zero-shot AUCs (see training.config.PRESETS).
     "training_texts": {"config": {"drop_negated": True}},
     "ssm": {"config": {"separate_negations": True}},
-    "pretrained_model": {"config": {"preset": "demo"}},
+    # pretrained_model: no preset here, so `training:` of medfilip.yaml applies (default: demo).
     **{name: {"config": {"n_boot": 200, "epochs": 3}}
        for name in ("zero_shot_eval", "retrieval_eval", "finetune_eval", "segmentation_eval")},
 }
 
 
+PROMPT_SENSORS = ("prompt_change_sensor", "prompt_downstream_sensor")
+
+
 def start_prompt_sensor(lay: Layout) -> str:
-    """Switch on prompt_change_sensor in the instance (the daemon of `dagster dev` runs it)."""
-    command = [str(Path(sys.executable).with_name("dagster")), "sensor", "start", "prompt_change_sensor",
-               "-w", str(REPO_ROOT / "workspace.yaml")]
+    """Switch on the prompt sensors in the instance (the daemon of `dagster dev` runs them)."""
     env = dict(os.environ, DAGSTER_HOME=str(lay.dagster_home))
-    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-    return "on" if done.returncode == 0 else f"could not be started: {done.stderr.strip()[-300:]}"
+    for sensor in PROMPT_SENSORS:
+        command = [str(Path(sys.executable).with_name("dagster")), "sensor", "start", sensor,
+                   "-m", "pipeline.definitions"]
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            return f"{sensor} could not be started: {done.stderr.strip().splitlines()[-1][-300:]}"
+    return "on (" + ", ".join(PROMPT_SENSORS) + ")"
 
 
 def print_demo_summary(lay: Layout, summaries: list[dict], timings: dict[str, float], sensor: str) -> None:
@@ -75,9 +81,13 @@ def print_demo_summary(lay: Layout, summaries: list[dict], timings: dict[str, fl
 
 
 def format_ci(text: str | None) -> str:
-    """"(0.6846..., 0.7314...)" -> "0.685-0.731"."""
+    """"0.685–0.731" as recorded, or an older "(0.6846..., 0.7314...)" -> "0.685–0.731"."""
+    from assets.metadata import format_interval
+
+    if text and "–" in str(text):
+        return str(text)
     try:
         low, high = (float(x) for x in str(text).strip("()[] ").split(","))
     except ValueError:
         return "n/a"
-    return f"{low:.3f}-{high:.3f}"
+    return format_interval((low, high))

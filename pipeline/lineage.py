@@ -15,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 
 from common.storage import file_sha256
+from pipeline.errors import UserError
 
 # The chain behind a pre-trained model, nearest first.
 MODEL_ANCESTORS = (
@@ -103,43 +104,136 @@ def recorded_files(metadata: dict) -> dict[str, str]:
 
 
 def resolve_lineage(reference: str) -> dict:
-    """The lineage record of a checkpoint path, an MLflow run id or a registered model version."""
-    path = Path(reference)
+    """The lineage record of a checkpoint path, a file of the registered model in MLflow's
+    artifact store, an MLflow run id or a registered model version. A reference that is none
+    of these is a UserError naming what exists."""
+    path = Path(reference).expanduser()
     if path.exists():
-        candidates = [path] if path.name == "lineage.json" else [path.parent / "lineage.json",
-                                                                  path.parent.parent / "lineage.json"]
-        for candidate in candidates:
-            if candidate.is_file():
-                return json.loads(candidate.read_text())
-        raise SystemExit(f"no lineage.json beside {path}")
+        return _lineage_beside(path)
+    if _looks_like_path(reference):
+        raise UserError(f"{reference} does not exist",
+                        "give an existing checkpoint (or lineage.json), a model version, or an MLflow run id")
     import mlflow
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from pipeline.settings import USER_MLFLOW_TRACKING_URI, layout
 
-    mlflow.set_tracking_uri(USER_MLFLOW_TRACKING_URI or layout().mlflow_tracking_uri)
+    from pipeline.quiet import quiet_mlflow
+
+    quiet_mlflow()
+    store = USER_MLFLOW_TRACKING_URI or layout().mlflow_tracking_uri
+    mlflow.set_tracking_uri(store)
     client = MlflowClient()
-    run_id = reference
     name, _, version = reference.removeprefix("models:/").rpartition("/")
     if reference.isdigit() or (name and version.isdigit()):
-        model_version = client.get_model_version(name or "medfilip", version if name else reference)
-        run_id = model_version.run_id
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="lineage.json")
+        name, version = (name or REGISTERED_MODEL, version if name else reference)
+        try:
+            run_id = client.get_model_version(name, version).run_id
+        except MlflowException as exc:
+            existing = _model_versions(client, name)
+            raise UserError(f"model version {version} of {name!r} does not exist in {store}",
+                            f"existing versions: {', '.join(existing)}" if existing else
+                            f"no version of {name!r} is registered yet: materialise pretrained_model "
+                            "(`medfilip demo` or `medfilip run pretrained_model`)") from exc
+        return _run_lineage(run_id, f"model version {version} of {name!r}")
+    try:
+        client.get_run(reference)
+    except MlflowException as exc:
+        existing = _model_versions(client, REGISTERED_MODEL)
+        raise UserError(f"{reference!r} is not a path, a model version or an MLflow run id in {store}",
+                        "give a checkpoint path, an MLflow run id, or a model version"
+                        + (f" ({', '.join(existing)})" if existing else "")) from exc
+    return _run_lineage(reference, f"MLflow run {reference}")
+
+
+REGISTERED_MODEL = "medfilip"
+
+
+def _looks_like_path(reference: str) -> bool:
+    return "/" in reference or "\\" in reference or Path(reference).suffix in (".pt", ".json", ".pth")
+
+
+def _lineage_beside(path: Path) -> dict:
+    """lineage.json next to a checkpoint (or one folder up); for a file inside MLflow's artifact
+    store, the record of the run that logged the model (its MLmodel file names the run)."""
+    path = path.resolve()
+    candidates = [path] if path.name == "lineage.json" else [path / "lineage.json", path.parent / "lineage.json",
+                                                              path.parent.parent / "lineage.json"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return json.loads(candidate.read_text())
+    for folder in [path, *path.parents][:6]:
+        mlmodel = folder / "MLmodel"
+        if mlmodel.is_file():
+            import yaml
+
+            run_id = (yaml.safe_load(mlmodel.read_text()) or {}).get("run_id")
+            if run_id:
+                import mlflow
+
+                from pipeline.settings import USER_MLFLOW_TRACKING_URI, layout
+
+                mlflow.set_tracking_uri(USER_MLFLOW_TRACKING_URI or layout().mlflow_tracking_uri)
+                return _run_lineage(run_id, f"the model logged by run {run_id}")
+    raise UserError(f"no lineage.json beside {path}, and it is not inside a logged MLflow model",
+                    "give the checkpoint that pretrained_model wrote (its metadata `path`), "
+                    "or a model version / MLflow run id")
+
+
+def _run_lineage(run_id: str, what: str) -> dict:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="lineage.json")
+    except (MlflowException, OSError) as exc:
+        raise UserError(f"{what} has no lineage.json artifact (run {run_id})",
+                        "only runs of pretrained_model carry lineage: give the model's run or version") from exc
     return json.loads(Path(local).read_text())
 
 
+def _model_versions(client, name: str) -> list[str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    return [str(v) for v in sorted(int(v.version) for v in versions)]
+
+
+def dataset_digests(entries: list[dict]) -> dict[str, str]:
+    """Per asset the one digest that MLflow's dataset inputs and the Dagster metadata show."""
+    from training.tracking import dataset_digest
+
+    by_asset: dict[str, list[dict]] = {}
+    for entry in entries:
+        by_asset.setdefault(entry["asset"], []).append(entry)
+    return {asset: dataset_digest(group) for asset, group in by_asset.items()}
+
+
 def format_lineage(record: dict) -> str:
+    from training.tracking import entry_digest
+
     lines = [f"checkpoint  {record['checkpoint']}",
              f"  sha256    {record['checkpoint_sha256']}",
              f"  mlflow    run {record['mlflow_run_id']}   dagster run {record['dagster_run_id']}"]
+    datasets = dataset_digests(record["inputs"])
+    counts: dict[str, int] = {}
     for entry in record["inputs"]:
-        digest = next(iter(entry.get("digests", {}).values()), entry.get("data_version", ""))
+        counts[entry["asset"]] = counts.get(entry["asset"], 0) + 1
+    for index, entry in enumerate(record["inputs"]):
         label = entry["asset"] + (f"[{entry['partition']}]" if entry.get("partition") else "")
         flag = {"ok": "ok", "unchecked": "-", "changed": "CHANGED"}.get(entry.get("status", "-"), entry.get("status"))
         context = ", ".join(f"{k}={v}" for k, v in entry.get("context", {}).items() if k != "dagster/row_count")
-        lines.append(f"<- {label:<22} {str(digest)[:16]:<16} run {entry['run_id'][:8]} {entry['time'][:19]}  {flag}"
+        lines.append(f"<- {label:<22} {entry_digest(entry):<16} run {entry['run_id'][:8]} {entry['time'][:19]}  {flag}"
                      + (f"  ({context})" if context else ""))
         lines.extend(f"     ! {problem}" for problem in entry.get("problems", []))
+        following = record["inputs"][index + 1]["asset"] if index + 1 < len(record["inputs"]) else None
+        if counts[entry["asset"]] > 1 and following != entry["asset"]:
+            lines.append(f"   {entry['asset'] + ' (all ' + str(counts[entry['asset']]) + ')':<22} "
+                         f"{datasets[entry['asset']]:<16} whole-dataset digest (the one MLflow inputs carry)")
     changed = sum(e.get("status") == "changed" for e in record["inputs"])
     lines.append(f"{changed} input(s) changed since training" if changed else "all recorded inputs match")
     return "\n".join(lines)

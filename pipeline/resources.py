@@ -3,10 +3,11 @@ deployment swaps values (or a production variant) in one place: pipeline/definit
 
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import dagster as dg
 
+from pipeline.config_file import section, setting
 from pipeline.settings import Layout, layout, patient_salt
 
 
@@ -27,7 +28,8 @@ class StorageResource(dg.ConfigurableResource):
 
 
 class ArchiveResource(dg.ConfigurableResource):
-    """Where the chest X-ray archive is. Empty paths mean the generated corpus in MEDFILIP_HOME.
+    """Where the chest X-ray archive is. A field left empty takes `archive:` of medfilip.yaml
+    (or its MEDFILIP_ARCHIVE_* variable); with neither, the generated corpus in MEDFILIP_HOME.
 
     `image_format="jpg"` reads MIMIC-CXR-JPG (JPEG files + its metadata CSV) into the same
     schema as DICOM; `report_root` may point at a separate MIMIC-CXR reports tree.
@@ -35,17 +37,26 @@ class ArchiveResource(dg.ConfigurableResource):
 
     root: str = ""
     report_root: str = ""
-    image_format: Literal["dicom", "jpg"] = "dicom"
+    image_format: str = ""  # "dicom" (default) or "jpg"
     metadata_csv: str = ""
 
     def image_root(self, storage: StorageResource) -> Path:
-        return Path(self.root).expanduser() if self.root else storage.layout().corpus
+        root = self.root or setting("archive.root")
+        return Path(root).expanduser() if root else storage.layout().corpus
 
     def reports_root(self, storage: StorageResource) -> Path:
-        return Path(self.report_root).expanduser() if self.report_root else self.image_root(storage)
+        root = self.report_root or setting("archive.report_root")
+        return Path(root).expanduser() if root else self.image_root(storage)
+
+    def source_format(self) -> str:
+        chosen = (self.image_format or setting("archive.image_format") or "dicom").lower()
+        if chosen not in ("dicom", "jpg"):
+            raise ValueError(f"archive image_format {chosen!r} is unknown: use dicom or jpg")
+        return chosen
 
     def metadata_path(self) -> Path | None:
-        return Path(self.metadata_csv).expanduser() if self.metadata_csv else None
+        csv = self.metadata_csv or setting("archive.metadata_csv")
+        return Path(csv).expanduser() if csv else None
 
 
 class ExtractorResource(dg.ConfigurableResource):
@@ -54,7 +65,8 @@ class ExtractorResource(dg.ConfigurableResource):
     `openai` talks to any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp server);
     the API key is read from the environment variable *named* by `api_key_env`. Every field is
     a field of `extraction.config` (where its default and its check live); a field left unset
-    takes the environment's value (MEDFILIP_EXTRACTOR, MEDFILIP_LLM_*), so a run config that
+    takes the environment's value (MEDFILIP_EXTRACTOR, MEDFILIP_LLM_*), else `extractor:` of
+    medfilip.yaml, so a run config that
     sets only `timeout_s` changes the timeout of the backend the environment chose.
     """
 
@@ -82,12 +94,25 @@ class ExtractorResource(dg.ConfigurableResource):
         from extraction.config import backend_config_from_settings, settings_from_env
 
         explicit = {k: v for k, v in self.model_dump().items() if v is not None}
-        return backend_config_from_settings({**settings_from_env(), **explicit})
+        return backend_config_from_settings({**section("extractor"), **settings_from_env(), **explicit})
 
     def make_backend(self):
         from extraction.backends import make_backend
 
         return make_backend(self.backend_config())
+
+    def prompt_files(self) -> list[str]:
+        """The files whose content is "the prompt" of the configured backend (its version's input)."""
+        from extraction.prompts import default_prompt_dir
+        from extraction.vocabulary import default_vocabulary_path
+
+        config = self.backend_config()
+        if config.kind == "rules":  # the rules' code and their vocabulary
+            import extraction.rules
+
+            return [str(config.vocabulary_path or default_vocabulary_path()), str(Path(extraction.rules.__file__))]
+        folder = Path(config.prompt_dir or default_prompt_dir(config.response_format))
+        return sorted(str(p) for p in folder.glob("*.md"))
 
 
 class MLflowResource(dg.ConfigurableResource):
@@ -103,8 +128,10 @@ class MLflowResource(dg.ConfigurableResource):
         """Point the mlflow client at the store and return the experiment id."""
         import mlflow
 
+        from pipeline.quiet import quiet_mlflow
         from pipeline.settings import USER_MLFLOW_TRACKING_URI
 
+        quiet_mlflow()
         lay = storage.layout()
         remote = self.tracking_uri or USER_MLFLOW_TRACKING_URI
         mlflow.set_tracking_uri(remote or lay.mlflow_tracking_uri)

@@ -20,32 +20,48 @@ PROMPT_VERSION_TAG = "medfilip/prompt_version"
 
 
 @dg.sensor(job=extraction_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Re-run extraction when a file in prompts/ (or the rules vocabulary) changes.")
+           description="Re-run extraction when the current prompt version (prompts/, or the rules "
+                       "vocabulary) is not the one the current llm_extractions was made with.")
 def prompt_change_sensor(context: dg.SensorEvaluationContext, extractor: ExtractorResource):
+    """Converges on the current version: whenever it differs from the latest extraction's, one run
+    is requested, also for a version seen before (its answers come from the cache). The run key
+    names the version and the materialisation it replaces, so the daemon launches it once per
+    (version, current extraction) and never again for that pair, however many ticks pass."""
     version = extraction_version(extractor)
-    if version == context.cursor:
-        return dg.SkipReason(f"prompt version {version} unchanged")
     observation = dg.AssetObservation(asset_key="prompts", tags={"dagster/data_version": version},
-                                      metadata={"prompt_version": version, "backend": extractor.backend})
-    # First tick after switching on: only re-run if the last extraction used another version.
-    last_used = last_extraction_version(context.instance)
-    if context.cursor is None and last_used == version:
-        return dg.SensorResult(asset_events=[observation], cursor=version)
-    context.log.info(f"prompt version {context.cursor or last_used} -> {version}: re-running extraction")
+                                      metadata={"prompt_version": version, "backend": extractor.backend_config().kind,
+                                                "prompt_files": ", ".join(extractor.prompt_files())})
+    events = [observation] if version != context.cursor else []
+    latest = latest_extraction(context.instance)
+    if latest is not None and latest[0] == version:
+        return dg.SensorResult(asset_events=events, cursor=version,
+                               skip_reason=None if events else f"llm_extractions already uses prompt version {version}")
+    replaces = f"after-{latest[1]}" if latest else "first"
+    context.log.info(f"prompt version {latest[0] if latest else '(none)'} -> {version}: re-running extraction")
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=f"prompt-{version}", tags={PROMPT_VERSION_TAG: version})],
-        asset_events=[observation],
+        run_requests=[dg.RunRequest(run_key=f"prompt-{version}-{replaces}", tags={PROMPT_VERSION_TAG: version})],
+        asset_events=events,
         cursor=version,
     )
 
 
-def last_extraction_version(instance: dg.DagsterInstance) -> str | None:
-    event = instance.get_latest_materialization_event(dg.AssetKey("llm_extractions"))
-    if event is None or event.asset_materialization is None:
+def latest_extraction(instance: dg.DagsterInstance) -> tuple[str, int] | None:
+    """(prompt version, storage id) of the current llm_extractions materialisation."""
+    records = instance.fetch_materializations(dg.AssetKey("llm_extractions"), limit=1).records
+    if not records or records[0].asset_materialization is None:
         return None
-    value = event.asset_materialization.metadata.get("prompt_version")
-    return str(value.value)[:16] if value is not None else None
+    value = records[0].asset_materialization.metadata.get("prompt_version")
+    return (str(value.value)[:16] if value is not None else "", int(records[0].storage_id))
 
+
+# Evaluates the eager conditions of the assets derived from extraction (assets/automation.py);
+# off until switched on, like prompt_change_sensor, with which `medfilip demo` starts it.
+prompt_downstream_sensor = dg.AutomationConditionSensorDefinition(
+    "prompt_downstream_sensor",
+    target=dg.AssetSelection.assets("triplets", "report_labels", "training_texts", "text_embeddings", "ssm"),
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Re-materialise triplets, report labels, training texts, embeddings and SSM once their inputs change.",
+)
 
 nightly_extraction_schedule = dg.ScheduleDefinition(
     name="nightly_extraction_check",

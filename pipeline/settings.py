@@ -84,7 +84,10 @@ class Layout:
 
 
 def medfilip_home() -> Path:
-    return Path(os.environ.get("MEDFILIP_HOME", ".medfilip")).expanduser().resolve()
+    """MEDFILIP_HOME, else `home:` of medfilip.yaml, else ./.medfilip (pipeline/config_file.py)."""
+    from pipeline.config_file import home_and_source
+
+    return home_and_source()[0]
 
 
 def layout(home: Path | str | None = None) -> Layout:

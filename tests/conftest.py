@@ -1,10 +1,16 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+# An empty settings file: a medfilip.yaml in the folder the suite runs from (a developer's own,
+# written by `medfilip init`) must not point the tests at a real archive or LLM.
+_EMPTY_SETTINGS = Path(tempfile.mkdtemp(prefix="medfilip-tests-")) / "medfilip.yaml"
+_EMPTY_SETTINGS.write_text("# no settings: tests choose their own\n")
+os.environ["MEDFILIP_CONFIG"] = str(_EMPTY_SETTINGS)
 
 
 @pytest.fixture

@@ -88,6 +88,67 @@ def test_pretrained_model_is_an_mlflow_run_with_lineage_and_a_registered_version
     assert {"ssm", "training_texts", "triplets", "llm_extractions", "reports", "cxr_images", "dicom_index"} <= assets
     assert lineage["checkpoint_sha256"] == meta["sha256"].value
 
+    # One digest per dataset: MLflow's input, the Dagster metadata and `medfilip lineage` agree.
+    from pipeline.lineage import dataset_digests
+
+    printed = dataset_digests(lineage["inputs"])
+    assert inputs == {name: printed[name] for name in inputs}
+    assert all(meta[f"input_digest_{name}"].value == digest for name, digest in inputs.items())
+    ssm_meta = graph["result"].asset_materializations_for_node("ssm")[0].metadata
+    assert inputs["ssm"] == ssm_meta["sha256"].value[:16]
+
+    # The registered model has a signature and an input example, and is logged from code.
+    info = mlflow.models.get_model_info(f"models:/medfilip/{meta['model_version'].value}")
+    assert info.signature is not None and "text" in info.signature.inputs.input_names()
+    assert info.saved_input_example_info is not None
+    assert "model_code_path" in info.flavors["python_function"]
+    assert run.info.run_id and "training_curves.png" in {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+
+
+def test_registered_model_loads_outside_the_repository_from_its_own_code(graph, tmp_path):
+    """A fresh interpreter in another folder, without our packages on PYTHONPATH: the model's
+    code paths provide them, and predict answers text and images."""
+    import os
+    import subprocess
+    import sys
+
+    meta = graph["result"].asset_materializations_for_node("pretrained_model")[0].metadata
+    script = f"""
+import io, sys, warnings
+warnings.simplefilter("default")
+import mlflow, numpy as np, pandas as pd
+from PIL import Image
+mlflow.set_tracking_uri({mlflow.get_tracking_uri()!r})
+model = mlflow.pyfunc.load_model("models:/medfilip/{meta['model_version'].value}")
+text = model.predict(pd.DataFrame({{"text": ["small left effusion", "no pneumothorax"]}}))
+png = io.BytesIO(); Image.fromarray(np.full((80, 80), 128, np.uint8)).save(png, format="PNG")
+image = model.predict(pd.DataFrame({{"image": [png.getvalue()]}}))
+import training.model
+print(text.shape, image.shape, text.dtype, training.model.__file__)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    module = done.stdout.strip().split()[-1]
+    assert "(2, 64)" in done.stdout and "(1, 64)" in done.stdout and "float32" in done.stdout
+    assert "/code/training/model.py" in module, module  # the model's own copy, not the repository's
+    assert "cloudpickle" not in done.stderr and "type hint" not in done.stderr
+
+
+def test_lineage_accepts_a_file_of_the_registered_model(graph, capsys, monkeypatch):
+    from pipeline.cli import main
+
+    monkeypatch.setenv("MEDFILIP_HOME", str(graph["home"]))
+    meta = graph["result"].asset_materializations_for_node("pretrained_model")[0].metadata
+    weights = sorted((graph["home"] / "mlartifacts").rglob("model_weights.pt"))
+    assert weights, "the registered model's weights should be in the artifact store"
+    assert main(["lineage", str(weights[0]), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["mlflow_run_id"] in {meta["mlflow_run_id"].value} | {
+        m.metadata["mlflow_run_id"].value for m in graph["result"].asset_materializations_for_node("pretrained_model")}
+    assert record["datasets"]["ssm"] and record["inputs"]
+
 
 def test_torchrun_launcher_trains_with_two_gloo_processes_through_pipes(graph):
     overrides = {**TRAIN, "epochs": 1, "device": "cpu"}
@@ -152,7 +213,12 @@ def test_evaluations_are_mlflow_runs_nested_under_the_model_run(graph):
         assert run.data.tags["mlflow.parentRunId"] == model_run
         artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
         assert {"results.json", "results.md"} <= artifacts
+        assert run.data.params["n_boot"] == "50" and run.data.params["eval_dataset"]
+        inputs = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
+        assert inputs["pretrained_model"] == meta["model_checkpoint_sha256"].value[:16]
+        assert inputs[f"eval_{run.data.params['eval_dataset']}"] == meta["eval_dataset_digest"].value
     zero_shot = result.asset_materializations_for_node("zero_shot_eval")[0].metadata
     assert 0.0 <= zero_shot["mean_auc"].value <= 1.0 and "roc" in zero_shot
+    assert zero_shot["mean_auc_ci"].value == "n/a" or "–" in zero_shot["mean_auc_ci"].value
     finetune = result.asset_materializations_for_node("finetune_eval")[0].metadata
     assert {"auc_linear_pretrained_1pct", "auc_linear_random_1pct"} <= set(finetune)

@@ -7,7 +7,11 @@ import json
 from pathlib import Path
 from typing import Callable, Mapping
 
-from training.mlflow_model import WEIGHTS_ARTIFACT, MedFilipEncoder, save_weights
+from training.mlflow_model import WEIGHTS_ARTIFACT, input_example, model_signature, save_weights
+
+# Each lineage entry's own digest, in this order of preference: the file's sha256 is what the
+# Dagster metadata, `medfilip lineage` and the MLflow dataset all show.
+PRIMARY_DIGEST_KEYS = ("sha256", "digest", "texts_sha256", "model_digest", "prompt_version")
 
 
 def metrics_logger(log: Callable[[str], None] | None = None) -> Callable[[str, int, Mapping], None]:
@@ -25,34 +29,119 @@ def metrics_logger(log: Callable[[str], None] | None = None) -> Callable[[str, i
     return callback
 
 
-def log_inputs(lineage: list[dict]) -> None:
-    """Each input asset as an MLflow dataset: its files' digest and where they are."""
+def entry_digest(entry: Mapping) -> str:
+    """One lineage entry's digest (16 hex), as `medfilip lineage` prints it."""
+    digests = entry.get("digests", {})
+    value = next((digests[k] for k in PRIMARY_DIGEST_KEYS if digests.get(k)), entry.get("data_version", ""))
+    return str(value)[:16]
+
+
+def dataset_digest(entries: list[Mapping]) -> str:
+    """The digest of one dataset: its entry's digest, or for a partitioned asset a hash over its
+    partitions' digests. The same function serves MLflow, Dagster metadata and lineage."""
+    if len(entries) == 1:
+        return entry_digest(entries[0])
+    lines = sorted(f"{e.get('partition') or ''}:{entry_digest(e)}" for e in entries)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+TRAINING_INPUTS = ("cxr_images", "training_texts", "ssm")
+
+
+def input_digests(lineage: list[dict], assets: tuple[str, ...] = TRAINING_INPUTS) -> dict[str, str]:
+    """The dataset digest of each training input present in `lineage`."""
+    by_asset: dict[str, list[dict]] = {}
+    for entry in lineage:
+        by_asset.setdefault(entry["asset"], []).append(entry)
+    return {asset: dataset_digest(by_asset[asset]) for asset in assets if by_asset.get(asset)}
+
+
+def log_inputs(lineage: list[dict], assets: tuple[str, ...] = TRAINING_INPUTS,
+               context: str = "training") -> dict[str, str]:
+    """Each input asset as an MLflow dataset with its digest and location; returns the digests."""
     import mlflow
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
     by_asset: dict[str, list[dict]] = {}
     for entry in lineage:
         by_asset.setdefault(entry["asset"], []).append(entry)
-    for asset in ("cxr_images", "training_texts", "ssm"):
+    logged = {}
+    for asset in assets:
         entries = by_asset.get(asset, [])
-        digest = hashlib.sha256(json.dumps([e["digests"] for e in entries], sort_keys=True, default=str).encode())
+        if not entries:
+            continue
         files = [f for e in entries for f in e.get("files", {})]
-        source = resolve_dataset_source(str(Path(files[0]).parent) if files else asset)
-        mlflow.log_input(MetaDataset(source, name=asset, digest=digest.hexdigest()[:16]), context="training")
+        source = local_source(str(Path(files[0]).parent) if files else asset)
+        logged[asset] = dataset_digest(entries)
+        mlflow.log_input(MetaDataset(source, name=asset, digest=logged[asset]), context=context)
+    return logged
+
+
+def local_source(path: str):
+    """A dataset source for a local folder, built directly: letting MLflow guess the kind from
+    the string warns that two of its registered sources match."""
+    from mlflow.data.dataset_source import DatasetSource
+
+    class LocalFolderSource(DatasetSource):
+        def __init__(self, uri: str) -> None:
+            self.uri = uri
+
+        @staticmethod
+        def _get_source_type() -> str:
+            return "local"
+
+        def load(self, dst_path=None) -> str:
+            return self.uri
+
+        @staticmethod
+        def _can_resolve(raw_source) -> bool:
+            return False
+
+        @classmethod
+        def _resolve(cls, raw_source):
+            return cls(str(raw_source))
+
+        def to_dict(self) -> dict:
+            return {"uri": self.uri}
+
+        @classmethod
+        def from_dict(cls, source_dict: dict):
+            return cls(source_dict["uri"])
+
+    return LocalFolderSource(path)
 
 
 def register_model(checkpoint: Path, out_dir: Path, sha: str, registered_name: str) -> str:
-    """Log the encoder as an MLflow pyfunc in the active run and register it; returns the version."""
+    """Log the encoder as an MLflow pyfunc in the active run and register it; returns the version.
+
+    Logged from code with a signature and an input example, and with `training/` and `common/`
+    as code paths: it loads wherever MLflow and torch are, no repository or pickle needed."""
     import mlflow
 
+    import common
+    import training
+    from training import mlflow_model_code
+
     weights = save_weights(checkpoint, out_dir / "model_weights.pt")
+    packages = [str(Path(package.__file__).parent) for package in (training, common)]
     info = mlflow.pyfunc.log_model(
-        name="model", python_model=MedFilipEncoder(), artifacts={WEIGHTS_ARTIFACT: str(weights)},
-        pip_requirements=["torch", "open_clip_torch", "transformers", "numpy", "pandas"],
-        registered_model_name=registered_name, tags={"checkpoint_sha256": sha},
+        name="model", python_model=str(Path(mlflow_model_code.__file__)), artifacts={WEIGHTS_ARTIFACT: str(weights)},
+        code_paths=packages, signature=model_signature(), input_example=input_example(),
+        pip_requirements=["torch", "open_clip_torch", "transformers", "numpy", "pandas", "pillow", "pyyaml"],
+        tags={"checkpoint_sha256": sha},
     )
-    return str(info.registered_model_version)
+    # Registered through the client: the fluent path prints its own "Successfully registered" lines.
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        client.get_registered_model(registered_name)
+    except MlflowException:
+        client.create_registered_model(registered_name)
+    version = client.create_model_version(registered_name, source=info.model_uri, run_id=info.run_id,
+                                          tags={"checkpoint_sha256": sha}, model_id=info.model_id)
+    return str(version.version)
 
 
 def run_fingerprint(train_config: dict, lineage: list[dict]) -> str:
@@ -69,12 +158,16 @@ def curves_figure(history: list[dict]):
     import matplotlib.pyplot as plt
 
     epochs = [h.get("epoch", i) for i, h in enumerate(history)]
-    fig, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(8, 3))
+    fig, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
     for key in ("train_loss", "val_loss"):
         loss_ax.plot(epochs, [h.get(key, float("nan")) for h in history], marker="o", label=key)
+    loss_ax.set_title("loss")
     loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("loss")
     loss_ax.legend()
     auc_ax.plot(epochs, [h.get("zero_shot_mean_auc", float("nan")) for h in history], marker="o", color="#b5524a")
     auc_ax.set_title("zero-shot mean AUC (val)")
     auc_ax.set_xlabel("epoch")
+    auc_ax.set_ylabel("mean AUC")
+    fig.tight_layout()  # labels inside the canvas: MLflow saves the figure as drawn
     return fig

@@ -1,0 +1,135 @@
+"""Every mistake a new user made with `medfilip` gets one or two lines naming the cause and the
+fix, with the traceback only under --debug (issue 16). Run as the user types it: the real
+executable, a real data root, a real MLflow SQLite store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.settings import prepare_home
+
+
+def medfilip(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    exe = str(Path(sys.executable).with_name("medfilip"))
+    return subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def error_lines(done: subprocess.CompletedProcess) -> list[str]:
+    """stderr without the data-root announcement."""
+    return [line for line in done.stderr.splitlines() if not line.startswith("medfilip: data root")]
+
+
+def assert_short_error(done: subprocess.CompletedProcess, *needles: str) -> None:
+    lines = error_lines(done)
+    assert done.returncode != 0, done.stdout
+    assert 1 <= len(lines) <= 2, done.stderr
+    assert "Traceback" not in done.stderr
+    text = "\n".join(lines)
+    for needle in needles:
+        assert needle in text, text
+
+
+@pytest.fixture
+def user(tmp_path: Path) -> tuple[Path, dict]:
+    """A working folder outside the repository, and an environment without MEDFILIP_HOME."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MEDFILIP_") and k not in ("DAGSTER_HOME", "MLFLOW_TRACKING_URI")}
+    env["MEDFILIP_PATIENT_SALT"] = "cli-errors"
+    work = tmp_path / "work"
+    work.mkdir()
+    return work, env
+
+
+@pytest.fixture
+def registered(tmp_path: Path) -> Path:
+    """A data root whose MLflow store holds model versions 1 and 2 of `medfilip`, each from a
+    run with a lineage.json artifact."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    home = tmp_path / "registered"
+    lay = prepare_home(home, set_dagster_home=False)
+    record = tmp_path / "lineage.json"
+    record.write_text('{"checkpoint": "x.pt", "checkpoint_sha256": "ab", "mlflow_run_id": "r", '
+                      '"dagster_run_id": "d", "inputs": []}')
+    mlflow.set_tracking_uri(lay.mlflow_tracking_uri)
+    client = MlflowClient()
+    experiment = client.create_experiment("medfilip", artifact_location=lay.mlflow_artifacts.as_uri())
+    client.create_registered_model("medfilip")
+    for _ in range(2):
+        run = client.create_run(experiment)
+        client.log_artifact(run.info.run_id, str(record))
+        client.create_model_version("medfilip", source=f"{run.info.artifact_uri}", run_id=run.info.run_id)
+        client.set_terminated(run.info.run_id)
+    return home
+
+
+def test_unknown_partition_lists_the_valid_ones(user):
+    work, env = user
+    done = medfilip("run", "reports", "--partition", "p99", cwd=work, env=env)
+    assert_short_error(done, "unknown partition p99", "p10", "p19")
+
+
+def test_unknown_model_version_lists_the_existing_ones(user, registered):
+    work, env = user
+    done = medfilip("lineage", "99", cwd=work, env={**env, "MEDFILIP_HOME": str(registered)})
+    assert_short_error(done, "model version 99", "existing versions: 1, 2")
+
+
+def test_an_existing_model_version_prints_its_lineage(user, registered):
+    work, env = user
+    done = medfilip("lineage", "2", cwd=work, env={**env, "MEDFILIP_HOME": str(registered)})
+    assert done.returncode == 0, done.stderr
+    assert "checkpoint  x.pt" in done.stdout
+
+
+def test_unknown_run_id_says_what_it_is_not(user, registered):
+    work, env = user
+    done = medfilip("lineage", "deadbeef", cwd=work, env={**env, "MEDFILIP_HOME": str(registered)})
+    assert_short_error(done, "'deadbeef' is not a path, a model version or an MLflow run id", "(1, 2)")
+
+
+def test_a_path_that_does_not_exist_is_named_as_a_path(user, registered):
+    work, env = user
+    done = medfilip("lineage", "missing.pt", cwd=work, env={**env, "MEDFILIP_HOME": str(registered)})
+    assert_short_error(done, "missing.pt does not exist")
+
+
+def test_openai_backend_without_its_key_is_one_line_before_any_run(user, tmp_path):
+    work, env = user
+    env = {**env, "MEDFILIP_HOME": str(tmp_path / "h"), "MEDFILIP_EXTRACTOR": "openai",
+           "MEDFILIP_LLM_MODEL": "some-llm", "MEDFILIP_LLM_BASE_URL": "http://127.0.0.1:9/v1",
+           "MEDFILIP_LLM_API_KEY_ENV": "NO_SUCH_KEY_VARIABLE"}
+    done = medfilip("run", "llm_extractions", cwd=work, env=env)
+    assert_short_error(done, "NO_SUCH_KEY_VARIABLE", "not set", "MEDFILIP_EXTRACTOR=rules")
+    assert not (tmp_path / "h" / "data" / "llm_extractions").exists()
+
+
+def test_debug_shows_the_traceback(user):
+    work, env = user
+    done = medfilip("run", "reports", "--partition", "p99", "--debug", cwd=work, env=env)
+    assert done.returncode != 0
+    assert "Traceback" in done.stderr and "UserError" in done.stderr
+
+
+def test_unconfigured_data_root_is_never_created_silently(user):
+    work, env = user
+    done = medfilip("lineage", "1", cwd=work, env=env)
+    assert_short_error(done, "no data root configured", "medfilip init")
+    assert not (work / ".medfilip").exists()
+
+
+def test_init_creates_the_data_root_and_a_settings_file_that_later_commands_use(user):
+    work, env = user
+    done = medfilip("init", cwd=work, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (work / ".medfilip" / "dagster" / "dagster.yaml").is_file()
+    assert "home: .medfilip" in (work / "medfilip.yaml").read_text()
+    again = medfilip("lineage", "1", cwd=work, env=env)
+    assert f"data root {work / '.medfilip'} (from {work / 'medfilip.yaml'})" in again.stderr
+    assert_short_error(again, "no MLflow store")

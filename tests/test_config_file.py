@@ -1,0 +1,121 @@
+"""One settings file names a real archive (issue 16): `medfilip.yaml` in the working folder, or
+given with --config, points the CLI and the Dagster resources at a MIMIC-CXR-JPG-layout archive,
+a separate reports tree and a data root; an environment variable wins over the file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config_file import SETTINGS, load_config_file, settings
+from pipeline.errors import UserError
+
+
+def medfilip(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    exe = str(Path(sys.executable).with_name("medfilip"))
+    return subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+@pytest.fixture
+def clean_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDFILIP_") and k != "DAGSTER_HOME"}
+    return {**env, "MEDFILIP_PATIENT_SALT": "config-file"}
+
+
+@pytest.fixture(scope="module")
+def jpg_archive(tmp_path_factory) -> tuple[Path, Path]:
+    """A MIMIC-CXR-JPG-layout archive, its reports moved to a separate tree as in MIMIC-CXR."""
+    from corpus.generate import generate_corpus
+
+    root = tmp_path_factory.mktemp("archive")
+    images, reports = root / "mimic-cxr-jpg", root / "mimic-cxr-reports"
+    generate_corpus(images, studies=6, seed=3, image_size=64, image_format="jpg", eval_images=0)
+    for report in (images / "files").rglob("*.txt"):
+        target = reports / report.relative_to(images)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(report, target)
+    return images, reports
+
+
+def test_a_settings_file_points_the_pipeline_at_a_mimic_cxr_jpg_archive(tmp_path, jpg_archive, clean_env):
+    images, reports = jpg_archive
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "medfilip.yaml").write_text(
+        "home: data-root\n"
+        "archive:\n"
+        f"  root: {images}\n"
+        "  image_format: jpg\n"
+        f"  metadata_csv: {images / 'mimic-cxr-2.0.0-metadata.csv'}\n"
+        f"  report_root: {reports}\n")
+    shard = sorted(p.name for p in (images / "files").iterdir())[0]
+    expected_images = len(list((images / "files" / shard).rglob("*.jpg")))
+
+    done = medfilip("run", "dicom_index", "--partition", shard, cwd=work, env=clean_env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"data root {work / 'data-root'} (from {work / 'medfilip.yaml'})" in done.stderr
+    assert "Warning" not in done.stderr, done.stderr  # no BetaWarning (or any other) per run
+    index = pq.read_table(work / "data-root" / "data" / "dicom_index" / f"{shard}.parquet")
+    assert index.num_rows == expected_images > 0
+    assert all(p.endswith(".jpg") for p in index.column("source_path").to_pylist())
+
+    done = medfilip("run", "reports", "--partition", shard, cwd=work, env=clean_env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["rows"]["reports"] == len(list((reports / "files" / shard).rglob("*.txt")))
+
+
+def test_config_option_finds_the_file_from_any_folder_and_the_environment_wins(tmp_path, jpg_archive, clean_env):
+    images, _ = jpg_archive
+    config = tmp_path / "elsewhere" / "site.yaml"
+    config.parent.mkdir()
+    config.write_text(f"home: {tmp_path / 'from-file'}\narchive:\n  root: {images}\n  image_format: jpg\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    done = medfilip("init", "--config", str(config), cwd=work, env=clean_env)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "from-file" / "dagster" / "dagster.yaml").is_file()
+    assert not (work / "medfilip.yaml").exists()  # a file was named: init writes none here
+
+    env = {**clean_env, "MEDFILIP_HOME": str(tmp_path / "from-env")}
+    done = medfilip("init", "--config", str(config), cwd=work, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "from-env" / "dagster" / "dagster.yaml").is_file()
+
+
+def test_every_setting_reads_from_its_environment_variable(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for key, spec in SETTINGS.items():
+        monkeypatch.delenv(spec.env, raising=False)
+    monkeypatch.delenv("MEDFILIP_CONFIG", raising=False)
+    monkeypatch.setenv("MEDFILIP_ARCHIVE_IMAGE_FORMAT", "JPG")
+    monkeypatch.setenv("MEDFILIP_TRAINING_OVERRIDES", '{"epochs": 2}')
+    monkeypatch.setenv("MEDFILIP_LLM_CONCURRENCY", "3")
+    assert settings() == {"archive.image_format": "jpg", "training.overrides": {"epochs": 2},
+                          "extractor.concurrency": 3}
+    assert len({spec.env for spec in SETTINGS.values()}) == len(SETTINGS)  # one variable per key
+
+
+def test_a_mistake_in_the_file_names_the_key_and_the_fix(tmp_path):
+    path = tmp_path / "medfilip.yaml"
+    path.write_text("archive:\n  rot: /data\n")
+    with pytest.raises(UserError, match=r"(?s)unknown setting 'archive.rot'.*archive.root"):
+        load_config_file(path)
+    path.write_text("archive:\n  image_format: png\n")
+    with pytest.raises(UserError, match=r"archive.image_format = 'png' is invalid"):
+        load_config_file(path)
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path):
+    path = tmp_path / "site" / "medfilip.yaml"
+    path.parent.mkdir()
+    path.write_text("home: ../root\nextractor:\n  prompt_dir: prompts/mine\n")
+    values = load_config_file(path)
+    assert values["home"] == str(tmp_path / "root")
+    assert values["extractor.prompt_dir"] == str(tmp_path / "site" / "prompts" / "mine")

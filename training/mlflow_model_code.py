@@ -1,0 +1,7 @@
+"""The file MLflow logs as the model's code ("models from code"): it names the model object."""
+
+from mlflow.models import set_model
+
+from training.mlflow_model import MedFilipEncoder
+
+set_model(MedFilipEncoder())
