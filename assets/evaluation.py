@@ -27,6 +27,8 @@ class EvalConfig(dg.Config):
     paper_protocol: bool = True  # also report the paper's test-tuned threshold sweep, labelled as such
     epochs: int = 3  # fine-tuning / segmentation training epochs
     seed: int = 0
+    # Fine-tuning and segmentation run on seeds seed .. seed+seeds-1; their verdicts need >= 3.
+    seeds: int = 3
 
 
 EVAL_DEPS = ["pretrained_model", "training_texts"]
@@ -89,12 +91,15 @@ def finetune_eval(context: dg.AssetExecutionContext, config: EvalConfig, storage
 
     model_info = latest_model(context)
     data = load_eval_dataset(config, archive.image_root(storage))
-    report = run_finetune(data, model_info["model_config"], model_info["checkpoint"],
+    report = run_finetune(data, model_info["model_config"], model_info["checkpoint"], seeds=seed_list(config),
                           config=FinetuneConfig(epochs=config.epochs, seed=config.seed), n_boot=config.n_boot)
-    summary = {f"auc_{r['mode']}_{r['init']}_{int(r['fraction'] * 100)}pct": r["report"]["mean_auc"]
-               for r in report["runs"]}
+    summary = {}
+    for arm in report["arms"]:
+        key = f"auc_{arm['mode']}_{arm['init']}_{int(arm['fraction'] * 100)}pct"
+        summary.update({key: arm["mean_auc"], f"{key}_sd": arm["mean_auc_sd"]})
+    verdicts = {f"{c['mode']}_{int(c['fraction'] * 100)}pct_vs_{c['baseline_init']}": c for c in report["comparisons"]}
     return record_evaluation(context, "finetune_eval", {"finetune": {data.name: report}}, summary, model_info,
-                             mlflow_tracking, storage)
+                             mlflow_tracking, storage, comparisons=verdicts)
 
 
 @dg.asset(deps=EVAL_DEPS, group_name="evaluation", kinds={"pytorch", "mlflow"}, code_version="1")
@@ -107,11 +112,19 @@ def segmentation_eval(context: dg.AssetExecutionContext, config: EvalConfig, sto
     model_info = latest_model(context)
     siim = config.model_copy(update={"dataset": "siim"}) if config.dataset != "siim" else config
     data = load_eval_dataset(siim, archive.image_root(storage))
-    report = run_segmentation(data, model_info["model_config"], model_info["checkpoint"],
+    report = run_segmentation(data, model_info["model_config"], model_info["checkpoint"], seeds=seed_list(config),
                               config=SegmentationConfig(epochs=config.epochs, seed=config.seed), n_boot=config.n_boot)
-    summary = {f"{metric}_{r['init']}": r[metric] for r in report["runs"] for metric in ("mean_dice", "mean_iou")}
+    summary = {f"{metric}_{arm['init']}{suffix}": arm[f"{metric}{suffix}"] for arm in report["arms"]
+               for metric in ("mean_dice", "mean_iou") for suffix in ("", "_sd")}
+    verdicts = {f"dice_vs_{c['baseline_init']}": c for c in report["comparisons"]}
     return record_evaluation(context, "segmentation_eval", {"segmentation": {data.name: report}}, summary,
-                             model_info, mlflow_tracking, storage, examples=data)
+                             model_info, mlflow_tracking, storage, examples=data, comparisons=verdicts)
+
+
+def seed_list(config: EvalConfig) -> list[int]:
+    if config.seeds < 3:
+        raise dg.Failure(f"seeds={config.seeds}: a pre-trained-vs-baseline verdict needs at least 3 seeds")
+    return list(range(config.seed, config.seed + config.seeds))
 
 
 def latest_model(context: dg.AssetExecutionContext) -> dict:
@@ -142,17 +155,29 @@ def load_eval_dataset(config: EvalConfig, archive_root: Path):
 
 def record_evaluation(context, name: str, results: dict, summary: dict, model_info: dict,
                       tracking: MLflowResource, storage: StorageResource, roc: dict | None = None,
-                      examples=None, extra: dict | None = None) -> dg.MaterializeResult:
-    """The evaluation's MLflow run (nested under the model's run) and its Dagster materialisation."""
+                      examples=None, extra: dict | None = None,
+                      comparisons: dict[str, dict] | None = None) -> dg.MaterializeResult:
+    """The evaluation's MLflow run (nested under the model's run) and its Dagster materialisation.
+    `comparisons` (name -> evaluation.compare result) become metrics (difference and its interval)
+    and a verdict each, as MLflow tags `medfilip.verdict.<name>` and as metadata."""
+    from evaluation.compare import describe
     from evaluation.tracking import log_evaluation
 
     experiment_id = tracking.activate(storage)
     tags = {"dagster.run_id": context.run.run_id, "dagster.asset_key": name,
             "medfilip.checkpoint_sha256": model_info["sha256"]}
+    summary, extra = dict(summary), dict(extra or {})
+    for key, comparison in (comparisons or {}).items():
+        difference = comparison["difference"]
+        summary.update({f"diff_{key}": difference["mean"], f"diff_{key}_ci_low": difference["ci"][0],
+                        f"diff_{key}_ci_high": difference["ci"][1]})
+        tags[f"medfilip.verdict.{key}"] = comparison["verdict"]
+        extra[f"verdict_{key}"] = describe(comparison, comparison["metric"], comparison["candidate_init"],
+                                           comparison["baseline_init"])
     record = log_evaluation(name, results, summary, storage.layout().asset_dir(name), experiment_id=experiment_id,
                             parent_run_id=model_info["mlflow_run_id"], tags=tags, roc=roc, examples=examples)
     metadata = {"results": dg.MetadataValue.md(record.table), **{k: round(v, 4) for k, v in record.metrics.items()},
-                **(extra or {}), "model_checkpoint_sha256": model_info["sha256"],
+                **extra, "model_checkpoint_sha256": model_info["sha256"],
                 "mlflow_run_id": record.run_id,
                 "mlflow_run": dg.MetadataValue.url(tracking.run_url(experiment_id, record.run_id)),
                 "path": dg.MetadataValue.path(str(record.files["results"]))}
