@@ -57,6 +57,12 @@ def print_demo_summary(lay: Layout, summaries: list[dict], timings: dict[str, fl
     if zero_shot:
         print(f"  zero-shot mean AUC on the held-out NIH-layout set: {zero_shot.get('mean_auc', float('nan')):.3f} "
               f"(95% CI {format_ci(zero_shot.get('mean_auc_ci'))})")
+    for name in ("finetune_eval", "segmentation_eval"):
+        verdicts = {k.removeprefix("verdict_"): v for k, v in assets.get(name, {}).items() if k.startswith("verdict_")}
+        if verdicts:
+            print(f"  {name}, pre-trained vs baseline (paired bootstrap over seeds):")
+        for key, line in verdicts.items():
+            print(f"    {key}: {line}")
     for failure in failures:
         print(f"  FAILED {failure['step']} (run {failure['run_id'][:8]}): {failure['error'][:300]}")
     print(f"Outputs:  {lay.data}")
