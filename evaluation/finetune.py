@@ -48,6 +48,9 @@ class FinetuneConfig:
     lr: float = 1e-3
     encoder_lr_scale: float = 0.1  # full fine-tuning: the pre-trained encoder moves slower than the head
     full_from_probe: bool = True  # full fine-tuning starts from the linear probe's head (LP-FT)
+    # "frozen": the encoder's BatchNorm layers keep their pre-trained running statistics while
+    # its weights train; "train": they re-estimate them from the fine-tuning batches.
+    encoder_bn: Literal["train", "frozen"] = "train"
     weight_decay: float = 1e-4
     batch_size: int = 16
     seed: int = 0
@@ -268,6 +271,8 @@ def _train_full(classifier: Classifier, images: torch.Tensor, targets: torch.Ten
     loss_fn = nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(config.seed)
     classifier.train()
+    if config.encoder_bn == "frozen":
+        freeze_batchnorm(classifier.encoder)
     rows = torch.as_tensor(train_rows)
     for _ in range(config.epochs):
         order = rows[torch.randperm(len(rows), generator=generator)]
@@ -280,6 +285,14 @@ def _train_full(classifier: Classifier, images: torch.Tensor, targets: torch.Ten
             loss.backward()
             optimiser.step()
     classifier.eval()
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """BatchNorm layers to eval mode: they normalise with their stored statistics and stop
+    updating them (their affine weights still train)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.eval()
 
 
 def _predict(classifier: Classifier, images: torch.Tensor, device: torch.device, batch: int = 64) -> np.ndarray:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from torch import nn
 from evaluation.compare import PairedSeed, mean_value_statistic, paired_comparison
 from evaluation.datasets import LabelledImages
 from evaluation.encode import as_float, image_tensor, predict_probabilities
-from evaluation.finetune import ImageEncoder, Init, build_encoder
+from evaluation.finetune import ImageEncoder, Init, build_encoder, freeze_batchnorm
 from evaluation.splits import patient_split
 
 
@@ -40,6 +40,7 @@ class SegmentationConfig:
     lr: float = 1e-3
     encoder_lr_scale: float = 0.1
     freeze_encoder: bool = False
+    encoder_bn: Literal["train", "frozen"] = "train"  # as FinetuneConfig.encoder_bn
     batch_size: int = 8
     decoder_width: int = 32
     threshold: float = 0.5
@@ -177,6 +178,8 @@ def train_segmenter(net: UNetOnEncoder, images: torch.Tensor, masks: torch.Tenso
     net.train()
     if config.freeze_encoder:
         net.encoder.eval()  # frozen BatchNorm statistics stay the pre-trained ones
+    elif config.encoder_bn == "frozen":
+        freeze_batchnorm(net.encoder)
     for _ in range(config.epochs):
         order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(order), config.batch_size):

@@ -22,6 +22,8 @@ import torch
 from evaluation.datasets import generated_eval_sets
 from evaluation.finetune import run_finetune
 
+pytestmark = pytest.mark.slow  # > 30 s: see pyproject's markers
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[str, Path]:

@@ -14,6 +14,8 @@ from pipeline.resources import ArchiveResource, ExtractorResource, MLflowResourc
 from corpus.generate import generate_corpus
 from ingestion.layout import SHARDS
 
+pytestmark = pytest.mark.slow  # > 30 s: see pyproject's markers
+
 TRAIN = {"model": "tiny", "epochs": 1, "batch_size": 4, "val_batch_size": 4, "loss": "ssm_scaled"}
 EVALS = ("zero_shot_eval", "retrieval_eval", "finetune_eval", "segmentation_eval")
 EVAL = {"config": {"n_boot": 50, "epochs": 1}}
