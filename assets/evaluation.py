@@ -20,8 +20,10 @@ from pipeline.resources import ArchiveResource, MLflowResource, StorageResource
 
 class EvalConfig(dg.Config):
     eval_root: str = ""  # folder with nih/, rsna/, siim/ in published layouts; default: <archive root>/eval
-    dataset: Literal["nih", "rsna", "siim", "vinbigdata", "covid"] = "nih"
+    dataset: Literal["nih", "rsna", "siim", "vinbigdata", "covid", "chexpert", "chexpert_5x200",
+                     "mimic_cxr_5x200"] = "nih"
     labels_csv: str = ""  # a real dataset's label file (overrides eval_root for nih/rsna/siim/vinbigdata)
+    split_csv: str = ""  # MIMIC-CXR: mimic-cxr-2.0.0-split.csv (5x200 drawn from its test split)
     images_dir: str = ""  # its images (for covid: the root with class folders)
     n_boot: int = 500
     paper_protocol: bool = True  # also report the paper's test-tuned threshold sweep, labelled as such
@@ -148,7 +150,7 @@ def load_eval_dataset(config: EvalConfig, archive_root: Path):
 
     try:
         return load(config.dataset, eval_root=config.eval_root or archive_root / "eval",
-                    labels_csv=config.labels_csv, images_dir=config.images_dir)
+                    labels_csv=config.labels_csv, images_dir=config.images_dir, split_csv=config.split_csv)
     except (FileNotFoundError, ValueError) as exc:
         raise dg.Failure(str(exc)) from exc
 

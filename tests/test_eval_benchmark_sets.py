@@ -190,3 +190,17 @@ def test_report_retrieval_runs_a_model_on_the_pairs(tmp_path):
     for direction in ("image_to_text", "text_to_image"):
         recalls = [result[direction][f"recall@{k}"] for k in (1, 5, 10)]
         assert recalls == sorted(recalls) and recalls[-1] == 1.0  # 6 reports: all within the top 10
+
+
+def test_evaluation_assets_reach_the_benchmarks_by_name(tmp_path):
+    from evaluation.datasets import load_eval_dataset
+
+    files = _mimic_archive(tmp_path)
+    # The published size: our six-study archive cannot fill 5x200, and says so.
+    with pytest.raises(ValueError, match=r"too few images for 5x200.*'Atelectasis': 1"):
+        load_eval_dataset("mimic_cxr_5x200", eval_root=tmp_path, labels_csv=str(files["chexpert"]),
+                          split_csv=str(files["split"]))
+    with pytest.raises(ValueError, match="needs split_csv"):
+        load_eval_dataset("mimic_cxr_5x200", eval_root=tmp_path, labels_csv=str(files["chexpert"]))
+    with pytest.raises(ValueError, match="no generated stand-in"):
+        load_eval_dataset("chexpert_5x200", eval_root=tmp_path)
