@@ -30,7 +30,7 @@ from torch import nn
 from evaluation.compare import PairedSeed, mean_value_statistic, paired_comparison
 from evaluation.datasets import LabelledImages
 from evaluation.encode import as_float, image_tensor, predict_probabilities
-from evaluation.finetune import ImageEncoder, Init, build_encoder, freeze_batchnorm
+from evaluation.finetune import ImageEncoder, Init, available_inits, build_encoder, freeze_batchnorm
 from evaluation.splits import patient_split
 
 
@@ -95,7 +95,7 @@ def run_segmentation(
     model_config: str | dict,
     checkpoint: str | os.PathLike | None,
     *,
-    inits: Sequence[Init] = ("pretrained", "random"),
+    inits: Sequence[Init] | None = None,
     config: SegmentationConfig = SegmentationConfig(),
     split_fractions: Sequence[float] = (0.7, 0.1, 0.2),
     n_boot: int = 1000,
@@ -106,7 +106,7 @@ def run_segmentation(
     numbers); "arms" are mean/sd over seeds, "comparisons" pre-trained vs each baseline, paired on
     each seed's test images (evaluation.compare)."""
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    inits = [i for i in inits if i != "pretrained" or checkpoint is not None]
+    inits = [i for i in (inits or available_inits(model_config)) if i != "pretrained" or checkpoint is not None]
     seeds = list(seeds) if seeds is not None else [config.seed]
     size = build_encoder("random", model_config).image_size
     images = image_tensor(data, size)
