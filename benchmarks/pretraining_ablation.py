@@ -3,7 +3,7 @@ the pre-trained-vs-random comparisons under the settings that could explain it, 
 with the paired interval, and prints one table.
 
     python benchmarks/pretraining_ablation.py --checkpoint CKPT --eval-root CORPUS/eval [--seeds 3]
-        [--only segmentation|finetune] [--json out.json]
+        [--only segmentation|finetune] [--max-images N] [--json out.json]
 
 Segmentation: encoder learning rate (0.1x / 1x the decoder's), encoder BatchNorm statistics
 (re-estimated / frozen at the pre-trained ones), frozen encoder. Fine-tuning at 100% labels:
@@ -43,21 +43,22 @@ def main() -> None:
     args = _parse()
     torch.set_num_threads(args.threads)
     config = torch.load(args.checkpoint, map_location="cpu", weights_only=False)["model_config"]
-    sets = generated_eval_sets(Path(args.eval_root))
+    sets = {name: data.subset(range(min(args.max_images, len(data))))
+            for name, data in generated_eval_sets(Path(args.eval_root)).items()}
     seeds = list(range(args.seeds))
     out: dict = {}
     if args.only in (None, "segmentation"):
         out["feature_scale"] = feature_scale(sets["siim"], config, args.checkpoint)
         for name, level in out["feature_scale"].items():
             print(f"feature std {name}: " + ", ".join(f"{v:.3f}" for v in level))
-        for name, overrides in SEGMENTATION_VARIANTS.items():
+        for name, overrides in _chosen(SEGMENTATION_VARIANTS, args.variants):
             tick = time.perf_counter()
             report = run_segmentation(sets["siim"], config, args.checkpoint, seeds=seeds, n_boot=args.n_boot,
                                       config=SegmentationConfig(epochs=args.epochs, **overrides))
             out[f"segmentation: {name}"] = report
             _print_comparison(f"segmentation: {name}", report, time.perf_counter() - tick)
     if args.only in (None, "finetune"):
-        for name, overrides in FINETUNE_VARIANTS.items():
+        for name, overrides in _chosen(FINETUNE_VARIANTS, args.variants):
             tick = time.perf_counter()
             report = run_finetune(sets["nih"], config, args.checkpoint, fractions=(1.0,), seeds=seeds,
                                   n_boot=args.n_boot, config=FinetuneConfig(epochs=args.epochs, **overrides))
@@ -81,6 +82,10 @@ def feature_scale(data, model_config: dict, checkpoint: str, count: int = 64) ->
     return scales
 
 
+def _chosen(variants: dict, names: list[str] | None) -> list[tuple[str, dict]]:
+    return [(name, v) for name, v in variants.items() if not names or any(n in name for n in names)]
+
+
 def _print_comparison(name: str, report: dict, seconds: float) -> None:
     for arm in report["arms"]:
         metric = "mean_dice" if "mean_dice" in arm else "mean_auc"
@@ -100,7 +105,9 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--n-boot", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-images", type=int, default=10**9, help="first N images of each set (a quicker run)")
     parser.add_argument("--only", choices=("segmentation", "finetune"))
+    parser.add_argument("--variants", nargs="*", help="names of the variants to run (default: all)")
     parser.add_argument("--json")
     return parser.parse_args()
 
