@@ -52,18 +52,18 @@ def main() -> None:
         for name, level in out["feature_scale"].items():
             print(f"feature std {name}: " + ", ".join(f"{v:.3f}" for v in level))
         for name, overrides in _chosen(SEGMENTATION_VARIANTS, args.variants):
-            tick = time.perf_counter()
+            tick, cpu = time.perf_counter(), time.process_time()
             report = run_segmentation(sets["siim"], config, args.checkpoint, seeds=seeds, n_boot=args.n_boot,
                                       config=SegmentationConfig(epochs=args.epochs, **overrides))
             out[f"segmentation: {name}"] = report
-            _print_comparison(f"segmentation: {name}", report, time.perf_counter() - tick)
+            _print_comparison(f"segmentation: {name}", report, time.perf_counter() - tick, time.process_time() - cpu)
     if args.only in (None, "finetune"):
         for name, overrides in _chosen(FINETUNE_VARIANTS, args.variants):
-            tick = time.perf_counter()
+            tick, cpu = time.perf_counter(), time.process_time()
             report = run_finetune(sets["nih"], config, args.checkpoint, fractions=(1.0,), seeds=seeds,
                                   n_boot=args.n_boot, config=FinetuneConfig(epochs=args.epochs, **overrides))
             out[f"finetune: {name}"] = report
-            _print_comparison(f"finetune: {name}", report, time.perf_counter() - tick)
+            _print_comparison(f"finetune: {name}", report, time.perf_counter() - tick, time.process_time() - cpu)
     if args.json:
         from evaluation.report import write_json
 
@@ -86,7 +86,7 @@ def _chosen(variants: dict, names: list[str] | None) -> list[tuple[str, dict]]:
     return [(name, v) for name, v in variants.items() if not names or any(n in name for n in names)]
 
 
-def _print_comparison(name: str, report: dict, seconds: float) -> None:
+def _print_comparison(name: str, report: dict, seconds: float, cpu_seconds: float) -> None:
     for arm in report["arms"]:
         metric = "mean_dice" if "mean_dice" in arm else "mean_auc"
         label = arm["init"] + (f" {arm['mode']}" if "mode" in arm else "")
@@ -94,7 +94,7 @@ def _print_comparison(name: str, report: dict, seconds: float) -> None:
     for c in report["comparisons"]:
         low, high = c["difference"]["ci"]
         print(f"{name:<45} pretrained - {c['baseline_init']} {c.get('mode', '')}: {c['difference']['mean']:+.3f} "
-              f"({low:+.3f} to {high:+.3f}) {c['verdict']}   [{seconds:.0f} s]", flush=True)
+              f"({low:+.3f} to {high:+.3f}) {c['verdict']}   [{seconds:.0f} s wall, {cpu_seconds:.0f} s CPU]", flush=True)
 
 
 def _parse() -> argparse.Namespace:
