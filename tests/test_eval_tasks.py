@@ -199,3 +199,12 @@ def test_report_table_json_and_roc_png(sets, checkpoint, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     path = write_json(results, tmp_path / "results.json")
     assert '"mean_auc"' in path.read_text() and sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "roc.png"]
+
+
+def test_max_images_takes_the_first_images_of_the_set(sets):
+    from assets.evaluation import first_images
+
+    data = sets["nih"]
+    head = first_images(data, 10)
+    assert head.image_ids == data.image_ids[:10] and (head.labels == data.labels[:10]).all()
+    assert first_images(data, 0) is data and first_images(data, len(data) + 5) is data
