@@ -153,7 +153,7 @@ def latest_model(context: dg.AssetExecutionContext) -> dict:
 
 
 def load_eval_dataset(config: EvalConfig, archive_root: Path):
-    from evaluation.datasets import load_eval_dataset as load
+    from evaluation.benchmark_sets import load_named_eval_set as load
 
     try:
         return load(config.dataset, eval_root=config.eval_root or archive_root / "eval",

@@ -27,7 +27,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from evaluation.datasets import LabelledImages, _label_matrix, _read_csv, load_label_mapping
+from evaluation.datasets import EVAL_DATASETS, LabelledImages, _label_matrix, _read_csv, load_eval_dataset, load_label_mapping
 
 CHEXPERT_OBSERVATIONS = (
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
@@ -39,6 +39,8 @@ FIVE_BY_200_RULE = ("positive for the task, negative (0 or blank) for every othe
                     "no uncertain label; frontal; seeded draw of per_class images per task")
 Uncertain = Literal["negative", "positive"]
 _FRONTAL_VIEWS = {"PA", "AP"}
+BENCHMARKS = ("chexpert", "chexpert_5x200", "mimic_cxr_5x200")
+ALL_EVAL_SETS = (*EVAL_DATASETS, *BENCHMARKS)
 
 
 @dataclass
@@ -136,6 +138,21 @@ def mimic_cxr_report_pairs(split_csv: str | Path, reports_dir: str | Path, image
                           np.zeros((len(images), 0), dtype=np.int8), label_rule="image <-> own study's report")
     data = _with_paths(data, images_dir, [_mimic_candidates(*image) for image in images])
     return ReportPairs(data, texts, study_ids, np.array([index[study] for _, study, _ in images], dtype=np.int64))
+
+
+def load_named_eval_set(dataset: str, *, eval_root: str | Path, labels_csv: str = "", images_dir: str = "",
+                        split_csv: str = "") -> LabelledImages:
+    """evaluation.datasets.load_eval_dataset, plus the benchmarks of this module by name. These
+    exist only as real data; MIMIC-CXR also needs its split file (`split_csv`)."""
+    if dataset not in BENCHMARKS:
+        return load_eval_dataset(dataset, eval_root=eval_root, labels_csv=labels_csv, images_dir=images_dir)
+    if not labels_csv:
+        raise ValueError(f"{dataset} has no generated stand-in: set labels_csv (and images_dir)")
+    if dataset == "mimic_cxr_5x200":
+        if not split_csv:
+            raise ValueError("mimic_cxr_5x200 needs split_csv (mimic-cxr-2.0.0-split.csv)")
+        return mimic_cxr_5x200(labels_csv, split_csv, images_dir or None)
+    return (chexpert if dataset == "chexpert" else chexpert_5x200)(labels_csv, images_dir or None)
 
 
 # --- helpers -------------------------------------------------------------------------------

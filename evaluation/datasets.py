@@ -314,28 +314,17 @@ def _read_csv(path: str | Path) -> Iterator[dict[str, str]]:
         yield from csv.DictReader(handle)
 
 
-EVAL_DATASETS = ("nih", "rsna", "siim", "vinbigdata", "covid", "chexpert", "chexpert_5x200", "mimic_cxr_5x200")
+EVAL_DATASETS = ("nih", "rsna", "siim", "vinbigdata", "covid")
 
 
 def load_eval_dataset(dataset: str, *, eval_root: str | Path, labels_csv: str = "",
-                      images_dir: str = "", split_csv: str = "") -> "LabelledImages":
+                      images_dir: str = "") -> "LabelledImages":
     """An evaluation set by name: a real dataset's label file (and images) when given, else the
-    generated set of that name under `eval_root`. CheXpert and MIMIC-CXR (evaluation.benchmark_sets)
-    exist only as real data; MIMIC-CXR also needs its split file (`split_csv`)."""
+    generated set of that name under `eval_root`."""
     if dataset not in EVAL_DATASETS:
         raise ValueError(f"unknown evaluation dataset {dataset!r}: use one of {', '.join(EVAL_DATASETS)}")
     if dataset == "covid":
         return covid_radiography(images_dir)
-    if dataset in ("chexpert", "chexpert_5x200", "mimic_cxr_5x200"):
-        from evaluation import benchmark_sets
-
-        if not labels_csv:
-            raise ValueError(f"{dataset} has no generated stand-in: set labels_csv (and images_dir)")
-        if dataset == "mimic_cxr_5x200":
-            if not split_csv:
-                raise ValueError("mimic_cxr_5x200 needs split_csv (mimic-cxr-2.0.0-split.csv)")
-            return benchmark_sets.mimic_cxr_5x200(labels_csv, split_csv, images_dir or None)
-        return getattr(benchmark_sets, dataset)(labels_csv, images_dir or None)
     if labels_csv or dataset == "vinbigdata":
         adapters = {"nih": nih_chestxray14, "rsna": rsna_pneumonia, "siim": siim_pneumothorax,
                     "vinbigdata": vinbigdata}
@@ -344,3 +333,4 @@ def load_eval_dataset(dataset: str, *, eval_root: str | Path, labels_csv: str = 
     if not root.is_dir():
         raise FileNotFoundError(f"evaluation sets not found in {root}: set eval_root, or generate the corpus")
     return generated_eval_sets(root)[dataset]
+

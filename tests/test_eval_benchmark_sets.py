@@ -193,7 +193,7 @@ def test_report_retrieval_runs_a_model_on_the_pairs(tmp_path):
 
 
 def test_evaluation_assets_reach_the_benchmarks_by_name(tmp_path):
-    from evaluation.datasets import load_eval_dataset
+    from evaluation.benchmark_sets import load_named_eval_set as load_eval_dataset
 
     files = _mimic_archive(tmp_path)
     # The published size: our six-study archive cannot fill 5x200, and says so.
