@@ -21,13 +21,20 @@ from pipeline.resources import ArchiveResource, MLflowResource, StorageResource
 
 class EvalConfig(dg.Config):
     eval_root: str = ""  # folder with nih/, rsna/, siim/ in published layouts; default: <archive root>/eval
-    dataset: Literal["nih", "rsna", "siim", "vinbigdata", "covid"] = "nih"
+    dataset: Literal["nih", "rsna", "siim", "vinbigdata", "covid", "chexpert", "chexpert_5x200",
+                     "mimic_cxr_5x200"] = "nih"
     labels_csv: str = ""  # a real dataset's label file (overrides eval_root for nih/rsna/siim/vinbigdata)
+    split_csv: str = ""  # MIMIC-CXR: mimic-cxr-2.0.0-split.csv (5x200 drawn from its test split)
     images_dir: str = ""  # its images (for covid: the root with class folders)
     n_boot: int = 500
     paper_protocol: bool = True  # also report the paper's test-tuned threshold sweep, labelled as such
     epochs: int = 3  # fine-tuning / segmentation training epochs
     seed: int = 0
+    # Fine-tuning and segmentation run on seeds seed .. seed+seeds-1; their verdicts need >= 3.
+    seeds: int = 3
+    # Fine-tuning / segmentation on the set's first N images (0: all): seeds multiply their cost,
+    # a smaller set per seed keeps it bounded (the intervals widen accordingly, they do not lie).
+    max_images: int = 0
 
 
 EVAL_DEPS = ["pretrained_model", "training_texts"]
@@ -91,13 +98,16 @@ def finetune_eval(context: dg.AssetExecutionContext, config: EvalConfig, storage
     from evaluation.finetune import FinetuneConfig, run_finetune
 
     model_info = latest_model(context)
-    data = load_eval_dataset(config, archive.image_root(storage))
-    report = run_finetune(data, model_info["model_config"], model_info["checkpoint"],
+    data = first_images(load_eval_dataset(config, archive.image_root(storage)), config.max_images)
+    report = run_finetune(data, model_info["model_config"], model_info["checkpoint"], seeds=seed_list(config),
                           config=FinetuneConfig(epochs=config.epochs, seed=config.seed), n_boot=config.n_boot)
-    summary = {f"auc_{r['mode']}_{r['init']}_{int(r['fraction'] * 100)}pct": r["report"]["mean_auc"]
-               for r in report["runs"]}
+    summary = {}
+    for arm in report["arms"]:
+        key = f"auc_{arm['mode']}_{arm['init']}_{int(arm['fraction'] * 100)}pct"
+        summary.update({key: arm["mean_auc"], f"{key}_sd": arm["mean_auc_sd"]})
+    verdicts = {f"{c['mode']}_{int(c['fraction'] * 100)}pct_vs_{c['baseline_init']}": c for c in report["comparisons"]}
     return record_evaluation(context, "finetune_eval", {"finetune": {data.name: report}}, summary, model_info,
-                             mlflow_tracking, storage, config=config, data=data)
+                             mlflow_tracking, storage, config=config, data=data, comparisons=verdicts)
 
 
 @dg.asset(deps=EVAL_DEPS, group_name="evaluation", kinds={"pytorch", "mlflow"}, code_version="1")
@@ -109,12 +119,25 @@ def segmentation_eval(context: dg.AssetExecutionContext, config: EvalConfig, sto
 
     model_info = latest_model(context)
     siim = config.model_copy(update={"dataset": "siim"}) if config.dataset != "siim" else config
-    data = load_eval_dataset(siim, archive.image_root(storage))
-    report = run_segmentation(data, model_info["model_config"], model_info["checkpoint"],
+    data = first_images(load_eval_dataset(siim, archive.image_root(storage)), config.max_images)
+    report = run_segmentation(data, model_info["model_config"], model_info["checkpoint"], seeds=seed_list(config),
                               config=SegmentationConfig(epochs=config.epochs, seed=config.seed), n_boot=config.n_boot)
-    summary = {f"{metric}_{r['init']}": r[metric] for r in report["runs"] for metric in ("mean_dice", "mean_iou")}
+    summary = {f"{metric}_{arm['init']}{suffix}": arm[f"{metric}{suffix}"] for arm in report["arms"]
+               for metric in ("mean_dice", "mean_iou") for suffix in ("", "_sd")}
+    verdicts = {f"dice_vs_{c['baseline_init']}": c for c in report["comparisons"]}
     return record_evaluation(context, "segmentation_eval", {"segmentation": {data.name: report}}, summary,
-                             model_info, mlflow_tracking, storage, examples=data, config=siim, data=data)
+                             model_info, mlflow_tracking, storage, examples=data, config=siim, data=data,
+                             comparisons=verdicts)
+
+
+def first_images(data, max_images: int):
+    return data.subset(range(max_images)) if 0 < max_images < len(data) else data
+
+
+def seed_list(config: EvalConfig) -> list[int]:
+    if config.seeds < 3:
+        raise dg.Failure(f"seeds={config.seeds}: a pre-trained-vs-baseline verdict needs at least 3 seeds")
+    return list(range(config.seed, config.seed + config.seeds))
 
 
 def latest_model(context: dg.AssetExecutionContext) -> dict:
@@ -134,11 +157,11 @@ def latest_model(context: dg.AssetExecutionContext) -> dict:
 
 
 def load_eval_dataset(config: EvalConfig, archive_root: Path):
-    from evaluation.datasets import load_eval_dataset as load
+    from evaluation.benchmark_sets import load_named_eval_set as load
 
     try:
         return load(config.dataset, eval_root=config.eval_root or archive_root / "eval",
-                    labels_csv=config.labels_csv, images_dir=config.images_dir)
+                    labels_csv=config.labels_csv, images_dir=config.images_dir, split_csv=config.split_csv)
     except (FileNotFoundError, ValueError) as exc:
         raise dg.Failure(str(exc)) from exc
 
@@ -146,10 +169,13 @@ def load_eval_dataset(config: EvalConfig, archive_root: Path):
 def record_evaluation(context, name: str, results: dict, summary: dict, model_info: dict,
                       tracking: MLflowResource, storage: StorageResource, roc: dict | None = None,
                       examples=None, extra: dict | None = None, config: EvalConfig | None = None,
-                      data=None) -> dg.MaterializeResult:
+                      data=None, comparisons: dict[str, dict] | None = None) -> dg.MaterializeResult:
     """The evaluation's MLflow run (nested under the model's run) and its Dagster materialisation.
     The run carries the config as params and the evaluation set and checkpoint as dataset inputs,
-    with the digests the Dagster metadata shows."""
+    with the digests the Dagster metadata shows. `comparisons` (name -> evaluation.compare result)
+    become metrics (difference and its interval) and a verdict each, as MLflow tags
+    `medfilip.verdict.<name>` and as metadata."""
+    from evaluation.compare import describe
     from evaluation.tracking import dataset_digest, log_evaluation
 
     experiment_id = tracking.activate(storage)
@@ -164,11 +190,19 @@ def record_evaluation(context, name: str, results: dict, summary: dict, model_in
         params["eval_images"] = len(data.image_ids)
         location = str(Path(data.paths[0]).parent) if data.paths else data.name
         datasets.append((f"eval_{data.name}", data_digest, location))
+    summary, extra = dict(summary), dict(extra or {})
+    for key, comparison in (comparisons or {}).items():
+        difference = comparison["difference"]
+        summary.update({f"diff_{key}": difference["mean"], f"diff_{key}_ci_low": difference["ci"][0],
+                        f"diff_{key}_ci_high": difference["ci"][1]})
+        tags[f"medfilip.verdict.{key}"] = comparison["verdict"]
+        extra[f"verdict_{key}"] = describe(comparison, comparison["metric"], comparison["candidate_init"],
+                                           comparison["baseline_init"])
     record = log_evaluation(name, results, summary, storage.layout().asset_dir(name), experiment_id=experiment_id,
                             parent_run_id=model_info["mlflow_run_id"], tags=tags, roc=roc, examples=examples,
                             params=params, datasets=datasets)
     metadata = {"results": dg.MetadataValue.md(record.table), **{k: round(v, 4) for k, v in record.metrics.items()},
-                **(extra or {}), "model_checkpoint_sha256": model_info["sha256"],
+                **extra, "model_checkpoint_sha256": model_info["sha256"],
                 **({"eval_dataset_digest": data_digest} if data_digest else {}),
                 "mlflow_run_id": record.run_id,
                 "mlflow_run": dg.MetadataValue.url(tracking.run_url(experiment_id, record.run_id)),

@@ -67,12 +67,13 @@ def run_all(args: argparse.Namespace, eval_root: Path) -> tuple[dict, dict]:
     timings["retrieval"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    results["finetune"] = {"nih": run_finetune(sets["nih"], model_config, args.checkpoint,
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    results["finetune"] = {"nih": run_finetune(sets["nih"], model_config, args.checkpoint, seeds=seeds,
                                                config=FinetuneConfig(epochs=args.epochs), n_boot=args.n_boot)}
     timings["finetune"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    results["segmentation"] = {"siim": run_segmentation(sets["siim"], model_config, args.checkpoint,
+    results["segmentation"] = {"siim": run_segmentation(sets["siim"], model_config, args.checkpoint, seeds=seeds,
                                                         config=SegmentationConfig(epochs=args.epochs),
                                                         n_boot=args.n_boot)}
     timings["segmentation"] = time.perf_counter() - tick
@@ -90,6 +91,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=3, help="fine-tuning / segmentation seeds (from --seed)")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the results here")

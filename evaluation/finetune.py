@@ -7,22 +7,30 @@ so "pre-trained" and "random" were the same experiment. Here `build_encoder("pre
 loads the checkpoint through training.model.create_model and the tests check that the encoder's
 tensors equal the checkpoint's before any training step.
 
-Protocol: one patient-wise stratified train/val/test split of the set (fixed seed); the label
-fraction subsamples TRAIN only (stratified, nested, fixed seed); thresholds come from VAL; all
-reported numbers are on TEST with bootstrap CIs (evaluation.metrics.classification_report).
+Protocol, per seed (>= 3 for a claim): a patient-wise stratified train/val/test split of the
+set; the label fraction subsamples TRAIN only (stratified, nested); thresholds come from VAL;
+all reported numbers are on TEST with bootstrap CIs (evaluation.metrics.classification_report).
+The random baseline's weights are drawn from the seed too. Pre-trained vs each baseline is a
+paired comparison on each seed's test images (evaluation.compare): mean and sd over seeds, a
+bootstrap 95% interval of the difference, and a verdict from that interval.
+
+Full fine-tuning starts from the linear probe's head (LP-FT, Kumar et al. 2022): with a random
+head the first, largest gradients reach the encoder before the head means anything and wash the
+pre-trained features out, which is how full fine-tuning came out below the probe it contains.
 Defaults are tiny so that the tests run in seconds on a CPU; raise epochs for real numbers.
 """
 from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from evaluation.compare import PairedSeed, evaluable_columns, mean_auc_statistic, paired_comparison
 from evaluation.datasets import LabelledImages
 from evaluation.encode import as_float, image_tensor, predict_probabilities
 from evaluation.metrics import classification_report
@@ -39,6 +47,10 @@ class FinetuneConfig:
     probe_steps: int = 200  # linear probe: full-batch optimiser steps on frozen features
     lr: float = 1e-3
     encoder_lr_scale: float = 0.1  # full fine-tuning: the pre-trained encoder moves slower than the head
+    full_from_probe: bool = True  # full fine-tuning starts from the linear probe's head (LP-FT)
+    # "frozen": the encoder's BatchNorm layers keep their pre-trained running statistics while
+    # its weights train; "train": they re-estimate them from the fine-tuning batches.
+    encoder_bn: Literal["train", "frozen"] = "train"
     weight_decay: float = 1e-4
     batch_size: int = 16
     seed: int = 0
@@ -110,50 +122,118 @@ def run_finetune(
     split_fractions: Sequence[float] = (0.6, 0.2, 0.2),
     n_boot: int = 1000,
     images: torch.Tensor | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> dict:
-    """Every (mode, init, fraction) on one split; {"split", "runs": [{"mode", "init", "fraction",
-    "train_images", "report"}], "protocol"}."""
+    """Every (seed, mode, init, fraction); per seed its own split, label subset, head and random
+    init. {"seeds", "splits": {seed: sizes}, "runs": [{"seed", "mode", "init", "fraction",
+    "train_images", "report"}], "arms": mean/sd over seeds, "comparisons": pre-trained vs each
+    baseline per (mode, fraction) with a paired bootstrap interval (evaluation.compare), "protocol"}."""
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     inits = list(inits or available_inits(model_config))
     if checkpoint is None and "pretrained" in inits:
         inits.remove("pretrained")
-    split = patient_split(data.labels, data.patient_ids, split_fractions, seed=config.seed)
+    seeds = list(seeds) if seeds is not None else [config.seed]
     if images is None:
         size = build_encoder("random", model_config).image_size
         images = image_tensor(data, size)
-    runs = []
-    for fraction in fractions:
-        train_rows = label_fraction(data.labels, fraction, seed=config.seed, indices=split["train"])
-        for mode in modes:
-            for init in inits:
-                encoder = build_encoder(init, model_config, checkpoint)
-                val_scores, test_scores = fit_and_score(encoder, images, data.labels, train_rows, split["val"],
-                                                        split["test"], mode, config, device)
-                report = classification_report(data.labels[split["val"]], val_scores, data.labels[split["test"]],
-                                               test_scores, data.categories, n_boot=n_boot, seed=config.seed)
-                runs.append({"mode": mode, "init": init, "fraction": fraction,
-                             "train_images": int(len(train_rows)), "report": report})
-    return {"dataset": data.name, "split": {k: int(len(v)) for k, v in split.items()}, "runs": runs,
-            "protocol": "patient-wise split; label fraction of train only; thresholds on val; metrics on test"}
+    targets = torch.as_tensor(data.labels, dtype=torch.float32)
+    runs, splits = [], {}
+    scored: dict[tuple[str, float, str], list[tuple[int, np.ndarray, np.ndarray]]] = {}
+    for seed in seeds:
+        seeded = replace(config, seed=seed)
+        split = patient_split(data.labels, data.patient_ids, split_fractions, seed=seed)
+        splits[str(seed)] = {k: int(len(v)) for k, v in split.items()}
+        subsets = {f: label_fraction(data.labels, f, seed=seed, indices=split["train"]) for f in fractions}
+        for init in inits:
+            torch.manual_seed(seed)  # the random baseline's weights are part of what a seed varies
+            encoder = build_encoder(init, model_config, checkpoint).to(device)
+            features = _features(encoder, images, device)
+            for fraction, train_rows in subsets.items():
+                head = nn.Linear(encoder.out_dim, targets.shape[1]).to(device)
+                _train_probe(head, features[train_rows], targets[train_rows].to(device), seeded)
+                for mode in modes:
+                    val_scores, test_scores = _fit_mode(mode, encoder, head, features, images, targets, train_rows,
+                                                        split, seeded, device)
+                    report = classification_report(data.labels[split["val"]], val_scores, data.labels[split["test"]],
+                                                   test_scores, data.categories, n_boot=n_boot, seed=seed)
+                    runs.append({"seed": seed, "mode": mode, "init": init, "fraction": fraction,
+                                 "train_images": int(len(train_rows)), "report": report})
+                    scored.setdefault((mode, fraction, init), []).append(
+                        (seed, data.labels[split["test"]], test_scores))
+    return {"dataset": data.name, "seeds": seeds, "splits": splits, "runs": runs,
+            "arms": _arms(runs), "comparisons": _comparisons(scored, modes, fractions, inits, n_boot),
+            "protocol": "per seed: patient-wise split, label fraction of train only, probe/fine-tune seed; "
+                        "thresholds on val; metrics on test; pre-trained vs baseline paired on each seed's test images"}
 
 
 def fit_and_score(encoder: ImageEncoder, images: torch.Tensor, labels: np.ndarray, train_rows: np.ndarray,
                   val_rows: np.ndarray, test_rows: np.ndarray, mode: Mode, config: FinetuneConfig,
                   device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Trains a linear head (frozen encoder) or the whole classifier; sigmoid scores on val/test."""
+    """Trains a linear head (frozen encoder) or, from that head, the whole classifier; sigmoid
+    scores on val/test."""
     torch.manual_seed(config.seed)
-    classifier = Classifier(encoder, labels.shape[1]).to(device)
+    encoder = encoder.to(device)
     targets = torch.as_tensor(labels, dtype=torch.float32)
+    features = _features(encoder, images, device)
+    head = nn.Linear(encoder.out_dim, labels.shape[1]).to(device)
+    _train_probe(head, features[train_rows], targets[train_rows].to(device), config)
+    return _fit_mode(mode, encoder, head, features, images, targets, train_rows,
+                     {"val": val_rows, "test": test_rows}, config, device)
+
+
+def _fit_mode(mode: Mode, encoder: ImageEncoder, probe_head: nn.Linear, features: torch.Tensor,
+              images: torch.Tensor, targets: torch.Tensor, train_rows: np.ndarray, split: dict,
+              config: FinetuneConfig, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     if mode == "linear":
-        features = _features(encoder, images, device)
-        _train_probe(classifier.head, features[train_rows], targets[train_rows].to(device), config)
         with torch.no_grad():
-            scores = torch.sigmoid(classifier.head(features)).cpu().numpy()
-        return scores[val_rows], scores[test_rows]
+            scores = torch.sigmoid(probe_head(features)).cpu().numpy()
+        return scores[split["val"]], scores[split["test"]]
     if mode != "full":
         raise ValueError(f"unknown mode {mode!r}")
+    torch.manual_seed(config.seed)
+    classifier = Classifier(copy.deepcopy(encoder), targets.shape[1]).to(device)
+    if config.full_from_probe:
+        # LP-FT: a random head's first gradients would scramble the pre-trained features before
+        # the head is any good; starting from the probe's head keeps them.
+        classifier.head.load_state_dict(probe_head.state_dict())
     _train_full(classifier, images, targets, train_rows, config, device)
-    return _predict(classifier, images[val_rows], device), _predict(classifier, images[test_rows], device)
+    return _predict(classifier, images[split["val"]], device), _predict(classifier, images[split["test"]], device)
+
+
+def _arms(runs: list[dict]) -> list[dict]:
+    """Mean AUC per (mode, init, fraction): mean and sample sd over seeds."""
+    grouped: dict[tuple, list[float]] = {}
+    for run in runs:
+        grouped.setdefault((run["mode"], run["init"], run["fraction"]), []).append(run["report"]["mean_auc"])
+    return [{"mode": mode, "init": init, "fraction": fraction, "mean_auc": float(np.mean(values)),
+             "mean_auc_sd": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"),
+             "per_seed": values}
+            for (mode, init, fraction), values in grouped.items()]
+
+
+def _comparisons(scored: dict, modes: Sequence[str], fractions: Sequence[float], inits: Sequence[str],
+                 n_boot: int) -> list[dict]:
+    """Pre-trained against each other init, per (mode, fraction), on the classes evaluable on each
+    seed's test split."""
+    if "pretrained" not in inits:
+        return []
+    comparisons = []
+    for mode in modes:
+        for fraction in fractions:
+            candidate = scored[(mode, fraction, "pretrained")]
+            for baseline_init in (i for i in inits if i != "pretrained"):
+                baseline = scored[(mode, fraction, baseline_init)]
+                pairs = []
+                for (seed, labels, cand), (_, _, base) in zip(candidate, baseline):
+                    columns = evaluable_columns(labels)
+                    if len(columns):
+                        pairs.append(PairedSeed(seed, cand[:, columns], base[:, columns], truth=labels[:, columns]))
+                if not pairs:
+                    continue
+                result = paired_comparison(pairs, mean_auc_statistic, n_boot=n_boot, seed=pairs[0].seed)
+                comparisons.append({"mode": mode, "fraction": fraction, "candidate_init": "pretrained",
+                                    "baseline_init": baseline_init, "metric": "mean AUC (test)", **result})
+    return comparisons
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -191,6 +271,8 @@ def _train_full(classifier: Classifier, images: torch.Tensor, targets: torch.Ten
     loss_fn = nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(config.seed)
     classifier.train()
+    if config.encoder_bn == "frozen":
+        freeze_batchnorm(classifier.encoder)
     rows = torch.as_tensor(train_rows)
     for _ in range(config.epochs):
         order = rows[torch.randperm(len(rows), generator=generator)]
@@ -203,6 +285,14 @@ def _train_full(classifier: Classifier, images: torch.Tensor, targets: torch.Ten
             loss.backward()
             optimiser.step()
     classifier.eval()
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """BatchNorm layers to eval mode: they normalise with their stored statistics and stop
+    updating them (their affine weights still train)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.eval()
 
 
 def _predict(classifier: Classifier, images: torch.Tensor, device: torch.device, batch: int = 64) -> np.ndarray:

@@ -32,16 +32,22 @@ def results_table(results: Mapping[str, Any]) -> list[dict[str, str]]:
                 if "@" in key:
                     rows.append(_row("retrieval", f"{name} {direction.replace('_', ' ')}", key, value))
     for name, report in results.get("finetune", {}).items():
-        for run in report["runs"]:
-            setting = f"{name} {run['mode']} {run['init']} {run['fraction']:.0%} ({run['train_images']} img)"
-            rows.append(_row("fine-tune", setting, "mean AUC (test)", run["report"]["mean_auc"],
-                             run["report"].get("mean_auc_ci")))
+        seeds = len(report["seeds"])
+        for arm in report["arms"]:
+            setting = f"{name} {arm['mode']} {arm['init']} {arm['fraction']:.0%}"
+            rows.append(_spread_row("fine-tune", setting, f"mean AUC (test), {seeds} seeds", arm["mean_auc"],
+                                    arm["mean_auc_sd"]))
+        for comparison in report["comparisons"]:
+            setting = f"{name} {comparison['mode']} {comparison['fraction']:.0%}"
+            rows.append(_comparison_row("fine-tune", setting, comparison))
     for name, report in results.get("segmentation", {}).items():
-        for run in report["runs"]:
-            rows.append(_row("segmentation", f"{name} {run['init']}", "mean Dice (test)", run["mean_dice"],
-                             run["mean_dice_ci"]))
-            rows.append(_row("segmentation", f"{name} {run['init']}", "mean IoU (test)", run["mean_iou"],
-                             run["mean_iou_ci"]))
+        seeds = len(report["seeds"])
+        for arm in report["arms"]:
+            for metric, label in (("mean_dice", "Dice"), ("mean_iou", "IoU")):
+                rows.append(_spread_row("segmentation", f"{name} {arm['init']}", f"mean {label} (test), {seeds} seeds",
+                                        arm[metric], arm[f"{metric}_sd"]))
+        for comparison in report["comparisons"]:
+            rows.append(_comparison_row("segmentation", name, comparison))
     return rows
 
 
@@ -106,6 +112,19 @@ def _row(task: str, setting: str, metric: str, value: float, ci: Any = None) -> 
     if ci is not None and text != "n/a" and not any(math.isnan(v) for v in ci[:2]):
         text += f" ({ci[0]:.3f}–{ci[1]:.3f})"
     return {"task": task, "setting": setting, "metric": metric, "value": text}
+
+
+def _spread_row(task: str, setting: str, metric: str, mean: float, sd: float) -> dict[str, str]:
+    text = "n/a" if math.isnan(mean) else f"{mean:.3f}" + ("" if math.isnan(sd) else f" ± {sd:.3f} (sd)")
+    return {"task": task, "setting": setting, "metric": metric, "value": text}
+
+
+def _comparison_row(task: str, setting: str, comparison: Mapping[str, Any]) -> dict[str, str]:
+    """"pretrained - random: Δ mean AUC (test)" | "+0.112 (+0.080 to +0.140): better"."""
+    difference, (low, high) = comparison["difference"], comparison["difference"]["ci"]
+    text = "n/a" if math.isnan(low) else f"{difference['mean']:+.3f} ({low:+.3f} to {high:+.3f})"
+    return {"task": task, "setting": f"{setting}: {comparison['candidate_init']} - {comparison['baseline_init']}",
+            "metric": f"difference of {comparison['metric']}, paired", "value": f"{text}: {comparison['verdict']}"}
 
 
 def _jsonable(value: Any) -> Any:

@@ -57,6 +57,42 @@ def evaluate_retrieval(model: MedFilipModel, tokenizer: Tokenizer, data: Labelle
     return result
 
 
+def paired_retrieval_metrics(image_features: torch.Tensor | np.ndarray, text_features: torch.Tensor | np.ndarray,
+                             text_of_image: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """Recall@K when each image has exactly one relevant text (its own report) and each text the
+    images of its study: image->text, the report in the top K; text->image, any of its images in
+    the top K. Ties count against the query (an equally similar other item ranks first)."""
+    images, texts = _numpy(image_features), _numpy(text_features)
+    text_of_image = np.asarray(text_of_image, dtype=np.int64)
+    similarity = images @ texts.T  # [N, T]
+    own = similarity[np.arange(len(images)), text_of_image]
+    # Other texts at least as similar as the own report.
+    image_rank = (similarity >= own[:, None]).sum(axis=1) - 1
+    relevant = text_of_image[:, None] == np.arange(len(texts))[None, :]  # [N, T]
+    best = np.where(relevant, similarity, -np.inf).max(axis=0)  # per text: its most similar own image
+    text_rank = ((similarity >= best[None, :]) & ~relevant).sum(axis=0)
+    answerable = relevant.any(axis=0)
+    if not answerable.all():
+        raise ValueError(f"{int((~answerable).sum())} texts have no image")
+    return {
+        "relevance": "exact pairs: an image and its own study's report",
+        "images": int(len(images)), "texts": int(len(texts)),
+        "image_to_text": {f"recall@{k}": float(np.mean(image_rank < k)) for k in ks},
+        "text_to_image": {f"recall@{k}": float(np.mean(text_rank < k)) for k in ks},
+    }
+
+
+def evaluate_report_retrieval(model: MedFilipModel, tokenizer: Tokenizer, images: LabelledImages, texts: Sequence[str],
+                              text_of_image: np.ndarray, ks: Sequence[int] = (1, 5, 10), batch_size: int = 64,
+                              device: str | torch.device = "cpu") -> dict:
+    """Image <-> own-report retrieval (e.g. evaluation.benchmark_sets.mimic_cxr_report_pairs)."""
+    image_features = embed_images(model, image_tensor(images, model.image_size), batch_size, device)
+    text_features = embed_texts(model, tokenizer, texts, device=device)
+    result = paired_retrieval_metrics(image_features, text_features, text_of_image, ks)
+    result["dataset"] = images.name
+    return result
+
+
 def with_no_finding(data: LabelledImages) -> LabelledImages:
     """The set with a "no finding" column, positive where no other category is."""
     if NO_FINDING in data.categories:

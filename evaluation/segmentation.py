@@ -19,17 +19,18 @@ correct "no pneumothorax" counts); IoU likewise. Means over test images, with bo
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evaluation.compare import PairedSeed, mean_value_statistic, paired_comparison
 from evaluation.datasets import LabelledImages
 from evaluation.encode import as_float, image_tensor, predict_probabilities
-from evaluation.finetune import ImageEncoder, Init, build_encoder
+from evaluation.finetune import ImageEncoder, Init, available_inits, build_encoder, freeze_batchnorm
 from evaluation.splits import patient_split
 
 
@@ -39,6 +40,7 @@ class SegmentationConfig:
     lr: float = 1e-3
     encoder_lr_scale: float = 0.1
     freeze_encoder: bool = False
+    encoder_bn: Literal["train", "frozen"] = "train"  # as FinetuneConfig.encoder_bn
     batch_size: int = 8
     decoder_width: int = 32
     threshold: float = 0.5
@@ -93,28 +95,70 @@ def run_segmentation(
     model_config: str | dict,
     checkpoint: str | os.PathLike | None,
     *,
-    inits: Sequence[Init] = ("pretrained", "random"),
+    inits: Sequence[Init] | None = None,
     config: SegmentationConfig = SegmentationConfig(),
     split_fractions: Sequence[float] = (0.7, 0.1, 0.2),
     n_boot: int = 1000,
+    seeds: Sequence[int] | None = None,
 ) -> dict:
-    """Trains one U-Net per init on TRAIN, reports Dice/IoU on TEST (val is held for the caller's
-    model selection and is not used for the numbers)."""
+    """Per seed (its own split, decoder init and random encoder) one U-Net per init trained on
+    TRAIN, Dice/IoU on TEST (val is held for the caller's model selection and is not used for the
+    numbers); "arms" are mean/sd over seeds, "comparisons" pre-trained vs each baseline, paired on
+    each seed's test images (evaluation.compare)."""
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    inits = [i for i in inits if i != "pretrained" or checkpoint is not None]
-    split = patient_split(data.labels, data.patient_ids, split_fractions, seed=config.seed)
+    inits = [i for i in (inits or available_inits(model_config)) if i != "pretrained" or checkpoint is not None]
+    seeds = list(seeds) if seeds is not None else [config.seed]
     size = build_encoder("random", model_config).image_size
     images = image_tensor(data, size)
     masks = torch.from_numpy(np.stack([data.mask(i, size) for i in range(len(data))]))[:, None]
-    runs = []
-    for init in inits:
-        net = build_segmenter(init, model_config, checkpoint, config.decoder_width).to(device)
-        train_segmenter(net, images[split["train"]], masks[split["train"]], config, device)
-        predicted = predict_masks(net, images[split["test"]], device) >= config.threshold
-        dice, iou = dice_iou(predicted, masks[split["test"]].numpy().astype(bool))
-        runs.append({"init": init, **summarise(dice, iou, n_boot, config.seed)})
-    return {"dataset": data.name, "split": {k: int(len(v)) for k, v in split.items()}, "image_size": size,
-            "empty_mask_rule": "Dice = IoU = 1 when prediction and truth are both empty", "runs": runs}
+    runs, splits = [], {}
+    dice_by_init: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for seed in seeds:
+        seeded = replace(config, seed=seed)
+        split = patient_split(data.labels, data.patient_ids, split_fractions, seed=seed)
+        splits[str(seed)] = {k: int(len(v)) for k, v in split.items()}
+        for init in inits:
+            torch.manual_seed(seed)  # the random encoder and the decoder are drawn from the seed
+            net = build_segmenter(init, model_config, checkpoint, config.decoder_width).to(device)
+            train_segmenter(net, images[split["train"]], masks[split["train"]], seeded, device)
+            predicted = predict_masks(net, images[split["test"]], device) >= config.threshold
+            dice, iou = dice_iou(predicted, masks[split["test"]].numpy().astype(bool))
+            runs.append({"seed": seed, "init": init, **summarise(dice, iou, n_boot, seed)})
+            dice_by_init.setdefault(init, []).append((seed, dice))
+    return {"dataset": data.name, "seeds": seeds, "splits": splits, "image_size": size,
+            "empty_mask_rule": "Dice = IoU = 1 when prediction and truth are both empty", "runs": runs,
+            "arms": _arms(runs), "comparisons": _comparisons(dice_by_init, n_boot)}
+
+
+def _arms(runs: list[dict]) -> list[dict]:
+    grouped: dict[str, list[dict]] = {}
+    for run in runs:
+        grouped.setdefault(run["init"], []).append(run)
+    arms = []
+    for init, group in grouped.items():
+        arm = {"init": init}
+        for metric in ("mean_dice", "mean_iou"):
+            values = [r[metric] for r in group]
+            arm[metric] = float(np.mean(values))
+            arm[f"{metric}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+            arm[f"{metric}_per_seed"] = values
+        arms.append(arm)
+    return arms
+
+
+def _comparisons(dice_by_init: dict[str, list[tuple[int, np.ndarray]]], n_boot: int) -> list[dict]:
+    if "pretrained" not in dice_by_init:
+        return []
+    candidate = dice_by_init["pretrained"]
+    comparisons = []
+    for baseline_init, baseline in dice_by_init.items():
+        if baseline_init == "pretrained":
+            continue
+        pairs = [PairedSeed(seed, cand, base) for (seed, cand), (_, base) in zip(candidate, baseline)]
+        result = paired_comparison(pairs, mean_value_statistic, n_boot=n_boot, seed=pairs[0].seed)
+        comparisons.append({"candidate_init": "pretrained", "baseline_init": baseline_init,
+                            "metric": "mean Dice (test)", **result})
+    return comparisons
 
 
 def train_segmenter(net: UNetOnEncoder, images: torch.Tensor, masks: torch.Tensor, config: SegmentationConfig,
@@ -134,6 +178,8 @@ def train_segmenter(net: UNetOnEncoder, images: torch.Tensor, masks: torch.Tenso
     net.train()
     if config.freeze_encoder:
         net.encoder.eval()  # frozen BatchNorm statistics stay the pre-trained ones
+    elif config.encoder_bn == "frozen":
+        freeze_batchnorm(net.encoder)
     for _ in range(config.epochs):
         order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(order), config.batch_size):

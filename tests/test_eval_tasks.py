@@ -11,9 +11,10 @@ import torch
 from corpus.eval_sets import write_eval_sets
 from evaluation.datasets import generated_eval_sets
 from evaluation.encode import image_tensor, load_pretrained
-from evaluation.finetune import FinetuneConfig, build_encoder, run_finetune
+from evaluation.finetune import FinetuneConfig, build_encoder, fit_and_score, run_finetune
 from evaluation.report import markdown_table, plot_roc, write_json
 from evaluation.retrieval import evaluate_retrieval, prompt_gallery, retrieval_metrics, with_no_finding
+from evaluation.splits import patient_split
 from evaluation.segmentation import SegmentationConfig, build_segmenter, dice_iou, run_segmentation, train_segmenter
 from evaluation.zero_shot import evaluate_zero_shot, unseen_categories
 from training.knowledge import load_knowledge
@@ -104,15 +105,47 @@ def test_finetune_encoder_starts_from_the_pretrained_weights(checkpoint):
     assert not all(torch.equal(random[k], expected[k]) for k in expected)
 
 
-def test_finetune_runs_every_fraction_mode_and_init(sets, checkpoint):
-    result = run_finetune(sets["rsna"], "tiny", checkpoint, fractions=(0.01, 1.0),
+def test_finetune_runs_every_seed_fraction_mode_and_init_and_compares_paired(sets, checkpoint):
+    result = run_finetune(sets["rsna"], "tiny", checkpoint, fractions=(0.01, 1.0), seeds=(0, 1),
                           config=FinetuneConfig(epochs=1, probe_steps=30), n_boot=50)
-    combos = {(r["mode"], r["init"], r["fraction"]) for r in result["runs"]}
-    assert combos == {(m, i, f) for m in ("linear", "full") for i in ("pretrained", "random") for f in (0.01, 1.0)}
-    sizes = {r["fraction"]: r["train_images"] for r in result["runs"]}
-    assert sizes[0.01] < sizes[1.0] == result["split"]["train"]
-    for run in result["runs"]:
-        assert run["report"]["n_test"] == result["split"]["test"]
+    combos = {(r["seed"], r["mode"], r["init"], r["fraction"]) for r in result["runs"]}
+    assert combos == {(s, m, i, f) for s in (0, 1) for m in ("linear", "full") for i in ("pretrained", "random")
+                      for f in (0.01, 1.0)}
+    for seed in (0, 1):
+        split = result["splits"][str(seed)]
+        sizes = {r["fraction"]: r["train_images"] for r in result["runs"] if r["seed"] == seed}
+        assert sizes[0.01] < sizes[1.0] == split["train"]
+        for run in (r for r in result["runs"] if r["seed"] == seed):
+            assert run["report"]["n_test"] == split["test"]
+    assert {(c["mode"], c["fraction"], c["baseline_init"]) for c in result["comparisons"]} == {
+        (m, f, "random") for m in ("linear", "full") for f in (0.01, 1.0)}
+    arms = {(a["mode"], a["init"], a["fraction"]): a for a in result["arms"]}
+    for comparison in result["comparisons"]:
+        assert comparison["seeds"] == [0, 1]
+        assert comparison["verdict"] in ("better", "worse", "no detectable difference")
+        low, high = comparison["difference"]["ci"]
+        assert low <= high
+        # The comparison's arms are the runs' mean AUCs (same classes, same test images).
+        for side, init in (("candidate", "pretrained"), ("baseline", comparison["baseline_init"])):
+            arm = arms[(comparison["mode"], init, comparison["fraction"])]
+            assert comparison[side]["per_seed"] == pytest.approx(arm["per_seed"], abs=1e-9)
+
+
+def test_full_finetuning_starts_from_the_probe_head(sets, checkpoint):
+    """LP-FT: with no fine-tuning epochs, full fine-tuning scores exactly what the probe scores;
+    from a random head it does not."""
+    data = sets["rsna"]
+    split = patient_split(data.labels, data.patient_ids, (0.6, 0.2, 0.2), seed=0)
+    images = image_tensor(data, 64)
+    scores = {}
+    for mode, from_probe in (("linear", True), ("full", True), ("full", False)):
+        encoder = build_encoder("pretrained", "tiny", checkpoint)
+        config = FinetuneConfig(epochs=0, probe_steps=30, full_from_probe=from_probe)
+        scores[(mode, from_probe)] = fit_and_score(encoder, images, data.labels, split["train"], split["val"],
+                                                   split["test"], mode, config, torch.device("cpu"))[1]
+    # Same weights, same float32 operations in the same order: the probe's scores reappear.
+    np.testing.assert_allclose(scores[("full", True)], scores[("linear", True)], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(scores[("full", False)], scores[("linear", True)], atol=1e-3)
 
 
 def test_segmentation_keeps_the_pretrained_encoder(sets, checkpoint):
@@ -134,10 +167,19 @@ def test_segmentation_keeps_the_pretrained_encoder(sets, checkpoint):
 
 def test_segmentation_end_to_end_and_dice_rules(sets, checkpoint):
     result = run_segmentation(sets["siim"], "tiny", checkpoint, config=SegmentationConfig(epochs=1, decoder_width=8),
-                              n_boot=50)
-    assert [r["init"] for r in result["runs"]] == ["pretrained", "random"]
+                              n_boot=50, seeds=(0, 1))
+    assert [(r["seed"], r["init"]) for r in result["runs"]] == [(s, i) for s in (0, 1) for i in ("pretrained", "random")]
     for run in result["runs"]:
-        assert 0.0 <= run["mean_dice"] <= 1.0 and run["test_images"] == result["split"]["test"]
+        assert 0.0 <= run["mean_dice"] <= 1.0 and run["test_images"] == result["splits"][str(run["seed"])]["test"]
+    [comparison] = result["comparisons"]
+    assert comparison["baseline_init"] == "random" and comparison["seeds"] == [0, 1]
+    arms = {a["init"]: a for a in result["arms"]}
+    assert comparison["candidate"]["per_seed"] == pytest.approx(arms["pretrained"]["mean_dice_per_seed"], abs=1e-12)
+    assert comparison["difference"]["mean"] == pytest.approx(
+        arms["pretrained"]["mean_dice"] - arms["random"]["mean_dice"], abs=1e-12)
+    table = markdown_table({"segmentation": {"siim": result}})
+    assert f"siim: pretrained - random | difference of mean Dice (test), paired | " in table
+    assert f": {comparison['verdict']} |" in table
     empty, full = np.zeros((1, 4, 4), bool), np.ones((1, 4, 4), bool)
     half = full.copy()
     half[:, :2] = False
@@ -157,3 +199,12 @@ def test_report_table_json_and_roc_png(sets, checkpoint, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     path = write_json(results, tmp_path / "results.json")
     assert '"mean_auc"' in path.read_text() and sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "roc.png"]
+
+
+def test_max_images_takes_the_first_images_of_the_set(sets):
+    from assets.evaluation import first_images
+
+    data = sets["nih"]
+    head = first_images(data, 10)
+    assert head.image_ids == data.image_ids[:10] and (head.labels == data.labels[:10]).all()
+    assert first_images(data, 0) is data and first_images(data, len(data) + 5) is data

@@ -15,6 +15,8 @@ from pipeline.resources import ArchiveResource, ExtractorResource, MLflowResourc
 from corpus.generate import generate_corpus
 from ingestion.layout import SHARDS
 
+pytestmark = pytest.mark.slow  # > 30 s: see pyproject's markers
+
 TRAIN = {"model": "tiny", "epochs": 1, "batch_size": 4, "val_batch_size": 4, "loss": "ssm_scaled"}
 EVALS = ("zero_shot_eval", "retrieval_eval", "finetune_eval", "segmentation_eval")
 EVAL = {"config": {"n_boot": 50, "epochs": 1}}
@@ -222,3 +224,22 @@ def test_evaluations_are_mlflow_runs_nested_under_the_model_run(graph):
     assert zero_shot["mean_auc_ci"].value == "n/a" or "–" in zero_shot["mean_auc_ci"].value
     finetune = result.asset_materializations_for_node("finetune_eval")[0].metadata
     assert {"auc_linear_pretrained_1pct", "auc_linear_random_1pct"} <= set(finetune)
+
+
+def test_pretraining_comparisons_carry_seeds_intervals_and_verdicts(graph):
+    """finetune_eval and segmentation_eval state 'better' / 'worse' / 'no detectable difference'
+    from the paired interval over 3 seeds, in the metadata and as MLflow tags beside the interval."""
+    result = graph["result"]
+    verdicts = ("better", "worse", "no detectable difference")
+    for name, prefix in (("finetune_eval", "verdict_"), ("segmentation_eval", "verdict_dice_vs_random")):
+        meta = result.asset_materializations_for_node(name)[0].metadata
+        keys = [k.removeprefix("verdict_") for k in meta if k.startswith(prefix)]
+        assert keys, f"{name} has no verdict"
+        run = MlflowClient().get_run(meta["mlflow_run_id"].value)
+        for key in keys:
+            tag = run.data.tags[f"medfilip.verdict.{key}"]
+            assert tag in verdicts and meta[f"verdict_{key}"].value.endswith(tag)
+            assert "over 3 seeds" in meta[f"verdict_{key}"].value
+            low, high = run.data.metrics[f"diff_{key}_ci_low"], run.data.metrics[f"diff_{key}_ci_high"]
+            assert low <= high
+        assert "paired" in meta["results"].value

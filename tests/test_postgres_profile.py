@@ -24,6 +24,8 @@ from pipeline.settings import REPO_ROOT
 from tests.servers import (PostgresUnavailable, free_port, http_ok, postgres_bin_dir, running_postgres, start_server,
                            stop_server, wait_until)
 
+pytestmark = pytest.mark.slow  # > 30 s: see pyproject's markers
+
 DEPLOY = REPO_ROOT / "deploy"
 HAVE_POSTGRES = postgres_bin_dir() is not None
 HAVE_PSYCOPG2 = importlib.util.find_spec("psycopg2") is not None

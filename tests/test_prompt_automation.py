@@ -17,6 +17,8 @@ from tests.openai_stub_server import StubServer
 from tests.servers import free_port, http_ok, start_server, stop_server, wait_until
 from tests.test_ui import ASSET_NODES, LAUNCH_RUN, finished_status, graphql
 
+pytestmark = pytest.mark.slow  # > 30 s: see pyproject's markers
+
 START_SENSOR = """mutation Start($selector: SensorSelector!) { startSensor(sensorSelector: $selector) {
   __typename ... on Sensor { sensorState { status } } ... on PythonError { message } } }"""
 RUNS = """query Runs { runsOrError(filter: {pipelineName: "extraction_job"}) { ... on Runs { results {

@@ -25,6 +25,8 @@ from PIL import Image
 from pipeline.settings import REPO_ROOT
 from tests.servers import Server, free_port, http_ok, run_in_own_group, start_server, stop_server, wait_until
 
+pytestmark = pytest.mark.slow  # > 30 s: see pyproject's markers
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 HAVE_CHROMIUM = Path(CHROMIUM).exists()
 SCREENSHOT_ENV = "MEDFILIP_UI_SCREENSHOT_DIR"
