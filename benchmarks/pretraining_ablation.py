@@ -14,11 +14,9 @@ Run by hand, never in the test suite.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from evaluation.datasets import generated_eval_sets
