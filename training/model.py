@@ -48,7 +48,7 @@ class MedFilipModel(nn.Module):
             clip_class = CustomTextCLIP
         else:
             clip_class = CLIP
-        with quiet_hf_loading():
+        with quiet_hf_loading(), _clip_text_models_without_pooler_flag():
             self.clip = clip_class(
                 embed_dim=config["embed_dim"], vision_cfg=config["vision_cfg"], text_cfg=text_cfg,
                 quick_gelu=bool(config.get("quick_gelu", False)),
@@ -239,6 +239,45 @@ def quiet_hf_loading() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
         if progress:
             hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _clip_text_models_without_pooler_flag() -> Iterator[None]:
+    """open_clip builds every HF encoder with `add_pooling_layer=...`, a BERT-only argument that
+    CLIPTextModel refuses; a CLIP text model always has its pooler output (the end-of-text token,
+    what `hf_pooler_type: cls_pooler` returns). Scoped to building the model."""
+    import open_clip.hf_model as hf_model
+
+    # open_clip's table of HF architectures lacks the CLIP text model: its names, as HF spells them.
+    hf_model.arch_dict.setdefault("clip_text_model", {
+        "config_names": {"context_length": "max_position_embeddings", "vocab_size": "vocab_size",
+                         "width": "hidden_size", "heads": "num_attention_heads", "layers": "num_hidden_layers",
+                         "layer_attr": "layers", "token_embeddings_attr": "embeddings"},
+        "pooler": "cls_pooler"})
+    original = hf_model.AutoModel
+
+    class _AutoModel:
+        @staticmethod
+        def _drop_flag(config, kwargs):
+            if getattr(config, "model_type", "") == "clip_text_model":
+                kwargs.pop("add_pooling_layer", None)
+            return kwargs
+
+        @classmethod
+        def from_pretrained(cls, name, *args, **kwargs):
+            from transformers import AutoConfig
+
+            return original.from_pretrained(name, *args, **cls._drop_flag(AutoConfig.from_pretrained(name), kwargs))
+
+        @classmethod
+        def from_config(cls, config, *args, **kwargs):
+            return original.from_config(config, *args, **cls._drop_flag(config, kwargs))
+
+    hf_model.AutoModel = _AutoModel
+    try:
+        yield
+    finally:
+        hf_model.AutoModel = original
 
 
 def _is_hf_tower(text: nn.Module | None) -> bool:
