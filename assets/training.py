@@ -19,7 +19,7 @@ from pipeline.resources import MLflowResource, StorageResource
 
 
 class PretrainConfig(dg.Config):
-    preset: str = "demo"  # training.config.PRESETS: demo (CPU minutes) or paper
+    preset: str = "demo"  # training.config.PRESETS: demo (CPU minutes), paper or reference (the published code)
     overrides_json: str = "{}"  # TrainConfig fields, e.g. {"epochs": 5, "loss": "infonce"}
     launcher: Literal["in_process", "torchrun"] = "in_process"
     nproc_per_node: int = 1

@@ -11,7 +11,7 @@ resumed run continues exactly where it stopped:
 - loader workers share a rank's batches round-robin (batch k -> worker k % n), which is exactly
   the order in which torch's DataLoader collects them;
 - the sampled text and the augmentation of an image are drawn from an RNG keyed by
-  (seed, epoch, dicom_id). The sampled text is one of the image's texts, uniformly (the paper), or
+  (seed, epoch, dicom_id). The sampled text is one of the image's texts, uniformly, or
   with `text_sampling="positive_first"` one of its non-negated texts when it has any: then the
   batch's columns are mostly findings that are present, which is what zero-shot prompts ask about;
 - with `batch_layout="all_texts"` (the published code) no text is drawn: every text of every image
