@@ -235,7 +235,7 @@ def _loop_images_per_s(data: Path, config: TrainConfig, steps: int, warmup: int,
     ssm = SSM.load(data / ssm_dir)
     logged: list[float] = []
     with tempfile.TemporaryDirectory() as out:
-        train(config.model_copy(update=dict(max_steps=steps, log_every=1, epochs=1, device="cpu")),
+        train(config.model_copy(update=dict(max_steps=steps, log_every=1, epochs=1, device=config.device or "cpu")),
               data / "cxr_images", data / texts_dir, out, ssm_targets_fn(ssm),
               callback=lambda kind, step, m: logged.append(m["images_per_s"]) if kind == "step" else None)
     return float(f"{np.mean(logged[warmup:]):.3g}")  # 3 significant digits: large models run < 1 img/s on a CPU
