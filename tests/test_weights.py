@@ -167,3 +167,18 @@ def test_hf_clip_text_model_folder_loads_with_its_pooler_output(tmp_path):
         ours = model.clip.text.proj(model.clip.text.pooler(model.clip.text.transformer(
             input_ids=tokens, attention_mask=(tokens != 1).long()), None))
     assert torch.allclose(ours, model.clip.text.proj(pooled))
+
+
+def test_torchscript_archive_as_openai_ships_clip_loads(tmp_path):
+    # OpenAI's ViT-B-32.pt is a TorchScript archive (its buffers include the causal attn_mask).
+    from open_clip.model import CLIP
+
+    vision = {"image_size": 64, "patch_size": 32, "width": 64, "layers": 1, "head_width": 32}
+    torch.manual_seed(4)
+    clip = CLIP(32, vision, TEXT, quick_gelu=True).eval()
+    traced = torch.jit.trace_module(clip, {"forward": (torch.zeros(1, 3, 64, 64), torch.zeros(1, 77, dtype=torch.long))},
+                                    check_trace=False)
+    torch.jit.save(traced, tmp_path / "ViT-B-32.pt")
+    model = create_model(reference_config(), text_weights=str(tmp_path / "ViT-B-32.pt"))
+    state = clip.state_dict()
+    assert_loaded(model, state, [k for k in state if not k.startswith("visual.") and k not in ("logit_scale", "text_projection")])

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 Part = Literal["image", "text", "all"]
 WEIGHTS_ENV = "MEDFILIP_WEIGHTS"
-_OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")
+# Not weights: OpenAI's scalars, and the causal mask a TorchScript archive keeps with its buffers.
+_OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 _GRID_EMBEDDINGS = ("visual.positional_embedding", "visual.attnpool.positional_embedding")
 
 
@@ -84,12 +85,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - TorchScript archives (OpenAI CLIP) are not plain pickles
+    if _is_torchscript(path):
+        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    else:
         try:
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
-        except Exception:  # noqa: BLE001
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - our checkpoints also hold configs and RNG states
             state = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(state, nn.Module):
         state = state.state_dict()
@@ -213,6 +214,16 @@ def check_hf_text_weights(transformer: nn.Module, folder: str | os.PathLike, not
             f"text encoder {folder}: file tensors not loaded {bad_source}; encoder tensors not from the files"
             f" {bad_target}. Name deliberate ones (as text.transformer.<name>) in weights_not_loaded.")
     return len(matched)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive is a zip with the model's code next to its tensors."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
 
 
 def _in_part(key: str, part: Part) -> bool:
