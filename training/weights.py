@@ -86,7 +86,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
         return load_file(str(path))
     if _is_torchscript(path):
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        import warnings
+
+        with warnings.catch_warnings():  # deprecated in torch, yet the format OpenAI ships CLIP in
+            warnings.simplefilter("ignore", FutureWarning)
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
