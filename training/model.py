@@ -1,7 +1,7 @@
 """MedFILIP model: open_clip towers over grey radiographs, built from named JSON configs.
 
 A configuration in `training/model_configs/<name>.json` (or any JSON path) is open_clip's model
-config format (`embed_dim`, `vision_cfg`, `text_cfg`) plus four keys of ours:
+config format (`embed_dim`, `vision_cfg`, `text_cfg`) plus keys of ours:
 - `image_mean` / `image_std`: per-channel normalisation applied inside the model, after the grey
   image is repeated to 3 channels, so that data, evaluation and inference cannot disagree on it;
 - `image_weights`: local weights for the image trunk (`"efficientnet-lite0"`: ImageNet weights
