@@ -4,6 +4,7 @@ The sentence encoder runs once, here; training reads the materialised SSM and ne
 """
 
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 import pyarrow as pa
@@ -61,10 +62,10 @@ class TrainingTextsConfig(dg.Config):
     drop_uncertain: bool = False
     drop_negated: bool = False  # True: train on present findings only (see training/texts.py)
     # "reference": the published code's wording (keeps `na` and a negated finding's location).
-    wording: str = "ours"
+    wording: Literal["ours", "reference"] = "ours"
     # "reference": only reports whose CheXpert "No Finding" (report_labels) is blank and that have
     # a triplet, as the published data preparation; "none": every image (no-finding text if empty).
-    report_filter: str = "none"
+    report_filter: Literal["none", "reference"] = "none"
 
 
 @dg.asset(deps=["triplets", knowledge_base, "cxr_images", "report_labels"], group_name="knowledge", kinds={"duckdb", "parquet"},
