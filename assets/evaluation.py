@@ -35,6 +35,8 @@ class EvalConfig(dg.Config):
     # Fine-tuning / segmentation on the set's first N images (0: all): seeds multiply their cost,
     # a smaller set per seed keeps it bounded (the intervals widen accordingly, they do not lie).
     max_images: int = 0
+    # retrieval_eval: "shared_category" (ours) or "identical_labels" (the published code's rule)
+    retrieval_relevance: Literal["shared_category", "identical_labels"] = "shared_category"
 
 
 EVAL_DEPS = ["pretrained_model", "training_texts"]
@@ -82,7 +84,7 @@ def retrieval_eval(context: dg.AssetExecutionContext, config: EvalConfig, storag
     data = with_no_finding(load_eval_dataset(config, archive.image_root(storage)))
     texts, labels = prompt_gallery(load_knowledge(), data.categories)
     model, tokenizer = load_pretrained(model_info["checkpoint"])
-    report = evaluate_retrieval(model, tokenizer, data, texts, labels)
+    report = evaluate_retrieval(model, tokenizer, data, texts, labels, relevance_rule=config.retrieval_relevance)
     summary = {f"{direction}_{key.replace('@', '_at_')}": value for direction in ("image_to_text", "text_to_image")
                for key, value in report[direction].items() if "@" in key}
     return record_evaluation(context, "retrieval_eval", {"retrieval": {data.name: report}}, summary, model_info,

@@ -4,6 +4,7 @@ The sentence encoder runs once, here; training reads the materialised SSM and ne
 """
 
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 import pyarrow as pa
@@ -61,10 +62,15 @@ class TrainingTextsConfig(dg.Config):
     split_seed: int = 0
     drop_uncertain: bool = False
     drop_negated: bool = False  # True: train on present findings only (see training/texts.py)
+    # "reference": the published code's wording (keeps `na` and a negated finding's location).
+    wording: Literal["ours", "reference"] = "ours"
+    # "reference": only reports whose CheXpert "No Finding" (report_labels) is blank and that have
+    # a triplet, as the published data preparation; "none": every image (no-finding text if empty).
+    report_filter: Literal["none", "reference"] = "none"
 
 
-@dg.asset(deps=["triplets", knowledge_base, "cxr_images"], group_name="knowledge", kinds={"duckdb", "parquet"},
-          code_version="1", automation_condition=DERIVED_FROM_EXTRACTION)
+@dg.asset(deps=["triplets", knowledge_base, "cxr_images", "report_labels"], group_name="knowledge",
+          kinds={"duckdb", "parquet"}, code_version="1", automation_condition=DERIVED_FROM_EXTRACTION)
 def training_texts(context: dg.AssetExecutionContext, config: TrainingTextsConfig,
                    storage: StorageResource) -> dg.MaterializeResult:
     """Per image its list of texts "<severity> <location> <category>. <description>", each
@@ -75,7 +81,9 @@ def training_texts(context: dg.AssetExecutionContext, config: TrainingTextsConfi
     result = build_training_texts(
         storage.asset_path("triplets", "triplets.parquet"), images, load_knowledge(), out_dir,
         val_fraction=config.val_fraction, seed=config.split_seed, drop_uncertain=config.drop_uncertain,
-        drop_negated=config.drop_negated,
+        drop_negated=config.drop_negated, wording=config.wording, report_filter=config.report_filter,
+        report_labels=(storage.asset_path("report_labels", "report_labels.parquet")
+                       if config.report_filter == "reference" else None),
     )
     texts = pq.read_table(result.texts_path)
     numbers = {k: v for k, v in result.metadata().items() if isinstance(v, int)}

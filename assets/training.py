@@ -20,7 +20,7 @@ from pipeline.resources import MLflowResource, StorageResource
 class PretrainConfig(dg.Config):
     """Empty / unset fields take `training:` of medfilip.yaml (or MEDFILIP_TRAINING_*), then the defaults."""
 
-    preset: str = ""  # training.config.PRESETS: demo (CPU minutes) or paper; default demo
+    preset: str = ""  # training.config.PRESETS: demo (CPU minutes), paper or reference (the published code); default demo
     overrides_json: str = ""  # TrainConfig fields, e.g. {"epochs": 5, "loss": "infonce"}; on top of the file's
     launcher: str = ""  # in_process (default) or torchrun
     nproc_per_node: int = 0  # default 1

@@ -11,6 +11,7 @@ Writes under OUT:
     texts/                       texts.parquet + image_texts.parquet (training.texts)
     embeddings.npy               MiniLM embedding of every distinct text
     ssm/  ssm_separated/         the SSM with the paper's negation rule and with negations apart
+    texts_reference/ ssm_reference/  the published code's wording and report filter (preset `reference`)
     prepare.json                 row counts and seconds per stage
 Then `python -m training --config demo --images OUT/cxr_images --texts OUT/texts --ssm OUT/ssm_separated ...`.
 """
@@ -108,6 +109,19 @@ def prepare_demo_data(out: Path, studies: int, image_size: int = 128, seed: int 
     build_ssm(text_table, vectors, out / "ssm", separate_negations=False)
     build_ssm(text_table, vectors, out / "ssm_separated", separate_negations=True)
     clock.lap("ssm")
+
+    # The `reference` preset's inputs: wording and report filter of the published code.
+    from extraction.labels import load_label_map, report_labels_table
+
+    labels = report_labels_table(extracted, triplets, load_label_map("chexpert", vocabulary=load_vocabulary()))
+    reference = build_training_texts(triplets, image_ids, load_knowledge(), out / "texts_reference",
+                                     wording="reference", report_filter="reference", report_labels=labels)
+    reference_vectors = write_text_embeddings(reference.texts_path, out / "embeddings_reference.npy")
+    build_ssm(pq.read_table(reference.texts_path).sort_by("text_id"), np.load(reference_vectors.path),
+              out / "ssm_reference")
+    report.update(reference_images=reference.images, reference_images_filtered_out=reference.images_filtered_out,
+                  reference_texts=reference.texts)
+    clock.lap("reference_texts_and_ssm")
     report["seconds"]["total"] = round(sum(report["seconds"].values()), 1)
     _write_json(out / "prepare.json", report)
     return report

@@ -1,7 +1,8 @@
 """Image<->text retrieval: Recall@K, Precision@K and Hit@K for K = 1, 5, 10.
 
 Relevance is by shared findings: a text is relevant to an image (and vice versa) when they share
-at least one positive category. Images without any finding carry the "no finding" category
+at least one positive category. `relevance="identical_labels"` counts it as the published code
+(downstream/retrieve.py) does: relevant only when the two label sets are identical. Images without any finding carry the "no finding" category
 (`with_no_finding`), so normal images match normal texts instead of being unanswerable.
 
 Per query, with R relevant items in the gallery and r of them in the top K:
@@ -10,7 +11,7 @@ Recall@K = r / R, Precision@K = r / min(K, gallery size), Hit@K = 1 if r > 0. Me
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +21,12 @@ from evaluation.encode import embed_images, embed_texts, image_tensor
 from training.knowledge import NO_FINDING, KnowledgeBase, category_prompt
 from training.model import MedFilipModel, Tokenizer
 
-RELEVANCE = "relevant = image and text share at least one positive category ('no finding' counts as one)"
+Relevance = Literal["shared_category", "identical_labels"]
+RELEVANCE_RULES = {
+    "shared_category": "relevant = image and text share at least one positive category ('no finding' counts as one)",
+    "identical_labels": "relevant = image and text have identical label sets (the published code's rule)",
+}
+RELEVANCE = RELEVANCE_RULES["shared_category"]
 DEFINITIONS = {
     "recall@k": "relevant items in the top K / relevant items in the gallery, mean over queries",
     "precision@k": "relevant items in the top K / K, mean over queries",
@@ -29,13 +35,20 @@ DEFINITIONS = {
 
 
 def retrieval_metrics(image_features: torch.Tensor | np.ndarray, text_features: torch.Tensor | np.ndarray,
-                      image_labels: np.ndarray, text_labels: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict:
+                      image_labels: np.ndarray, text_labels: np.ndarray, ks: Sequence[int] = (1, 5, 10),
+                      relevance_rule: Relevance = "shared_category") -> dict:
     """Both directions from unit-norm features and [N, C] / [T, C] 0/1 labels over one category list."""
+    if relevance_rule not in RELEVANCE_RULES:
+        raise ValueError(f"unknown relevance rule {relevance_rule!r}; expected one of {sorted(RELEVANCE_RULES)}")
     images, texts = _numpy(image_features), _numpy(text_features)
     similarity = images @ texts.T
-    relevance = (np.asarray(image_labels, bool)[:, None, :] & np.asarray(text_labels, bool)[None, :, :]).any(-1)
+    image_bits, text_bits = np.asarray(image_labels, bool)[:, None, :], np.asarray(text_labels, bool)[None, :, :]
+    if relevance_rule == "identical_labels":
+        relevance = (image_bits == text_bits).all(-1)
+    else:
+        relevance = (image_bits & text_bits).any(-1)
     return {
-        "relevance": RELEVANCE,
+        "relevance": RELEVANCE_RULES[relevance_rule],
         "definitions": DEFINITIONS,
         "images": int(len(images)),
         "texts": int(len(texts)),
@@ -46,13 +59,14 @@ def retrieval_metrics(image_features: torch.Tensor | np.ndarray, text_features: 
 
 def evaluate_retrieval(model: MedFilipModel, tokenizer: Tokenizer, data: LabelledImages, texts: Sequence[str],
                        text_labels: np.ndarray, ks: Sequence[int] = (1, 5, 10), batch_size: int = 64,
-                       device: str | torch.device = "cpu", images: torch.Tensor | None = None) -> dict:
+                       device: str | torch.device = "cpu", images: torch.Tensor | None = None,
+                       relevance_rule: Relevance = "shared_category") -> dict:
     """Embeds the set's images and the texts and scores retrieval; text_labels over data.categories."""
     if images is None:
         images = image_tensor(data, model.image_size)
     image_features = embed_images(model, images, batch_size, device)
     text_features = embed_texts(model, tokenizer, texts, device=device)
-    result = retrieval_metrics(image_features, text_features, data.labels, text_labels, ks)
+    result = retrieval_metrics(image_features, text_features, data.labels, text_labels, ks, relevance_rule)
     result["dataset"] = data.name
     return result
 

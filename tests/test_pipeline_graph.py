@@ -243,3 +243,49 @@ def test_pretraining_comparisons_carry_seeds_intervals_and_verdicts(graph):
             low, high = run.data.metrics[f"diff_{key}_ci_low"], run.data.metrics[f"diff_{key}_ci_high"]
             assert low <= high
         assert "paired" in meta["results"].value
+
+
+def test_reference_preset_trains_on_the_generated_corpus_from_local_weight_files(graph, tmp_path, monkeypatch):
+    """The `reference` preset end to end: report_labels -> training_texts (the published wording and
+    report filter) -> SSM -> pretrained_model, weights from files under $MEDFILIP_WEIGHTS (random
+    torchvision ResNet-50 and a CLIP dict with a narrow text tower, saved here). Runs last: it
+    rewrites the shared home's texts."""
+    import torch
+    import torchvision
+    from open_clip.model import CLIP
+
+    from training.model import load_config
+
+    text = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
+    monkeypatch.setenv("MEDFILIP_WEIGHTS", str(tmp_path))
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "resnet50-0676ba61.pth")
+    torch.save(CLIP(32, {"image_size": 64, "patch_size": 32, "width": 64, "layers": 1, "head_width": 32}, text,
+                    quick_gelu=True).state_dict(), tmp_path / "ViT-B-32.pt")
+    model = load_config("reference")
+    model["vision_cfg"]["image_size"], model["text_cfg"] = 64, text
+    (tmp_path / "model.json").write_text(json.dumps(model))
+
+    job = dg.define_asset_job("reference_train", selection=["report_labels", "training_texts", "text_embeddings",
+                                                             "ssm", "pretrained_model"])
+    defs_ = dg.Definitions.merge(graph["defs"], dg.Definitions(jobs=[job]))
+    overrides = {"model": str(tmp_path / "model.json"), "batch_size": 4, "val_batch_size": 4, "epochs": 1,
+                 "max_steps": 2, "device": "cpu"}
+    result = defs_.resolve_job_def("reference_train").execute_in_process(
+        instance=graph["instance"],
+        run_config={"ops": {"training_texts": {"config": {"val_fraction": 0.3, "wording": "reference",
+                                                          "report_filter": "reference"}},
+                            "pretrained_model": {"config": {"preset": "reference",
+                                                            "overrides_json": json.dumps(overrides)}}}})
+    assert result.success
+    texts = pq.read_table(graph["home"] / "data" / "training_texts" / "texts.parquet").to_pylist()
+    negated = [t for t in texts if t["negated"]]
+    assert negated and all(t["text"].startswith("no ") for t in negated)
+    assert all(len(t["text"].split(". ")[0].split(" ")) >= 3 for t in texts)  # severity location category
+    texts_meta = result.asset_materializations_for_node("training_texts")[0].metadata
+    assert texts_meta["images_filtered_out"].value > 0  # reports without findings left out
+    meta = result.asset_materializations_for_node("pretrained_model")[0].metadata
+    params = MlflowClient().get_run(meta["mlflow_run_id"].value).data.params
+    assert params["preset"] == "reference" and params["batch_layout"] == "all_texts"
+    assert params["weight_decay_scope"] == "all" and params["momentum"] == "0.0" and params["augment"] == "False"
+    checkpoint = torch.load(meta["path"].value, map_location="cpu", weights_only=False)
+    assert checkpoint["step"] == 2 and checkpoint["model_config"]["quick_gelu"] is True

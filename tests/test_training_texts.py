@@ -241,3 +241,31 @@ def test_drop_negated_keeps_present_findings_and_falls_back_to_no_finding(tmp_pa
                  for r in pq.read_table(result.image_texts_path).to_pylist()}
     assert per_image == {"a": ["effusion"], "b": ["no finding"]}
     assert not any(t["negated"] for t in texts.values())
+
+
+def test_reference_wording_keeps_na_and_the_location_of_a_negated_finding():
+    # The published code: " ".join([severity, location, category]) + ". " + description.
+    assert compose_text("large", "left", "effusion", False, "fluid", "reference") == "large left effusion. fluid"
+    assert compose_text("na", "na", "Effusion", False, "fluid", "reference") == "na na effusion. fluid"
+    assert compose_text("na", "left", "effusion", True, "fluid", "reference") == "no left effusion. fluid"
+    assert compose_text(None, None, "nodule", False, "", "reference") == "na na nodule"  # no description: head only
+
+
+def test_reference_wording_in_the_built_texts(tmp_path, kb):
+    result = build(tmp_path, kb, "ref", wording="reference")
+    texts = texts_by_id(result)
+    d1 = sorted(texts[i] for i in image_texts(result)["d1"]["text_ids"])
+    assert d1 == ["large left effusion. homogeneous density at the lung base with a meniscus",
+                  "no na pneumothorax. pleural line with absent lung markings"]
+
+
+def test_reference_report_filter_keeps_reports_with_findings_and_a_triplet(tmp_path, kb):
+    # s1: a finding (No Finding blank) -> kept; s2: No Finding blank -> kept; s3: No Finding 1 ->
+    # dropped; e0: No Finding blank but no triplet -> dropped; other e*: not in report_labels -> dropped.
+    labels = pa.table({"study_id": ["s1", "s2", "s3", "e0"], "No Finding": pa.array([None, None, 1, None], pa.int8())})
+    result = build(tmp_path, kb, "filter", report_filter="reference", report_labels=labels)
+    assert set(image_texts(result)) == {"d1", "d2", "d3"}
+    assert result.images == 3 and result.images_filtered_out == len(image_rows()) - 3
+    assert result.images_no_finding == 0
+    with pytest.raises(ValueError, match="report_labels"):
+        build(tmp_path, kb, "nolabels", report_filter="reference")

@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class TrainConfig(BaseModel):
-    """Everything that shapes a run; JSON-able. Defaults are the paper's optimisation."""
+    """Everything that shapes a run; JSON-able. Defaults follow the paper's optimiser (SGD, lr 1e-4,
+    warm restarts) with CLIP's habits on top; preset `reference` is the published code exactly."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -45,11 +46,24 @@ class TrainConfig(BaseModel):
     device: str | None = None  # "cpu" / "cuda"; default CUDA when present
     # Locked text tower: encode each distinct text once per run and train only the projection.
     cache_frozen_text: bool = True
-    # Which of an image's texts is its batch column: "uniform" (the paper) or "positive_first".
+    # one_text: each image brings one of its texts (B x B logits), drawn by `text_sampling`:
+    # "uniform" or "positive_first". all_texts: each image brings all its texts (B x sum T logits,
+    # its target row the max over its own texts), as the published code does.
+    batch_layout: Literal["one_text", "all_texts"] = "one_text"
     text_sampling: Literal["uniform", "positive_first"] = "uniform"
+    # "matrices": no decay on biases, norms and the logit scale (as CLIP); "all": every parameter
+    # (the published code passes net.parameters() to SGD).
+    weight_decay_scope: Literal["matrices", "all"] = "matrices"
+    # Upper bound of exp(logit_scale) after each step (as CLIP); None leaves it free (the published code).
+    max_logit_scale: float | None = 100.0
+    # Local weight files for the towers (override the model config's image_weights / text_weights);
+    # a relative path is looked up under $MEDFILIP_WEIGHTS (see training.weights).
+    image_weights: str | None = None
+    text_weights: str | None = None
 
 
 PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's sizes and optimiser on open_clip towers trained from scratch (see `reference`).
     "paper": dict(model="paper", optimizer="sgd", lr=1e-4, weight_decay=1e-4, batch_size=32, epochs=20,
                   schedule="cosine_restarts"),
     # Minutes on a 2-core CPU: a plain small CNN (timm `test_resnet`: BatchNorm, global average
@@ -66,6 +80,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     # choices on the same tower and budget (ssm_scaled, uniform draw, negations kept under the
     # paper's rule): 0.70. The CLIP ModifiedResNet tower used before (attention pooling, 1.4M
     # parameters) reached 0.76 after 6 epochs on the same data.
+    # The published training (PerceptionComputingLab/MedFILIP train/train.py) as options of ours:
+    # torchvision ResNet-50 (ImageNet) + linear to 768 and the CLIP ViT-B/32 text transformer (both
+    # trained), every image against all texts of the batch, MSE + BCE on the scaled logits, SGD
+    # without momentum and weight decay on every parameter, warm restarts every 2 epochs down to
+    # 1e-6 (min_lr_ratio 0.01 of lr 1e-4), no augmentation, no bound on the logit scale, fp32.
+    # Texts: training_texts with wording="reference" and report_filter="reference".
+    "reference": dict(model="reference", image_weights="resnet50-0676ba61.pth", text_weights="ViT-B-32.pt",
+                      optimizer="sgd", lr=1e-4, momentum=0.0, weight_decay=1e-4, weight_decay_scope="all",
+                      batch_size=32, epochs=20, schedule="cosine_restarts", restart_epochs=2.0, restart_mult=1,
+                      min_lr_ratio=0.01, warmup_steps=0, loss="ssm_scaled", batch_layout="all_texts",
+                      augment=False, max_logit_scale=None, precision="fp32"),
     "demo": dict(model="demo", optimizer="adamw", lr=3e-3, weight_decay=1e-4, batch_size=64, epochs=8,
                  schedule="cosine", warmup_steps=10, loss="ssm_cosine", text_sampling="positive_first"),
 }

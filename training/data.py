@@ -11,9 +11,11 @@ resumed run continues exactly where it stopped:
 - loader workers share a rank's batches round-robin (batch k -> worker k % n), which is exactly
   the order in which torch's DataLoader collects them;
 - the sampled text and the augmentation of an image are drawn from an RNG keyed by
-  (seed, epoch, dicom_id). The sampled text is one of the image's texts, uniformly (the paper), or
+  (seed, epoch, dicom_id). The sampled text is one of the image's texts, uniformly, or
   with `text_sampling="positive_first"` one of its non-negated texts when it has any: then the
-  batch's columns are mostly findings that are present, which is what zero-shot prompts ask about.
+  batch's columns are mostly findings that are present, which is what zero-shot prompts ask about;
+- with `batch_layout="all_texts"` (the published code) no text is drawn: every text of every image
+  is a column, image by image in text_id order, so the batch has sum T columns, repeats included.
 Only the dicom_id column of every row group is read up front; pixels are read batch by batch.
 """
 from __future__ import annotations
@@ -32,13 +34,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 IMAGE_COLUMNS = ["dicom_id", "height", "width", "pixels"]
 TextSampling = Literal["uniform", "positive_first"]
+BatchLayout = Literal["one_text", "all_texts"]
 
 
 @dataclass
 class Batch:
     images: torch.Tensor  # [B, 1, S, S] float32 in [0, 1]
-    tokens: torch.Tensor  # [B, L] token ids of the sampled texts
-    text_ids: torch.Tensor  # [B] the sampled text per image (the columns of the target matrix)
+    tokens: torch.Tensor  # [T, L] token ids of the batch's texts (T = B, or sum T with all_texts)
+    text_ids: torch.Tensor  # [T] the columns of the target matrix
     image_text_ids: list[list[int]]  # all texts of each image (the rows of the target matrix)
     dicom_ids: list[str]
 
@@ -147,6 +150,7 @@ class CxrTextStream(IterableDataset):
         drop_last: bool = True,
         text_sampling: TextSampling = "uniform",
         negated_text_ids: frozenset[int] = frozenset(),
+        batch_layout: BatchLayout = "one_text",
     ):
         if data_lanes % world_size:
             raise ValueError(f"data_lanes={data_lanes} must be a multiple of the world size {world_size}")
@@ -159,6 +163,9 @@ class CxrTextStream(IterableDataset):
         if text_sampling not in ("uniform", "positive_first"):
             raise ValueError(f"unknown text_sampling {text_sampling!r}")
         self.text_sampling, self.negated_text_ids = text_sampling, frozenset(negated_text_ids)
+        if batch_layout not in ("one_text", "all_texts"):
+            raise ValueError(f"unknown batch_layout {batch_layout!r}")
+        self.batch_layout = batch_layout
         per_rank = data_lanes // world_size
         self.data_lanes = data_lanes
         self.my_lanes = list(range(rank * per_rank, (rank + 1) * per_rank))
@@ -214,7 +221,10 @@ class CxrTextStream(IterableDataset):
             _, height, width, pixels = self._unit_rows(unit_index, cache)[unit.rows[j]]
             rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32(dicom_id.encode())])
             ids = list(self.index.text_ids[dicom_id])
-            sampled.append(self._sample_text(ids, rng))
+            if self.batch_layout == "all_texts":
+                sampled.extend(ids)
+            else:
+                sampled.append(self._sample_text(ids, rng))
             image = decode_pixels(pixels, height, width, dicom_id)
             images.append(prepare_image(image, self.image_size, None, rng))
             if self.augmentation is not None:

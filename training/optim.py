@@ -10,11 +10,13 @@ from training.config import TrainConfig
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """No weight decay on biases, norms and the logit scale (as CLIP)."""
+    """weight_decay_scope "matrices": no weight decay on biases, norms and the logit scale (as
+    CLIP); "all": every trainable parameter decays (the published code)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 or "logit_scale" in name else decay).append(param)
+            exempt = config.weight_decay_scope == "matrices" and (param.ndim < 2 or "logit_scale" in name)
+            (no_decay if exempt else decay).append(param)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)

@@ -1,6 +1,6 @@
 """Training texts: triplets joined to the knowledge base (IKI), one text list per image.
 
-Rules (the paper's, made explicit):
+Rules (ours, the default `wording="ours"`; `wording="reference"` below):
 - A triplet's text is "<severity> <location> <category>. <description>"; fields that are `na`
   (or empty) are left out of the wording.
 - A negated triplet reads "no <category>. <description>": the paper writes negations with severity
@@ -16,6 +16,13 @@ Rules (the paper's, made explicit):
   pairing it with edema-free images teaches the inverse of what zero-shot asks (measured on
   the demo corpus: zero-shot AUC falls with more epochs when negations are kept, rises when
   they are dropped). An image left without triplets gets the no-finding text.
+- `wording="reference"` writes what the published code writes (train.py, `Mimic_CXR`):
+  `" ".join([severity, location, category]) + ". " + description`, keeping `na` and the location
+  of a negated finding, whose severity is `no` ("no left effusion. <description>", "na na
+  atelectasis. <description>"); a category without a description gives the bare head, no period.
+- `report_filter="reference"` keeps, as the published data preparation, only images of reports
+  whose CheXpert "No Finding" label (the report_labels asset) is blank and that yield at least one
+  triplet; the others are dropped, not given the no-finding text (counted in `images_filtered_out`).
 - text_id is the rank of sha256(text) among the distinct texts: dense (0..N-1, so it indexes the
   SSM directly), identical across re-runs and insensitive to input row order.
 - The train/val split is by patient: sha256("<seed>:<patient_key>") read as a number in [0, 1)
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import duckdb
 import pyarrow as pa
@@ -34,6 +42,9 @@ from common.storage import write_table
 from training.knowledge import NO_FINDING, KnowledgeBase, canonical_category, category_prompts, missing_descriptions
 
 NOT_AVAILABLE = "na"
+NO_FINDING_LABEL = "No Finding"  # the CheXpert column of report_labels
+Wording = Literal["ours", "reference"]
+ReportFilter = Literal["none", "reference"]
 TEXTS_FILE = "texts.parquet"
 IMAGE_TEXTS_FILE = "image_texts.parquet"
 
@@ -73,6 +84,7 @@ class TrainingTextsResult:
     images_no_finding: int
     images_train: int
     images_val: int
+    images_filtered_out: int
     patients_train: int
     patients_val: int
     texts_per_category: dict[str, int] = field(default_factory=dict)
@@ -85,10 +97,18 @@ class TrainingTextsResult:
 
 
 def compose_text(
-    severity: str | None, location: str | None, category: str, negated: bool, description: str
+    severity: str | None, location: str | None, category: str, negated: bool, description: str,
+    wording: Wording = "ours",
 ) -> str:
     """The IKI training text of one triplet (see the module docstring for the rules)."""
     category = canonical_category(category)
+    if wording == "reference":
+        fields = ["no" if negated else _field(severity) or NOT_AVAILABLE, _field(location) or NOT_AVAILABLE, category]
+        head = " ".join(fields)
+        description = " ".join(description.split())
+        return f"{head}. {description}" if description else head
+    if wording != "ours":
+        raise ValueError(f"unknown wording {wording!r}; expected 'ours' or 'reference'")
     if negated:
         head = f"no {category}"
     else:
@@ -107,13 +127,21 @@ def build_training_texts(
     drop_uncertain: bool = False,
     allow_missing_descriptions: bool = False,
     drop_negated: bool = False,
+    wording: Wording = "ours",
+    report_filter: ReportFilter = "none",
+    report_labels: Path | str | pa.Table | None = None,
 ) -> TrainingTextsResult:
     """Join triplets (per study) to images (per DICOM) and the knowledge base; write
     texts.parquet and image_texts.parquet under out_dir atomically.
 
     A triplet category without a description is an error listing every such category, unless
     `allow_missing_descriptions`, in which case its text is the head alone ("large effusion.").
+    `report_filter="reference"` needs `report_labels` (study_id and a "No Finding" column).
     """
+    if report_filter not in ("none", "reference"):
+        raise ValueError(f"unknown report_filter {report_filter!r}; expected 'none' or 'reference'")
+    if report_filter == "reference" and report_labels is None:
+        raise ValueError("report_filter='reference' needs report_labels (the report_labels asset's table)")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     out_dir = Path(out_dir)
@@ -121,10 +149,11 @@ def build_training_texts(
     con = duckdb.connect()
     try:
         _register(con, "raw_triplets", triplets)
-        _register(con, "raw_images", images)
+        _register(con, "all_images", images)
+        n_filtered = _filter_images(con, report_filter, report_labels)
         _check_images(con)
-        n_triplets_read, n_uncertain_dropped = _stage_triplets(con, drop_uncertain, drop_negated)
-        _stage_texts(con, kb, allow_missing_descriptions)
+        n_triplets_read, n_uncertain_dropped = _stage_triplets(con, drop_uncertain, drop_negated, wording)
+        _stage_texts(con, kb, allow_missing_descriptions, wording)
         _stage_splits(con, val_fraction, seed)
         texts_table = _texts_table(con)
         image_texts_table = _image_texts_table(con)
@@ -142,6 +171,7 @@ def build_training_texts(
         uncertain_dropped=n_uncertain_dropped,
         texts=texts_table.num_rows,
         texts_per_category=_texts_per_category(texts_table),
+        images_filtered_out=n_filtered,
         **counts,
     )
 
@@ -164,6 +194,32 @@ def _register(con: duckdb.DuckDBPyConnection, name: str, source: Path | str | pa
         con.read_parquet(str(path)).create_view(name)
 
 
+def _filter_images(con: duckdb.DuckDBPyConnection, report_filter: ReportFilter,
+                   report_labels: Path | str | pa.Table | None) -> int:
+    """raw_images = the images that pass the report filter; returns how many were dropped."""
+    if report_filter == "none":
+        con.execute("CREATE VIEW raw_images AS SELECT * FROM all_images")
+        return 0
+    _register(con, "report_labels", report_labels)
+    columns = [row[0] for row in con.execute("DESCRIBE report_labels").fetchall()]
+    if NO_FINDING_LABEL not in columns or "study_id" not in columns:
+        raise ValueError(f"report_labels needs columns study_id and {NO_FINDING_LABEL!r}, has {columns}")
+    # A valid triplet: one with a category (what the reference's parser needs to build a label).
+    con.execute(
+        f"""
+        CREATE TABLE raw_images AS
+        SELECT * FROM all_images
+        WHERE CAST(study_id AS VARCHAR) IN (
+                SELECT CAST(study_id AS VARCHAR) FROM report_labels WHERE "{NO_FINDING_LABEL}" IS NULL)
+          AND CAST(study_id AS VARCHAR) IN (
+                SELECT CAST(study_id AS VARCHAR) FROM raw_triplets
+                WHERE category IS NOT NULL AND trim(category) <> '')
+        """
+    )
+    total, kept = con.execute("SELECT (SELECT count(*) FROM all_images), (SELECT count(*) FROM raw_images)").fetchone()
+    return int(total) - int(kept)
+
+
 def _check_images(con: duckdb.DuckDBPyConnection) -> None:
     bad = con.execute(
         "SELECT count(*) FILTER (WHERE patient_key IS NULL OR study_id IS NULL OR dicom_id IS NULL),"
@@ -175,18 +231,21 @@ def _check_images(con: duckdb.DuckDBPyConnection) -> None:
         raise ValueError(f"images: {bad[1]} duplicate dicom_id rows")
 
 
-def _stage_triplets(con: duckdb.DuckDBPyConnection, drop_uncertain: bool, drop_negated: bool = False) -> tuple[int, int]:
+def _stage_triplets(con: duckdb.DuckDBPyConnection, drop_uncertain: bool, drop_negated: bool = False,
+                    wording: Wording = "ours") -> tuple[int, int]:
     """Normalise the fields the text is built from; keep only triplets of imaged studies."""
     n_read, n_uncertain = con.execute(
         "SELECT count(*), count(*) FILTER (WHERE coalesce(uncertain, false)) FROM raw_triplets"
     ).fetchone()
-    # Negated triplets keep neither severity nor location: they do not appear in the text.
+    # Our wording: negated triplets keep neither severity nor location (they are not in the text);
+    # the reference wording keeps the location (its severity reads "no").
+    negated_fields = "na" if wording == "ours" else "no"
     con.execute(
         f"""
         CREATE TABLE triplets AS
         SELECT CAST(t.study_id AS VARCHAR) AS study_id,
-               CASE WHEN t.negated THEN 'na' ELSE {_sql_field('t.severity')} END AS severity,
-               CASE WHEN t.negated THEN 'na' ELSE {_sql_field('t.location')} END AS location,
+               CASE WHEN t.negated THEN '{negated_fields}' ELSE {_sql_field('t.severity')} END AS severity,
+               CASE WHEN t.negated AND '{wording}' = 'ours' THEN 'na' ELSE {_sql_field('t.location')} END AS location,
                regexp_replace(lower(trim(t.category)), '\\s+', ' ', 'g') AS category,
                t.negated
         FROM (SELECT * REPLACE (coalesce(negated, false) OR {_sql_field('severity')} = 'no' AS negated)
@@ -205,7 +264,8 @@ def _sql_field(column: str) -> str:
     return f"CASE WHEN {cleaned} IN ('', 'na') THEN 'na' ELSE {cleaned} END"
 
 
-def _stage_texts(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, allow_missing: bool) -> None:
+def _stage_texts(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, allow_missing: bool,
+                 wording: Wording = "ours") -> None:
     """Compose the text of each distinct (severity, location, category, negated) in Python - there
     are few of them - and let DuckDB rank texts by sha256 for the stable id."""
     keys = con.execute(
@@ -215,12 +275,12 @@ def _stage_texts(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, allow_missin
     if missing and not allow_missing:
         raise ValueError(f"knowledge base has no description for categories: {missing}")
     rows = [
-        (sev, loc, cat, neg, n, compose_text(sev, loc, cat, neg, _description(kb, cat)))
+        (sev, loc, cat, neg, n, compose_text(sev, loc, cat, neg, _description(kb, cat), wording))
         for sev, loc, cat, neg, n in keys
     ]
     # The no-finding text always exists, so the id set does not depend on whether some image
     # happens to lack triplets.
-    no_finding_text = compose_text(None, None, NO_FINDING, False, _description(kb, NO_FINDING))
+    no_finding_text = compose_text(None, None, NO_FINDING, False, _description(kb, NO_FINDING), wording)
     rows.append(("na", "na", NO_FINDING, False, 0, no_finding_text))
     key_table = pa.Table.from_pylist(
         [dict(zip(("severity", "location", "category", "negated", "n", "text"), r)) for r in rows]
