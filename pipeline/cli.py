@@ -193,6 +193,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     check_run_request(args.target, args.partition)
     data_root(create="configured")
+    if args.partition:
+        check_partitions(args.partition)
     summary = materialise(args.target, partitions=args.partition)
     print(json.dumps(summary, indent=2))
     # The JSON is for scripts; these lines are for the person at the terminal.
@@ -236,6 +238,35 @@ def cmd_ui(args: argparse.Namespace) -> int:
     os.execve(command[0], command, dict(os.environ, DAGSTER_HOME=str(lay.dagster_home)))
 
 
+def check_partitions(partitions: list[str]) -> None:
+    """Shards must exist in the archive (or be registered already), at the granularity the
+    instance uses: p10 beside p1004 would count the same studies twice."""
+    import dagster as dg
+
+    from assets.ingestion import discover_shards, shard_partitions
+    from pipeline.definitions import defs
+    from pipeline.runner import shard_digits
+
+    instance = dg.DagsterInstance.get()
+    registered = set(instance.get_dynamic_partitions(shard_partitions.name))
+    digits = shard_digits(instance, None)
+    for shard in partitions:
+        if registered and len(shard) - 1 != digits:
+            example = next(iter(sorted(registered)))
+            raise UserError(f"partition {shard} has {len(shard) - 1} subject-id digits but this instance's shards have "
+                            f"{digits} (e.g. {example}); mixing them would count studies twice",
+                            f"name a shard like {example}, or use another MEDFILIP_HOME")
+    unknown = [shard for shard in partitions if shard not in registered]
+    found: list[str] = []
+    if unknown:
+        found = discover_shards(defs.resources["storage"], defs.resources["archive"], len(unknown[0]) - 1)
+        unknown = [shard for shard in unknown if shard not in found]
+    if unknown:
+        shown = ", ".join(found[:20]) + (f" ... ({len(found)} in all)" if len(found) > 20 else "")
+        raise UserError(f"unknown partition {', '.join(unknown)}: no such shard in the archive",
+                        f"use one of {shown or '(none: the archive has no shards yet)'} (or no --partition for all)")
+
+
 def check_run_request(target: str, partitions: list[str] | None) -> None:
     """Refuse, in one line, what would fail only after Dagster started: a partition the target
     does not have, a partition of an unpartitioned target, an extractor that cannot be built."""
@@ -247,11 +278,11 @@ def check_run_request(target: str, partitions: list[str] | None) -> None:
     if partitions:
         if job.partitions_def is None:
             raise UserError(f"{target} is not partitioned", "drop --partition")
-        valid = list(job.partitions_def.get_partition_keys())
-        unknown = [p for p in partitions if p not in valid]
-        if unknown:
-            raise UserError(f"unknown partition {', '.join(unknown)} of {target}",
-                            f"use one of {', '.join(valid)} (or no --partition for all)")
+        from ingestion.layout import shard_problem
+
+        problem = next(filter(None, map(shard_problem, partitions)), None)
+        if problem:
+            raise UserError(problem, "see `medfilip run --help`")
     selected = {key.to_user_string() for key in job.asset_layer.selected_asset_keys}
     if selected & EXTRACTION_ASSETS:
         try:

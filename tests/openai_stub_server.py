@@ -37,6 +37,7 @@ class StubServer:
         self.default = default
         self.delay_s = delay_s
         self.plan: deque[str] = deque(plan or [])
+        self.hang_once: set[str] = set()  # a request holding one of these texts hangs, the first time
         self.requests: list[dict] = []  # every request body received
         self.answered: list[str] = []  # report texts whose "ok" reply was sent
         self.prompt_tokens_sent = 0
@@ -59,8 +60,13 @@ class StubServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def next_mode(self) -> str:
+    def next_mode(self, body: dict | None = None) -> str:
         with self._lock:
+            content = body["messages"][-1]["content"] if body else ""
+            marker = next((text for text in self.hang_once if text in content), None)
+            if marker is not None:
+                self.hang_once.discard(marker)
+                return "hang"
             return self.plan.popleft() if self.plan else self.default
 
     def _handler(self):
@@ -77,7 +83,7 @@ class StubServer:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
-                    self._respond(body, server.next_mode())
+                    self._respond(body, server.next_mode(body))
                 finally:
                     with server._lock:
                         server.in_flight -= 1

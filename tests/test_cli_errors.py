@@ -69,10 +69,18 @@ def registered(tmp_path: Path) -> Path:
     return home
 
 
-def test_unknown_partition_lists_the_valid_ones(user):
+def archive_home(tmp_path: Path, env: dict) -> dict:
+    """A data root whose default archive holds the shards p10 and p11."""
+    from tests.archive_factory import build_archive
+
+    build_archive(tmp_path / "h" / "corpus")
+    return {**env, "MEDFILIP_HOME": str(tmp_path / "h")}
+
+
+def test_unknown_partition_lists_the_valid_ones(user, tmp_path):
     work, env = user
-    done = medfilip("run", "reports", "--partition", "p99", cwd=work, env=env)
-    assert_short_error(done, "unknown partition p99", "p10", "p19")
+    done = medfilip("run", "reports", "--partition", "p99", cwd=work, env=archive_home(tmp_path, env))
+    assert_short_error(done, "unknown partition p99: no such shard in the archive", "use one of p10, p11")
 
 
 def test_unknown_model_version_lists_the_existing_ones(user, registered):
@@ -110,9 +118,9 @@ def test_openai_backend_without_its_key_is_one_line_before_any_run(user, tmp_pat
     assert not (tmp_path / "h" / "data" / "llm_extractions").exists()
 
 
-def test_debug_shows_the_traceback(user):
+def test_debug_shows_the_traceback(user, tmp_path):
     work, env = user
-    done = medfilip("run", "reports", "--partition", "p99", "--debug", cwd=work, env=env)
+    done = medfilip("run", "reports", "--partition", "p99", "--debug", cwd=work, env=archive_home(tmp_path, env))
     assert done.returncode != 0
     assert "Traceback" in done.stderr and "UserError" in done.stderr
 

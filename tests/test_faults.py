@@ -315,7 +315,8 @@ def test_shards_share_one_window_so_a_hanging_report_holds_one_slot_not_its_shar
     write_reports_shard(home, "p10", [f"Shard ten report {i}: mild cardiomegaly." for i in range(4)])
     write_reports_shard(home, "p11", [f"Shard eleven report {i}: small effusion." for i in range(4)])
     paths = [home / "data" / "reports" / f"{s}.parquet" for s in ("p10", "p11")]
-    with StubServer(plan=["hang"]) as server:  # the first report of p10 hangs until its timeout
+    with StubServer() as server:  # the first report of p10 hangs until its timeout, whenever it arrives
+        server.hang_once.add("Shard ten report 0:")
         result = extract_shards(paths, make_backend(llm(server.base_url, timeout_s=2, concurrency=3)),
                                 tmp_path / "c.duckdb")
     assert result.table.num_rows == 8 and result.stats.errors == 0

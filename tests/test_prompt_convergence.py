@@ -7,7 +7,7 @@ import shutil
 
 import dagster as dg
 
-from assets.extraction import llm_extractions, prompts, triplets
+from assets.extraction import llm_extractions, prompts, report_labels, triplets
 from assets.ingestion import reports
 from common.paths import KNOWLEDGE_DIR
 from pipeline.resources import ArchiveResource, ExtractorResource, StorageResource
@@ -37,6 +37,7 @@ def test_returning_to_an_earlier_prompt_version_re_extracts_it_from_the_cache(ho
         return result.asset_materializations_for_node("llm_extractions")[0].metadata
 
     with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("archive_shards", ["p10", "p11"])  # as `medfilip run` registers them
         for shard in ("p10", "p11"):
             assert dg.materialize([reports], partition_key=shard, instance=instance, resources=res).success
         assert extract()["calls"].value == 4                       # version A
@@ -78,11 +79,12 @@ def test_a_re_extraction_re_materialises_every_derived_asset_down_to_the_ssm(hom
     res = {"storage": StorageResource(home=str(home)), "archive": ArchiveResource(root=str(archive)),
            "extractor": extractor}
     graph = [dicom_files, report_files, dicom_index, cxr_images, reports, prompts, llm_extractions, triplets,
-             knowledge_base, training_texts, text_embeddings, ssm]
-    chain = {"triplets", "training_texts", "text_embeddings", "ssm"}
+             report_labels, knowledge_base, training_texts, text_embeddings, ssm]
+    chain = {"triplets", "report_labels", "training_texts", "text_embeddings", "ssm"}
     defs = dg.Definitions(assets=graph, resources=res)
 
     with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("archive_shards", ["p10", "p11"])  # as `medfilip run` registers them
         for shard in ("p10", "p11"):
             # The archive's broken files are the point of other tests; here they may be quarantined.
             lenient = {"ops": {"dicom_index": {"config": {"max_quarantine_rate": 1.0}}}}
