@@ -284,3 +284,33 @@ def _redis_pings(port: int) -> bool:
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def deploy_instance(postgres: Postgres, home: Path, monkeypatch) -> Iterator[tuple[object, str]]:
+    """A Dagster instance configured by the unmodified deploy/dagster.yaml on a fresh database of
+    `postgres`, its settings in the environment as a deployment sets them; (instance, database)."""
+    import uuid
+
+    import dagster as dg
+
+    from common.paths import REPO_ROOT
+
+    database = f"dagster_{uuid.uuid4().hex[:8]}"
+    postgres.create_database(database)
+    dagster_home = home / "dagster"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO_ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+    for name, value in {**profile_env(postgres, database), "DAGSTER_HOME": str(dagster_home)}.items():
+        monkeypatch.setenv(name, value)
+    instance = dg.DagsterInstance.get()
+    try:
+        yield instance, database
+    finally:
+        instance.dispose()
+
+
+def profile_env(postgres: Postgres, database: str) -> dict[str, str]:
+    """The variables deploy/dagster.yaml reads (trust authentication: the password is unused)."""
+    return {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(postgres.port), "DAGSTER_PG_DB": database,
+            "DAGSTER_PG_USER": postgres.user, "DAGSTER_PG_PASSWORD": "unused-under-trust-auth"}

@@ -9,7 +9,6 @@ import importlib.util
 import os
 import shutil
 import sys
-import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -18,7 +17,7 @@ import pytest
 from assets.ingestion import register_shards
 from ingestion.layout import archive_shards
 from pipeline.settings import REPO_ROOT, layout
-from tests.servers import (PostgresUnavailable, postgres_bin_dir, running_postgres, running_redis, start_server,
+from tests.servers import (PostgresUnavailable, deploy_instance, postgres_bin_dir, running_postgres, running_redis, start_server,
                            stop_server, wait_until)
 
 MISSING = [name for name, present in (
@@ -59,7 +58,7 @@ def test_ingestion_and_extraction_run_on_two_celery_workers_with_the_single_proc
         except PostgresUnavailable as error:
             pytest.skip(str(error))
         broker = stack.enter_context(running_redis())
-        instance = stack.enter_context(postgres_instance(postgres, home, monkeypatch))
+        instance, _ = stack.enter_context(deploy_instance(postgres, home, monkeypatch))
         config_dir = tmp_path / "celery_config"
         config_dir.mkdir()
         (config_dir / "dagster_celery_config.py").write_text(
@@ -114,24 +113,6 @@ def steps_by_worker(instance: dg.DagsterInstance) -> dict[tuple[str, str], str]:
             if worker is not None:
                 placed[(run.run_id, event.step_key)] = str(worker.value)
     return placed
-
-
-@contextlib.contextmanager
-def postgres_instance(postgres, home: Path, monkeypatch: pytest.MonkeyPatch):
-    database = f"dagster_{uuid.uuid4().hex[:8]}"
-    postgres.create_database(database)
-    dagster_home = home / "dagster"
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO_ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
-    for name, value in {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(postgres.port),
-                        "DAGSTER_PG_DB": database, "DAGSTER_PG_USER": postgres.user,
-                        "DAGSTER_PG_PASSWORD": "unused-under-trust-auth", "DAGSTER_HOME": str(dagster_home)}.items():
-        monkeypatch.setenv(name, value)
-    instance = dg.DagsterInstance.get()
-    try:
-        yield instance
-    finally:
-        instance.dispose()
 
 
 def start_worker(name: str, config_dir: Path, log_path: Path):

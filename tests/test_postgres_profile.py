@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -21,8 +19,8 @@ import pytest
 import yaml
 
 from pipeline.settings import REPO_ROOT
-from tests.servers import (PostgresUnavailable, free_port, http_ok, postgres_bin_dir, running_postgres, start_server,
-                           stop_server, wait_until)
+from tests.servers import (PostgresUnavailable, deploy_instance, free_port, http_ok, postgres_bin_dir, running_postgres,
+                           start_server, stop_server, wait_until)
 
 pytestmark = pytest.mark.slow  # > 30 s: see pyproject's markers
 
@@ -54,24 +52,8 @@ def postgres():
 @pytest.fixture
 def pg_instance(postgres, home: Path, monkeypatch: pytest.MonkeyPatch):
     """A Dagster instance configured by deploy/dagster.yaml on its own fresh database."""
-    database = f"dagster_{uuid.uuid4().hex[:8]}"
-    postgres.create_database(database)
-    dagster_home = home / "dagster"
-    dagster_home.mkdir(parents=True)
-    shutil.copy(DEPLOY / "dagster.yaml", dagster_home / "dagster.yaml")
-    for name, value in profile_env(postgres, database).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
-    instance = dg.DagsterInstance.get()
-    try:
-        yield instance, database
-    finally:
-        instance.dispose()
-
-
-def profile_env(postgres, database: str) -> dict[str, str]:
-    return {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(postgres.port), "DAGSTER_PG_DB": database,
-            "DAGSTER_PG_USER": postgres.user, "DAGSTER_PG_PASSWORD": "unused-under-trust-auth"}
+    with deploy_instance(postgres, home, monkeypatch) as pair:
+        yield pair
 
 
 @needs_postgres
