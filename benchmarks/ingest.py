@@ -54,12 +54,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="medfilip-bench-") as tmp:
         base = Path(tmp) / "seed"
+        from corpus.full_resolution import full_resolution_copy
         from corpus.generate import generate_corpus
 
         generate_corpus(base, studies=args.seed_studies, seed=1, image_size=512)
         seeds = sorted((base / "files").rglob("*.dcm"))
         if source != (512, 512) or args.codec != "uncompressed":
-            seeds = [reshape_seed(path, Path(tmp) / "sized" / path.name, source, args.codec)
+            seeds = [full_resolution_copy(path, Path(tmp) / "sized" / path.name, source, args.codec)
                      for path in seeds[: args.seed_images]]
         print(f"seed corpus: {len(seeds)} DICOM files, source {args.source_size}, {args.codec}")
         if args.codec == "jpeg2000":
@@ -79,32 +80,6 @@ def main() -> None:
                         best[mode, workers] = run
             results.extend(best.values())
         print_table(results)
-
-
-def reshape_seed(path: Path, out: Path, source: tuple[int, int], codec: str) -> Path:
-    """The seed's image resampled to `source` (width, height), same pixel style, optionally
-    JPEG 2000 lossless: the decode work of a real archive's file of that size."""
-    import numpy as np
-    import pydicom
-    from PIL import Image
-    from pydicom.uid import JPEG2000Lossless
-
-    ds = pydicom.dcmread(path)
-    if ds.file_meta.TransferSyntaxUID.is_compressed:
-        ds.decompress()
-    arr = ds.pixel_array
-    if arr.shape[::-1] != source:
-        big = np.asarray(Image.fromarray(arr.astype(np.float32), mode="F").resize(source, Image.Resampling.BICUBIC))
-        # Detector noise at full resolution, as a real radiograph has (the upscale is smooth).
-        noise = np.random.default_rng(len(path.name)).normal(0, 0.004 * (float(arr.max()) - float(arr.min()) + 1), big.shape)
-        arr = np.clip(np.rint(big + noise), 0, 2 ** int(ds.BitsStored) - 1).astype(arr.dtype)
-        ds.Rows, ds.Columns = arr.shape
-        ds.PixelData = arr.tobytes()
-    if codec == "jpeg2000":
-        ds.compress(JPEG2000Lossless, arr, encoding_plugin="pylibjpeg", generate_instance_uid=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(out, enforce_file_format=True)
-    return out
 
 
 def print_agreement(seeds: list[Path], size: int) -> None:

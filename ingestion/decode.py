@@ -1,12 +1,12 @@
 """Pixels as training needs them: modality and VOI LUTs applied, MONOCHROME1 inverted,
-stretched to the full 8-bit range and resized, using pydicom's own LUT helpers.
+stretched between the 0.5 and 99.5 percentiles to the full 8-bit range and resized, using pydicom's own LUT helpers.
 
 Full-resolution radiographs (MIMIC-CXR: about 2,500 x 3,000 px) are shrunk to a few hundred
 pixels, so the expensive steps run on fewer pixels where the result stays the same to one
 grey level: a linear display mapping (the common case) is applied after the resize, which
 it commutes with once the stored values are clipped to the mapping's range; percentiles come
-from a strided sample; and JPEG 2000 is decoded at a reduced resolution level when that level
-is still at least twice the target size (OpenJPEG skips the finer wavelet levels entirely).
+from a strided sample; and JPEG 2000 can be decoded one resolution level down when that level
+is still at least twice the target size (OpenJPEG skips the finest wavelet level entirely).
 """
 
 from __future__ import annotations
@@ -29,18 +29,24 @@ _REDUCING_GAP = 2.0  # PIL box-reduces first while the source is over twice the 
 # less than a grey level, and histogramming 8M pixels costs as much as the whole resize.
 _PERCENTILE_SAMPLES = 250_000
 _J2K_SYNTAXES = (JPEG2000Lossless, JPEG2000)
+# One level down already gives the 3x (the finest level holds 3/4 of the coefficients); a
+# second level (224 px from MIMIC-CXR's size) lowers agreement with the full decode from 99.5%
+# to 99.0% of pixels within one grey level for little more speed.
+_MAX_J2K_LEVELS = 1
 
 
 def decode_dicom(path: Path | str, size: int, pad_to_square: bool = False, fast: bool = True,
                  reduce_jpeg2000: bool = False) -> np.ndarray:
     """Decode one radiograph to a `size` x `size` uint8 array, bright = dense (MONOCHROME2).
     `fast=False` runs every step at full resolution (the reference the fast path is tested on).
-    `reduce_jpeg2000` decodes JPEG 2000 at a reduced resolution level (3-4x faster): opt-in,
-    because the wavelet low band is not the box average and its percentiles are those of a
-    smoother image, so a real radiograph lands within one grey level on about 97% of pixels
-    only (benchmarks/ingest.py prints the agreement)."""
+    `reduce_jpeg2000` decodes JPEG 2000 one resolution level down when that level is still
+    twice the target (3x faster): opt-in, because the wavelet low band is not the box average
+    the full path takes. At 448 px from MIMIC-CXR-size images >= 99.9% of pixels are within one
+    grey level of the full decode, but on smaller sources or targets about 99.5-99.8% only
+    (benchmarks/ingest.py prints the agreement). Never for `pad_to_square` (the image's edge
+    against black is a step no low band reproduces)."""
     ds = read_dicom(path)
-    reduced = _reduced_j2k_pixels(ds, size) if fast and reduce_jpeg2000 else None
+    reduced = _reduced_j2k_pixels(ds, size) if fast and reduce_jpeg2000 and not pad_to_square else None
     if reduced is not None:
         arr, levels = reduced
     else:
@@ -53,8 +59,10 @@ def decode_dicom(path: Path | str, size: int, pad_to_square: bool = False, fast:
     shrinks = not pad_to_square and max(arr.shape) / size / _REDUCING_GAP >= 2
     if fast and (shrinks or levels):
         linear = _linear_display(arr, ds)
+        if linear is not None and levels:
+            return _resize_level_then_map(arr, *linear, size, levels, (int(ds.Rows), int(ds.Columns)))
         if linear is not None:
-            return _resize_then_map(arr, *linear, size, pad_to_square, levels)
+            return _resize_then_map(arr, *linear, size, pad_to_square)
     if levels:  # a reduced decode whose display mapping is not linear: decode in full after all
         arr = ds.pixel_array
     return resize_uint8(display_uint8(arr, ds), size, pad_to_square)
@@ -76,14 +84,18 @@ def display_uint8(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
 
 def _display_direct(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     values = apply_modality_lut(arr, ds)
-    has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
-    if has_voi:
-        # The window is the acquisition's intended contrast: keep it and stretch its output.
+    if _has_voi(ds):
         values = apply_voi_lut(values, ds, prefer_lut=True)
-        low, high = float(values.min()), float(values.max())
-    else:
-        low, high = np.percentile(values, [_LOW_PCT, _HIGH_PCT]).astype(float)
+    low, high = np.percentile(values, [_LOW_PCT, _HIGH_PCT]).astype(float)
     return _stretch(np.asarray(values, dtype=np.float32), low, high, ds)
+
+
+def _has_voi(ds: pydicom.Dataset) -> bool:
+    """The window (or VOI LUT) is the acquisition's intended contrast: it is applied before the
+    stretch. The stretch then runs between percentiles of its output, not its extremes, so that
+    a burned-in marker or one hot pixel does not set the contrast of the whole image (and a
+    reduced-resolution decode, whose extremes are smoothed away, lands on the same stretch)."""
+    return "WindowCenter" in ds or "VOILUTSequence" in ds
 
 
 def _uint8_via_lookup(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
@@ -106,19 +118,11 @@ def _display_table(arr: np.ndarray, ds: pydicom.Dataset, sample: np.ndarray | No
     # minimum (kept so that unsigned pixels index the table without a shift) are never read.
     stored = np.arange(lowest, highest + 1, dtype=np.int64)
     values = apply_modality_lut(stored.astype(arr.dtype), ds)
-    if "WindowCenter" in ds or "VOILUTSequence" in ds:
-        values = np.asarray(apply_voi_lut(values, ds, prefer_lut=True), dtype=np.float64)
-        steps = np.diff(values)
-        if (steps >= 0).all() or (steps <= 0).all():
-            # A monotonic window takes its extremes at the extreme stored values: no histogram needed.
-            low, high = sorted((float(values[0]), float(values[-1])))
-        else:
-            present = np.bincount(shifted.ravel(), minlength=highest - base + 1)[lowest - base :] > 0
-            low, high = float(values[present].min()), float(values[present].max())
-    else:
-        counted = shifted if sample is None else (sample.astype(np.int32) - base if base < 0 else sample)
-        counts = np.bincount(counted.ravel(), minlength=highest - base + 1)[lowest - base :]
-        low, high = _weighted_percentiles(np.asarray(values, dtype=np.float64), counts, (_LOW_PCT, _HIGH_PCT))
+    if _has_voi(ds):
+        values = apply_voi_lut(values, ds, prefer_lut=True)
+    counted = shifted if sample is None else (sample.astype(np.int32) - base if base < 0 else sample)
+    counts = np.bincount(counted.ravel(), minlength=highest - base + 1)[lowest - base :]
+    low, high = _weighted_percentiles(np.asarray(values, dtype=np.float64), counts, (_LOW_PCT, _HIGH_PCT))
     table = np.zeros(highest - base + 1, dtype=np.float32)
     table[lowest - base :] = _stretch(np.asarray(values, dtype=np.float32), low, high, ds)
     return table, shifted
@@ -195,44 +199,69 @@ def _linear_display(arr: np.ndarray, ds: pydicom.Dataset) -> tuple[float, float]
     return float(a), float(b)
 
 
-def _resize_then_map(arr: np.ndarray, a: float, b: float, size: int, pad_to_square: bool, levels: int = 0
-                     ) -> np.ndarray:
+def _resize_then_map(arr: np.ndarray, a: float, b: float, size: int, pad_to_square: bool) -> np.ndarray:
     """Resize the stored values, then apply the linear display mapping to `size`^2 pixels only.
     Clipping the stored values to the mapping's linear range first makes the two commute (the
     bilinear filter averages with non-negative weights); the clip bounds are rounded outwards to
-    whole stored values, which moves a mixed pixel by under 1/(range) of the display range.
-    `levels` > 0: `arr` is a J2K resolution level, whose sample i sits at full-resolution pixel
-    2^levels * i, not at the centre of the block it stands for: the resize box is shifted by
-    that half block so the image is not displaced (which alone moved edges by 10 grey levels)."""
-    ends = sorted(((0 - b) / a, (1 - b) / a))
-    info = np.iinfo(arr.dtype)
-    low, high = max(int(np.floor(ends[0])), info.min), min(int(np.ceil(ends[1])), info.max)
-    clipped = np.clip(arr, low, high, out=arr if arr.flags.writeable and arr.flags.c_contiguous else None)
-    clipped = np.ascontiguousarray(clipped)
+    whole stored values, which moves a mixed pixel by under 1/(range) of the display range."""
+    clipped, high = _clip_to_linear_range(arr, a, b)
     height, width = clipped.shape
     factors = (max(1, int(width / size / _REDUCING_GAP)), max(1, int(height / size / _REDUCING_GAP)))
-    if not pad_to_square and not levels and factors != (1, 1):
+    if not pad_to_square and factors != (1, 1):
         # PIL's own first step (reduce by whole factors, then bilinear), done on the stored
         # values in numpy: a float copy of the full image alone costs more than the bare loop.
         reduced = Image.fromarray(_box_reduce(clipped, *factors, top=high), mode="F")
         box = (0.0, 0.0, width / factors[0], height / factors[1])
         image = reduced.resize((size, size), Image.Resampling.BILINEAR, box=box)
-        return to_uint8(np.clip(a * np.asarray(image, dtype=np.float64) + b, 0.0, 1.0))
-    if clipped.dtype == np.uint16:  # shares the buffer; PIL converts to float in one pass
-        image = Image.frombuffer("I;16", (width, height), clipped, "raw", "I;16", 0, 1).convert("F")
-    else:
-        image = Image.fromarray(clipped.astype(np.float32), mode="F")
+        return _map_linear(image, a, b)
+    image = _float_image(clipped)
     if pad_to_square:
         side = max(image.size)
         canvas = Image.new("F", (side, side), (0 - b) / a)  # the stored value shown as black
         canvas.paste(image, ((side - width) // 2, (side - height) // 2))
         image = canvas
-    shift = 0.5 - 0.5 / 2**levels
-    box = (shift, shift, min(image.width, image.width + shift), min(image.height, image.height + shift))
-    if levels:
-        image = image.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=_REDUCING_GAP)
-    elif image.size != (size, size):
+    if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=_REDUCING_GAP)
+    return _map_linear(image, a, b)
+
+
+def _resize_level_then_map(arr: np.ndarray, a: float, b: float, size: int, levels: int,
+                           full_shape: tuple[int, int]) -> np.ndarray:
+    """`_resize_then_map` for a J2K resolution level of an image of `full_shape` (rows, columns).
+    Sample i of the level sits at full-resolution pixel 2^levels * i, not at the centre of the
+    block it stands for, and the last sample may stand for a partial block: the resize box is
+    placed in full-resolution coordinates (continuous X is X / 2^levels + shift on the level) so
+    the output covers exactly what the full decode covers. A box placed on the level's own grid
+    moved edges by up to 10 grey levels and cost 1% of pixels their one-grey-level agreement."""
+    clipped, _ = _clip_to_linear_range(arr, a, b)
+    rows, columns = full_shape
+    scale, shift = 2.0**levels, 0.5 - 0.5 / 2**levels
+    # One repeated sample on every side gives the box room (PIL's resize reads past the box).
+    canvas = np.pad(clipped.astype(np.float32), 1, mode="edge")
+    box = (shift + 1, shift + 1, columns / scale + shift + 1, rows / scale + shift + 1)
+    image = Image.fromarray(canvas, mode="F").resize((size, size), Image.Resampling.BILINEAR, box=box,
+                                                     reducing_gap=_REDUCING_GAP)
+    return _map_linear(image, a, b)
+
+
+def _clip_to_linear_range(arr: np.ndarray, a: float, b: float) -> tuple[np.ndarray, int]:
+    """Stored values clipped to where `a*x + b` is inside [0, 1] (bounds rounded outwards to
+    whole values), C-contiguous, and the upper bound."""
+    ends = sorted(((0 - b) / a, (1 - b) / a))
+    info = np.iinfo(arr.dtype)
+    low, high = max(int(np.floor(ends[0])), info.min), min(int(np.ceil(ends[1])), info.max)
+    clipped = np.clip(arr, low, high, out=arr if arr.flags.writeable and arr.flags.c_contiguous else None)
+    return np.ascontiguousarray(clipped), high
+
+
+def _float_image(arr: np.ndarray) -> Image.Image:
+    if arr.dtype == np.uint16:  # shares the buffer; PIL converts to float in one pass
+        height, width = arr.shape
+        return Image.frombuffer("I;16", (width, height), arr, "raw", "I;16", 0, 1).convert("F")
+    return Image.fromarray(arr.astype(np.float32), mode="F")
+
+
+def _map_linear(image: Image.Image, a: float, b: float) -> np.ndarray:
     return to_uint8(np.clip(a * np.asarray(image, dtype=np.float64) + b, 0.0, 1.0))
 
 
@@ -309,16 +338,20 @@ def _reduced_j2k_pixels(ds: pydicom.Dataset, size: int) -> tuple[np.ndarray, int
         levels += 1
     frame = get_frame(ds.PixelData, 0, number_of_frames=1)
     levels_in_stream, precision = _j2k_header(frame)
-    levels = min(levels, levels_in_stream)
+    levels = min(levels, levels_in_stream, _MAX_J2K_LEVELS)
     if levels == 0 or not 1 < precision <= 16:
         return None
-    try:
-        with Image.open(io.BytesIO(frame)) as image:
-            image.reduce = levels  # OpenJPEG's reduce: resolution levels to discard
-            image.load()
-            mode, arr = image.mode, np.array(image)
-    except OSError:  # some code-block layouts refuse a reduced decode: decode in full instead
-        return None
+    while True:
+        try:
+            with Image.open(io.BytesIO(frame)) as image:
+                image.reduce = levels  # OpenJPEG's reduce: resolution levels to discard
+                image.load()
+                mode, arr = image.mode, np.array(image)
+            break
+        except OSError:  # some code-block layouts refuse a level: try the next finer one
+            levels -= 1
+            if levels == 0:
+                return None
     if mode != "I;16" or arr.shape != (-(-int(ds.Rows) // 2**levels), -(-int(ds.Columns) // 2**levels)):
         return None
     # Pillow scales every precision up to 16 bits by a left shift: undo it for the stored values.

@@ -128,16 +128,40 @@ def test_non_linear_voi_lut_takes_the_exact_path(tmp_path):
     assert np.array_equal(decode_dicom(path, 128), decode_dicom(path, 128, fast=False))
 
 
+@pytest.mark.parametrize("windowed", [True, False])
+def test_reduced_jpeg2000_level_equals_the_full_decode_at_mimic_size(tmp_path, windowed):
+    """The issue's bar: one level down, at 448 px from a MIMIC-CXR-size radiograph (the real RG1
+    radiograph at 2,544 x 3,056 with detector-like noise, JPEG 2000 lossless; its own window, or
+    none so the percentile stretch decides), within one grey level of the full decode on >= 99.9%."""
+    import pydicom
+
+    from corpus.full_resolution import full_resolution_copy
+
+    source = Path(get_testdata_file("RG1_UNCR.dcm"))
+    if not windowed:
+        ds = pydicom.dcmread(source)
+        del ds.WindowCenter, ds.WindowWidth
+        source = tmp_path / "plain.dcm"
+        ds.save_as(source)
+    path = full_resolution_copy(source, tmp_path / "j2k.dcm", (2544, 3056), "jpeg2000")
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID.is_compressed
+    reduced = decode_dicom(path, 448, reduce_jpeg2000=True)
+    worst, within_one = _agreement(reduced, decode_dicom(path, 448, fast=False))
+    assert within_one >= 0.999, f"only {within_one:.4%} within one grey level (max {worst})"
+
+
 @pytest.mark.parametrize("name", ["RG1_J2KR.dcm", "RG1_J2KI.dcm"])
 def test_reduced_jpeg2000_level_stays_close_to_the_full_decode(name):
-    """Opt-in reduced-resolution decode on a real radiograph: the measured agreement (about 97%
-    within one grey level, a few levels at most) is what the opt-in's documentation promises."""
+    """A real radiograph smaller than MIMIC-CXR's (1,955 x 1,841: the level is only 2.05x the
+    target): measured 99.76% (lossless) and 99.90% (lossy) within one grey level, max 6 - what
+    the opt-in's documentation promises; a misplaced resize box (half a block, or the level's
+    own width instead of the image's) drops this below 99%."""
     path = get_testdata_file(name)
     reduced = decode_dicom(path, 448, reduce_jpeg2000=True)
     full = decode_dicom(path, 448, fast=False)
     worst, within_one = _agreement(reduced, full)
-    assert within_one >= 0.96 and worst <= 12
-    assert np.abs(reduced.astype(int) - full.astype(int)).mean() < 0.6
+    assert within_one >= 0.995 and worst <= 8
+    assert np.abs(reduced.astype(int) - full.astype(int)).mean() < 0.4
     lungs, mediastinum = lung_and_mediastinum_means(reduced)
     assert lungs + 20 < mediastinum
 
@@ -153,6 +177,7 @@ def test_jpeg2000_reduced_levels_are_only_used_when_the_target_allows():
     # The level's values are the stored values' scale (Pillow's 16-bit scaling undone).
     assert abs(float(arr.mean()) - float(ds.pixel_array.mean())) < 0.01 * float(ds.pixel_array.mean())
     assert _reduced_j2k_pixels(ds, 1000) is None  # no level keeps 2x the target
+    assert _reduced_j2k_pixels(ds, 224)[1] == 1  # two levels would qualify: one is the most taken
     plain = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))
     assert _reduced_j2k_pixels(plain, 224) is None
 
