@@ -15,7 +15,7 @@ from assets.metadata import counts, md_table, preview
 from common.storage import file_sha256
 from ingestion.dicom_index import header_identifiers
 from ingestion.identifiers import find_leaks, identifier_signatures
-from ingestion.images import build_cxr_images, contact_sheet_markdown
+from ingestion.images import DECODER_VERSION, build_cxr_images, contact_sheet_markdown
 from ingestion.layout import PARTITION_DIGITS, archive_problem, archive_shards, has_shard, shard_problem
 from ingestion.shards import index_shard, reports_shard
 from pipeline.resources import ArchiveResource, StorageResource
@@ -124,7 +124,7 @@ def dicom_index(
     partitions_def=shard_partitions,
     group_name="ingestion",
     kinds={"parquet"},
-    code_version="1",
+    code_version=DECODER_VERSION,  # new pixels for the same files: stale in the UI
 )
 def cxr_images(
     context: dg.AssetExecutionContext, config: ImagesConfig, storage: StorageResource, archive: ArchiveResource

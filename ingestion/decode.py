@@ -1,5 +1,6 @@
-"""Pixels as training needs them: modality and VOI LUTs applied, MONOCHROME1 inverted,
-stretched between the 0.5 and 99.5 percentiles to the full 8-bit range and resized, using pydicom's own LUT helpers.
+"""Pixels as training needs them: modality and VOI LUTs applied (pydicom's own helpers),
+MONOCHROME1 inverted, stretched between the 0.5 and 99.5 percentiles to the full 8-bit range
+and resized.
 
 Full-resolution radiographs (MIMIC-CXR: about 2,500 x 3,000 px) are shrunk to a few hundred
 pixels, so the expensive steps run on fewer pixels where the result stays the same to one

@@ -28,7 +28,7 @@ T = TypeVar("T")
 MIN_IMAGES_PER_WORKER = 64
 # Bump when the pixels a given file decodes to change: stored rows of older decodes are then
 # never reused (see `build_cxr_images`, reuse).
-DECODER_VERSION = "2"
+DECODER_VERSION = "3"
 SETTINGS_KEY = b"medfilip_decode_settings"
 # zstd level 1: smaller files than snappy (139 vs 153 KiB per 448 px image) and faster to write.
 PIXEL_COMPRESSION, PIXEL_COMPRESSION_LEVEL = "zstd", 1

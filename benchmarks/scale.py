@@ -1,0 +1,183 @@
+"""Scale run: the demo pipeline, stage by stage, on generated archives of growing size, with
+wall time, CPU time and peak RSS per stage, disk per asset, and the ratios between sizes.
+
+    .venv/bin/python benchmarks/scale.py [--images 5000 50000] [--root DIR] [--keep]
+
+Each archive is a generated corpus (distinct images and reports: hard links of a seed would be
+quarantined as duplicate pixel data and answered from the extraction cache) in its own
+MEDFILIP_HOME, rendered at the demo's 192 px and decoded to 96 px, ten pNN shards as in
+`make demo`, so each shard holds a tenth of the archive: memory that grows with a shard's size
+shows up here as well as memory that grows with the archive. Every stage is one
+`pipeline.runner.materialise(...)` (the code path of `medfilip run`) in a fresh process, so its
+peak RSS is its own; the peak PSS of its whole process tree (cxr_images' decode pool, Dagster's
+log watchers) is sampled beside it.
+Training is one epoch of the demo preset. The figures feed the MIMIC-CXR extrapolation in
+docs/operations.md ("MIMIC-CXR scale").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from common.tables import markdown_table  # noqa: E402
+
+STAGES = ("dicom_index", "cxr_images", "reports", "llm_extractions", "triplets", "report_labels",
+          "knowledge_base", "training_texts", "text_embeddings", "ssm", "pretrained_model")
+IMAGES_PER_STUDY = 1.5  # the generator's mix of frontal and lateral views (measured: 748 / 500)
+ONE_EPOCH = {"pretrained_model": {"config": {"overrides_json": json.dumps({"epochs": 1})}}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, nargs="+", default=[5000, 50000])
+    parser.add_argument("--root", type=Path, help="where the homes go (default: a temp folder, removed)")
+    parser.add_argument("--keep", action="store_true", help="keep the homes")
+    args = parser.parse_args()
+    root = args.root or Path(tempfile.mkdtemp(prefix="medfilip-scale-"))
+    results: dict[int, dict] = {}
+    try:
+        for count in args.images:
+            home = root / f"n{count}"
+            results[count] = run_scale(home, count)
+            print(json.dumps({"images": count, **results[count]}), flush=True)
+            if not args.keep:
+                shutil.rmtree(home, ignore_errors=True)
+    finally:
+        if not args.keep and args.root is None:
+            shutil.rmtree(root, ignore_errors=True)
+    print_tables(results)
+
+
+def run_scale(home: Path, count: int) -> dict:
+    from corpus.generate import generate_corpus
+    from pipeline.demo import DEMO_CORPUS
+
+    home.mkdir(parents=True, exist_ok=True)
+    tick = time.perf_counter()
+    summary = generate_corpus(home / "corpus", studies=round(count / IMAGES_PER_STUDY), seed=7, workers=2,
+                              eval_images=16, progress=sys.stderr.isatty(), **DEMO_CORPUS)
+    out = {"archive_images": summary.images, "archive_studies": summary.studies,
+           "corpus_s": round(time.perf_counter() - tick, 1), "stages": {}}
+    for stage in STAGES:
+        figures = run_stage(home, stage)
+        out["stages"][stage] = figures
+        print(json.dumps({"images": count, "stage": stage, **figures}), flush=True)
+        if not figures["ok"]:
+            raise SystemExit(f"scale run: {stage} failed at {count} images: {figures.get('error')}")
+    out["disk_mb"] = {path.name: round(du(path) / 2**20, 1) for path in sorted((home / "data").iterdir())
+                      if path.is_dir()}
+    out["disk_mb"]["archive"] = round(du(home / "corpus") / 2**20, 1)
+    return out
+
+
+def run_stage(home: Path, stage: str) -> dict:
+    env = dict(os.environ, MEDFILIP_HOME=str(home))
+    for name in ("MEDFILIP_CONFIG", "DAGSTER_HOME"):
+        env.pop(name, None)
+    process = subprocess.Popen([sys.executable, __file__, "--child", stage], env=env, cwd=home,
+                               stdout=subprocess.PIPE, text=True)
+    peak_tree = 0
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(process.stdout.read)
+        while process.poll() is None:
+            peak_tree = max(peak_tree, tree_pss(process.pid))
+            time.sleep(0.2)
+        stdout = reading.result()
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    figures = json.loads(lines[-1]) if lines else {"ok": False, "error": f"exit {process.returncode}"}
+    figures["peak_tree_pss_mb"] = round(peak_tree / 1024, 1)
+    return figures
+
+
+def tree_pss(pid: int) -> int:
+    """Proportional set size (kB) of a process and all its descendants, now: shared pages (a
+    forked worker's copy of its parent) counted once, unlike summing RSS."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(child) for child in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue  # ended between the listing and the read
+    return total
+
+
+def child(stage: str) -> None:
+    """One stage in this fresh process; prints its figures as the last line."""
+    from pipeline.demo import DEMO_OPS_CONFIG, DEMO_PARTITION_DIGITS
+    from pipeline.runner import materialise
+    from pipeline.settings import prepare_home
+
+    prepare_home(os.environ["MEDFILIP_HOME"])
+    start = time.perf_counter()
+    summary = materialise(stage, ops_config={**DEMO_OPS_CONFIG, **ONE_EPOCH}, partition_digits=DEMO_PARTITION_DIGITS)
+    seconds = time.perf_counter() - start
+    own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(json.dumps({
+        "ok": summary["failed"] == 0, "runs": len(summary["runs"]), "rows": summary["rows"].get(stage),
+        "wall_s": round(seconds, 1), "cpu_s": round(own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime, 1),
+        "peak_rss_mb": round(own.ru_maxrss / 1024, 1), "peak_child_rss_mb": round(workers.ru_maxrss / 1024, 1),
+        "error": "; ".join(f["error"][:200] for f in summary["failures"])[:400] or None,
+    }))
+
+
+def du(path: Path) -> int:
+    """Bytes of the files under `path`, each inode once (hard links count once)."""
+    seen, total = set(), 0
+    for file in path.rglob("*"):
+        stat = file.lstat()
+        if file.is_file() and (stat.st_dev, stat.st_ino) not in seen:
+            seen.add((stat.st_dev, stat.st_ino))
+            total += stat.st_size
+    return total
+
+
+def print_tables(results: dict[int, dict]) -> None:
+    counts = sorted(results)
+    if not counts:
+        return
+    rows = []
+    for stage in STAGES:
+        row = {"stage": stage}
+        for count in counts:
+            figures = results[count]["stages"][stage]
+            row[f"{count}: wall s"] = figures["wall_s"]
+            row[f"{count}: CPU s"] = figures["cpu_s"]
+            row[f"{count}: peak RSS / tree PSS MB"] = f"{figures['peak_rss_mb']:.0f} / {figures['peak_tree_pss_mb']:.0f}"
+        if len(counts) > 1:
+            small, large = (results[c]["stages"][stage] for c in (counts[0], counts[-1]))
+            row["RSS ratio"] = f"{large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x"
+            row["PSS ratio"] = f"{large['peak_tree_pss_mb'] / max(small['peak_tree_pss_mb'], 1):.2f}x"
+            row["CPU ratio"] = f"{large['cpu_s'] / max(small['cpu_s'], 0.1):.1f}x"
+        rows.append(row)
+    print("\nper stage: peak RSS of the stage's process (exact) / peak PSS of its process tree (sampled")
+    print("every 0.2 s: decode workers and other children included, pages shared by a fork counted once)")
+    print(markdown_table(rows))
+    print("\narchives and disk per asset (MB)")
+    names = sorted({name for c in counts for name in results[c]["disk_mb"]})
+    print(markdown_table([{"": "images", **{str(c): results[c]["archive_images"] for c in counts}}]
+                         + [{"": name, **{str(c): results[c]["disk_mb"].get(name, 0) for c in counts}} for name in names]))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2])
+    else:
+        main()
