@@ -44,6 +44,9 @@ class IndexConfig(dg.Config):
     # Above this share of quarantined files the shard fails (blocking check): an archive that
     # is mostly unreadable is a wrong root or a broken copy, not something to train on.
     max_quarantine_rate: float = 0.05
+    # Read and hash every file again instead of keeping the rows of files whose size and mtime
+    # are unchanged (e.g. after restoring an archive with tools that keep timestamps).
+    reread_all: bool = False
 
 
 class ImagesConfig(dg.Config):
@@ -83,16 +86,20 @@ def dicom_index(
         root, shard, storage.patient_salt(), index_path, quarantine_path,
         source_format=archive.source_format(), metadata_csv=archive.metadata_path(),
         progress=lambda n: n % 500 == 0 and context.log.info(f"{shard}: indexed {n} files"),
+        reuse=not config.reread_all,
     )
     total = result.index.num_rows + result.quarantine.num_rows
     rate = result.quarantine.num_rows / total if total else 0.0
     leaks = find_leaks([index_path, quarantine_path], identifier_signatures(result.identifier_values))
     digest = file_sha256(index_path)
-    context.log.info(f"{shard}: {result.index.num_rows} indexed, {result.quarantine.num_rows} quarantined from {root}")
+    context.log.info(f"{shard}: {result.index.num_rows} indexed ({result.reused} unchanged since the last run, "
+                     f"not read again), {result.quarantine.num_rows} quarantined from {root}")
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": result.index.num_rows,
             "quarantined": result.quarantine.num_rows,
+            "files_read": total - result.reused,
+            "rows_reused": result.reused,
             "quarantine_reasons": md_table(result.quarantine.select(["source_path", "reason"]).to_pylist()),
             "views": counts(result.index.column("view_position").to_pylist(), "view"),
             "photometric": counts(result.index.column("photometric_interpretation").to_pylist(), "photometric"),

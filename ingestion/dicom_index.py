@@ -46,6 +46,7 @@ INDEX_SCHEMA = pa.schema(
         ("file_sha256", pa.string()),
         ("file_size", pa.int64()),
         ("pixel_sha256", pa.string()),  # the stored Pixel Data bytes: duplicates under other UIDs
+        ("file_mtime_ns", pa.int64()),  # with file_size: an unchanged file is not read again
     ]
 )
 
@@ -71,7 +72,8 @@ class IndexOutcome:
 def index_dicom(path: Path, root: Path, shard: str, salt: bytes) -> IndexOutcome:
     """Index one file. Never raises for bad input: problems become a quarantine row."""
     rel = relative_to_root(path, root)
-    size = path.stat().st_size
+    stat = path.stat()
+    size = stat.st_size
     sha = file_sha256(path) if size else None
 
     def quarantined(reason: str) -> IndexOutcome:
@@ -118,6 +120,7 @@ def index_dicom(path: Path, root: Path, shard: str, salt: bytes) -> IndexOutcome
         "file_sha256": sha,
         "file_size": size,
         "pixel_sha256": hashlib.sha256(ds.PixelData).hexdigest(),
+        "file_mtime_ns": stat.st_mtime_ns,
     }
     return IndexOutcome(row=row, identifiers=identifiers)
 

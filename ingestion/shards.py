@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from common.storage import write_table
 from ingestion.dicom_index import INDEX_SCHEMA, QUARANTINE_SCHEMA, index_dicom, quarantine_row, split_duplicates
@@ -19,12 +22,19 @@ from ingestion.reports import REPORT_SCHEMA, report_row
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
+# Bump when index_dicom writes other values for the same file: older index rows are then
+# never reused (see `index_shard`).
+INDEXER_VERSION = "1"
+_REUSE_KEY = b"medfilip.index_settings"
+
+
 @dataclass
 class IndexResult:
     index: pa.Table
     quarantine: pa.Table
     identifier_values: set[str] = field(default_factory=set)  # in memory only, never written
     seconds: float = 0.0
+    reused: int = 0  # rows taken from the previous index: file unchanged (size and mtime)
 
 
 def index_shard(
@@ -36,16 +46,30 @@ def index_shard(
     source_format: str = "dicom",
     metadata_csv: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    reuse: bool = True,
 ) -> IndexResult:
-    """Index every image file of one shard and write index + quarantine Parquet atomically."""
+    """Index every image file of one shard and write index + quarantine Parquet atomically.
+    With `reuse`, a file whose size and modification time are those of its row in the previous
+    index (written with the same salt and indexer) keeps that row without being read: a shard
+    re-run because a study arrived reads the new files only, not the shard's gigabytes again.
+    Identifier values are collected from the files read; reused rows were checked when their
+    files were read. Quarantined files are always read again (they may have been repaired)."""
     start = time.perf_counter()
+    settings = json.dumps({"indexer": INDEXER_VERSION, "salt": hashlib.sha256(salt).hexdigest()[:16]}).encode()
+    reused = 0
     if source_format == "jpg":
         rows, quarantined = index_jpg_shard(root, shard, salt, metadata_csv)
         identifiers: set[str] = set()
     else:
         rows, quarantined, identifiers = [], [], set()
+        previous = _previous_rows(index_path, settings) if reuse else {}
         for count, path in enumerate(iter_shard_files(root, shard, DICOM_SUFFIXES), 1):
             try:
+                old = previous.get(relative_to_root(path, root))
+                if old is not None and _unchanged(path, old):
+                    rows.append(old)
+                    reused += 1
+                    continue
                 outcome = index_dicom(path, root, shard, salt)
             except OSError as exc:  # unreadable file (permissions, vanished): still recorded
                 reason = f"cannot read: {exc}"
@@ -59,11 +83,30 @@ def index_shard(
             if progress:
                 progress(count)
     rows, duplicates = split_duplicates(rows)
-    index = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
+    index = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA.with_metadata({_REUSE_KEY: settings}))
     quarantine = pa.Table.from_pylist(quarantined + duplicates, schema=QUARANTINE_SCHEMA)
     write_table(index, index_path)
     write_table(quarantine, quarantine_path)
-    return IndexResult(index, quarantine, identifiers, time.perf_counter() - start)
+    return IndexResult(index, quarantine, identifiers, time.perf_counter() - start, reused)
+
+
+def _previous_rows(index_path: Path, settings: bytes) -> dict[str, dict]:
+    """source_path -> row of the previous index, if it was written with these settings (and
+    this schema); anything unexpected means no reuse, never a wrong row."""
+    try:
+        previous = pq.ParquetFile(index_path)
+        if (previous.schema_arrow.metadata or {}).get(_REUSE_KEY) != settings:
+            return {}
+        if not previous.schema_arrow.remove_metadata().equals(INDEX_SCHEMA):
+            return {}
+        return {row["source_path"]: row for row in previous.read().to_pylist()}
+    except (OSError, pa.ArrowException):
+        return {}
+
+
+def _unchanged(path: Path, row: dict) -> bool:
+    stat = path.stat()
+    return row["file_mtime_ns"] is not None and (stat.st_size, stat.st_mtime_ns) == (row["file_size"], row["file_mtime_ns"])
 
 
 def reports_shard(root: Path, shard: str, salt: bytes, out_path: Path) -> pa.Table:

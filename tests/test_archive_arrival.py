@@ -97,6 +97,11 @@ def test_arrival_sensor_ingests_only_the_shards_with_new_studies_then_extraction
                 dg.AssetRecordsFilter(asset_key=dg.AssetKey("cxr_images"), asset_partitions=[shard]), limit=5).records
             metadata = record[0].asset_materialization.metadata
             assert (metadata["dagster/row_count"].value, metadata["reused_unchanged"].value) == (rows, reused), shard
+            record = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("dicom_index"), asset_partitions=[shard]), limit=5).records
+            metadata = record[0].asset_materialization.metadata
+            # The index read only the new files too: the known one kept its row (same size and mtime).
+            assert (metadata["files_read"].value, metadata["rows_reused"].value) == (rows - reused, reused), shard
 
         requests, cursor = run_requests(instance, cursor, resources)
         assert [r.job_name for r in requests] == ["extraction_job"]

@@ -48,3 +48,33 @@ def test_identifiers_never_reach_parquet(tmp_path):
         text = pq.read_table(path).to_pandas().to_string() if pq.read_table(path).num_rows else ""
         for secret in (PATIENT_NAME, PATIENT_ID, BIRTH_DATE, "QUIXOTE", "ALONSO"):
             assert secret.encode() not in raw and secret not in text  # ...but never written
+
+
+def test_a_rerun_reads_only_files_that_are_new_or_changed(tmp_path, monkeypatch):
+    import os
+
+    import ingestion.shards as shards
+
+    first, out = run_index(tmp_path)
+    read = []
+    real_index_dicom = shards.index_dicom
+    monkeypatch.setattr(shards, "index_dicom", lambda path, *a: read.append(path.name) or real_index_dicom(path, *a))
+    root, index_path, quarantine_path = tmp_path / "archive", out / "index.parquet", out / "quarantine.parquet"
+
+    again = index_shard(root, "p10", SALT, index_path, quarantine_path)
+    assert again.reused == 3 and again.index.to_pylist() == first.index.to_pylist()
+    assert sorted(read) == sorted(Path(p).name for p in first.quarantine.column("source_path").to_pylist())
+
+    changed = root / first.index.column("source_path")[0].as_py()
+    stat = changed.stat()
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: read again
+    read.clear()
+    touched = index_shard(root, "p10", SALT, index_path, quarantine_path)
+    assert touched.reused == 2 and changed.name in read
+    assert touched.index.to_pylist() == [dict(r, file_mtime_ns=stat.st_mtime_ns + 10**9) if r["source_path"].endswith(changed.name)
+                                         else r for r in first.index.to_pylist()]
+
+    # Another salt changes every patient key, a forced re-read ignores the previous index.
+    assert index_shard(root, "p10", b"other", index_path, quarantine_path).reused == 0
+    assert index_shard(root, "p10", SALT, index_path, quarantine_path).reused == 0  # the index has other keys
+    assert index_shard(root, "p10", SALT, index_path, quarantine_path, reuse=False).reused == 0
