@@ -21,7 +21,7 @@ from extraction.cache import CacheBusy
 from extraction.extract import backend_failures, extract_shards, failure_summary
 from extraction.interface import EndpointUnavailable
 from extraction.labels import default_label_maps_path, label_counts, load_label_map, report_labels_table
-from extraction.to_triplets import summarise_triplets, to_triplets
+from extraction.to_triplets import answered_reports, summarise_triplets, to_triplets
 from extraction.vocabulary import load_vocabulary
 from ingestion.layout import shard_outputs
 from pipeline.resources import ExtractorResource, StorageResource
@@ -139,18 +139,20 @@ def triplets(context: dg.AssetExecutionContext, config: TripletsConfig, storage:
     """One row per finding: severity, location, canonical category (synonyms folded), negated,
     uncertain, source sentence. Findings failing the vocabulary go to `triplet_rejects.parquet`
     with the reason."""
-    extractions = pq.read_table(storage.asset_path("llm_extractions", "llm_extractions.parquet"))
+    # Read a batch at a time: the answers of a whole archive are gigabytes as Python strings.
+    extractions = storage.asset_path("llm_extractions", "llm_extractions.parquet")
     vocab = load_vocabulary()
     table, rejects = to_triplets(extractions, vocab)
     if table.num_rows == 0:  # before the writes: training on no findings is never what was meant
-        raise dg.Failure(description=f"no triplet from {extractions.num_rows} extraction rows ({len(rejects)} rejected "
+        rows = pq.ParquetFile(extractions).metadata.num_rows
+        raise dg.Failure(description=f"no triplet from {rows} extraction rows ({len(rejects)} rejected "
                                      f"by the vocabulary): look at llm_extractions' answers and parse errors")
     out_path = storage.asset_path("triplets", "triplets.parquet")
     rejects_path = storage.asset_path("triplets", "triplet_rejects.parquet")
     write_table(table, out_path)
     write_table(rejects, rejects_path)
 
-    summary = summarise_triplets(extractions, table, rejects)
+    summary = summarise_triplets(answered_reports(extractions), table, rejects)
     with_triplets, positive, negated = summary.with_triplets, summary.positive, summary.negated
     outside, findings = summary.outside_vocabulary, summary.findings
     digest = file_sha256(out_path)
@@ -193,10 +195,9 @@ def report_labels(context: dg.AssetExecutionContext, storage: StorageResource) -
     0 (negated), -1 (uncertain) or null (not mentioned), from `triplets` through the `chexpert`
     map of knowledge/label_maps.yaml, to compare with the CheXpert labeler's CSV and to filter
     reports for training."""
-    extractions = pq.read_table(storage.asset_path("llm_extractions", "llm_extractions.parquet"))
-    found = pq.read_table(storage.asset_path("triplets", "triplets.parquet"))
     label_map = load_label_map("chexpert", vocabulary=load_vocabulary())
-    table = report_labels_table(extractions, found, label_map)
+    table = report_labels_table(storage.asset_path("llm_extractions", "llm_extractions.parquet"),
+                                storage.asset_path("triplets", "triplets.parquet"), label_map)
     out_path = storage.asset_path("report_labels", "report_labels.parquet")
     write_table(table, out_path)
     context.log.info(f"CheXpert labels for {table.num_rows} reports")

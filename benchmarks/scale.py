@@ -45,13 +45,15 @@ def main() -> None:
     parser.add_argument("--images", type=int, nargs="+", default=[5000, 50000])
     parser.add_argument("--root", type=Path, help="where the homes go (default: a temp folder, removed)")
     parser.add_argument("--keep", action="store_true", help="keep the homes")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                        help="run only these (their inputs must be in the homes already: --root of a kept run)")
     args = parser.parse_args()
     root = args.root or Path(tempfile.mkdtemp(prefix="medfilip-scale-"))
     results: dict[int, dict] = {}
     try:
         for count in args.images:
             home = root / f"n{count}"
-            results[count] = run_scale(home, count)
+            results[count] = run_scale(home, count, args.stages)
             print(json.dumps({"images": count, **results[count]}), flush=True)
             if not args.keep:
                 shutil.rmtree(home, ignore_errors=True)
@@ -61,17 +63,20 @@ def main() -> None:
     print_tables(results)
 
 
-def run_scale(home: Path, count: int) -> dict:
+def run_scale(home: Path, count: int, stages: list[str]) -> dict:
     from corpus.generate import generate_corpus
     from pipeline.demo import DEMO_CORPUS
 
     home.mkdir(parents=True, exist_ok=True)
     tick = time.perf_counter()
-    summary = generate_corpus(home / "corpus", studies=round(count / IMAGES_PER_STUDY), seed=7, workers=2,
-                              eval_images=16, progress=sys.stderr.isatty(), **DEMO_CORPUS)
-    out = {"archive_images": summary.images, "archive_studies": summary.studies,
+    manifest = home / "corpus" / "manifest.json"
+    if not manifest.exists():  # else a kept home: the same archive, its stages again
+        generate_corpus(home / "corpus", studies=round(count / IMAGES_PER_STUDY), seed=7, workers=2,
+                        eval_images=16, progress=sys.stderr.isatty(), **DEMO_CORPUS)
+    summary = json.loads(manifest.read_text())
+    out = {"archive_images": summary["images"], "archive_studies": summary["studies"],
            "corpus_s": round(time.perf_counter() - tick, 1), "stages": {}}
-    for stage in STAGES:
+    for stage in stages:
         figures = run_stage(home, stage)
         out["stages"][stage] = figures
         print(json.dumps({"images": count, "stage": stage, **figures}), flush=True)
@@ -89,34 +94,40 @@ def run_stage(home: Path, stage: str) -> dict:
         env.pop(name, None)
     process = subprocess.Popen([sys.executable, __file__, "--child", stage], env=env, cwd=home,
                                stdout=subprocess.PIPE, text=True)
-    peak_tree = 0
+    peak_tree, peak_parts = 0, []
     with ThreadPoolExecutor(1) as pool:
         reading = pool.submit(process.stdout.read)
         while process.poll() is None:
-            peak_tree = max(peak_tree, tree_pss(process.pid))
+            total, parts = tree_pss(process.pid)
+            if total > peak_tree:
+                peak_tree, peak_parts = total, parts
             time.sleep(0.2)
         stdout = reading.result()
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     figures = json.loads(lines[-1]) if lines else {"ok": False, "error": f"exit {process.returncode}"}
     figures["peak_tree_pss_mb"] = round(peak_tree / 1024, 1)
+    # What the tree held at its peak, largest first: which process grows, if one does.
+    figures["peak_tree"] = [f"{kb / 1024:.0f} MB {command}" for kb, command in sorted(peak_parts, reverse=True)[:6]]
     return figures
 
 
-def tree_pss(pid: int) -> int:
-    """Proportional set size (kB) of a process and all its descendants, now: shared pages (a
-    forked worker's copy of its parent) counted once, unlike summing RSS."""
-    total, todo = 0, [pid]
+def tree_pss(pid: int) -> tuple[int, list[tuple[int, str]]]:
+    """Proportional set size (kB) of a process and all its descendants, now, and each one's
+    (kB, command): shared pages (a forked process's copy of its parent) counted once, unlike RSS."""
+    total, parts, todo = 0, [], [pid]
     while todo:
         current = todo.pop()
         try:
-            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
+            pss = sum(int(line.split()[1]) for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines()
+                      if line.startswith("Pss:"))
+            command = Path(f"/proc/{current}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             for task in Path(f"/proc/{current}/task").iterdir():
                 todo += [int(child) for child in (task / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue  # ended between the listing and the read
-    return total
+        total += pss
+        parts.append((pss, command[:120]))
+    return total, parts
 
 
 def child(stage: str) -> None:
@@ -154,7 +165,7 @@ def print_tables(results: dict[int, dict]) -> None:
     if not counts:
         return
     rows = []
-    for stage in STAGES:
+    for stage in [s for s in STAGES if all(s in results[c]["stages"] for c in counts)]:
         row = {"stage": stage}
         for count in counts:
             figures = results[count]["stages"][stage]

@@ -11,7 +11,7 @@ import glob
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -56,6 +56,19 @@ def write_table(table: pa.Table, dest: Path | str, row_group_size: int | None = 
     with atomic_path(dest) as tmp:
         pq.write_table(table, tmp, row_group_size=row_group_size)
     return Path(dest)
+
+
+def record_batches(source: pa.Table | Path | str | Iterable[pa.RecordBatch], columns: list[str],
+                   batch_size: int = 8192) -> Iterator[pa.RecordBatch]:
+    """`columns` of a table, a Parquet file or batches, a bounded number of rows at a time: a
+    stage over a whole archive's rows then holds one batch of Python objects, not all of them."""
+    if isinstance(source, pa.Table):
+        yield from source.select(columns).to_batches(max_chunksize=batch_size)
+    elif isinstance(source, (str, Path)):
+        yield from pq.ParquetFile(source).iter_batches(batch_size=batch_size, columns=columns)
+    else:
+        for batch in source:
+            yield batch.select(columns)
 
 
 def file_sha256(path: Path | str) -> str:

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 from common.paths import KNOWLEDGE_DIR
+from common.storage import record_batches
 from extraction.vocabulary import Vocabulary, normalize_phrase
 
 PRESENT, UNCERTAIN, ABSENT = 1, -1, 0
@@ -99,22 +101,30 @@ def study_labels(triplets: Iterable[Mapping], label_map: LabelMap) -> dict[str, 
     return values
 
 
-def labels_table(triplets: pa.Table, label_map: LabelMap, study_ids: Iterable[str]) -> pa.Table:
-    """One row per study in ``study_ids`` (a study without triplets still gets its row)."""
-    by_study: dict[str, list[dict]] = {sid: [] for sid in study_ids}
-    for row in triplets.select(["study_id", "category", "negated", "uncertain"]).to_pylist():
-        if row["study_id"] in by_study:
-            by_study[row["study_id"]].append(row)
-    rows = [{"study_id": sid, **study_labels(found, label_map)} for sid, found in by_study.items()]
+def labels_table(triplets: pa.Table | Path | Iterable[pa.RecordBatch], label_map: LabelMap,
+                 study_ids: Iterable[str]) -> pa.Table:
+    """One row per study in ``study_ids`` (a study without triplets still gets its row); the
+    triplets are read a batch at a time and kept as small tuples."""
+    by_study: dict[str, list[tuple]] = {sid: [] for sid in study_ids}
+    for batch in record_batches(triplets, ["study_id", "category", "negated", "uncertain"]):
+        for sid, *found in zip(*(column.to_pylist() for column in batch.columns)):
+            if sid in by_study:
+                by_study[sid].append(tuple(found))
+    keys = ("category", "negated", "uncertain")
+    rows = [{"study_id": sid, **study_labels((dict(zip(keys, t)) for t in found), label_map)}
+            for sid, found in by_study.items()]
     schema = pa.schema([("study_id", pa.string())] + [(c, pa.int8()) for c in label_map.columns])
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def report_labels_table(extractions: pa.Table, triplets: pa.Table, label_map: LabelMap) -> pa.Table:
+def report_labels_table(extractions: pa.Table | Path | Iterable[pa.RecordBatch],
+                        triplets: pa.Table | Path | Iterable[pa.RecordBatch], label_map: LabelMap) -> pa.Table:
     """One row per report whose answer was read (``llm_extractions`` rows with an answer and no
     parse error); an empty or failed report gets no row, since nothing was said about it."""
-    rows = extractions.select(["study_id", "answer", "parse_error"]).to_pylist()
-    read = dict.fromkeys(r["study_id"] for r in rows if r["answer"] is not None and r["parse_error"] is None)
+    read: dict[str, None] = {}
+    for batch in record_batches(extractions, ["study_id", "answer", "parse_error"]):
+        mask = pc.and_(pc.is_valid(batch.column(1)), pc.is_null(batch.column(2)))
+        read.update(dict.fromkeys(batch.column(0).filter(mask).to_pylist()))
     return labels_table(triplets, label_map, read)
 
 

@@ -8,10 +8,13 @@ one report (FINDINGS and IMPRESSION often repeat) is kept once.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 
+from common.storage import record_batches
 from extraction.parse import parse_answer
 from extraction.vocabulary import NEGATED_SEVERITY, Vocabulary
 
@@ -37,38 +40,47 @@ REJECTS_SCHEMA = pa.schema([
 ])
 
 
-def to_triplets(llm_extractions: pa.Table, vocab: Vocabulary) -> tuple[pa.Table, pa.Table]:
-    triplets: list[dict[str, object]] = []
-    rejects: list[dict[str, object]] = []
-    for row in llm_extractions.select(["study_id", "answer"]).to_pylist():
-        if row["answer"] is None:
-            continue  # backend error or empty report: already visible in llm_extractions
-        parsed = parse_answer(row["answer"])
-        if parsed.error is not None:
-            rejects.append(_reject(row["study_id"], None, None, None, f"parse error: {parsed.error}", None))
-        seen: set[tuple[object, ...]] = set()
-        for finding in parsed.findings:
-            category = vocab.fold_category(finding.category)
-            severity = vocab.fold_severity(finding.severity)
-            location = vocab.fold_location(finding.location)
-            reason = _rejection(category, severity, location, finding)
-            if reason:
-                rejects.append(_reject(row["study_id"], finding.severity, finding.location,
-                                       finding.category, reason, finding.sentence))
-                continue
-            negated = severity == NEGATED_SEVERITY
-            identity = (severity, location, category, negated, finding.uncertain and not negated)
-            if identity in seen:
-                continue
-            seen.add(identity)
-            triplets.append({
-                "study_id": row["study_id"], "finding_index": len(seen) - 1,
-                "severity": severity, "location": location, "category": category,
-                "raw_category": finding.category, "negated": negated,
-                "uncertain": finding.uncertain and not negated, "sentence": finding.sentence,
-            })
-    return (pa.Table.from_pylist(triplets, schema=TRIPLETS_SCHEMA),
-            pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA))
+def to_triplets(llm_extractions: pa.Table | Path | Iterable[pa.RecordBatch], vocab: Vocabulary
+                ) -> tuple[pa.Table, pa.Table]:
+    """Triplets and rejects of every answered report, the answers read one batch at a time."""
+    triplet_parts, reject_parts = [], []
+    for batch in record_batches(llm_extractions, ["study_id", "answer"]):
+        triplets: list[dict[str, object]] = []
+        rejects: list[dict[str, object]] = []
+        for study_id, answer in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+            if answer is not None:  # else a backend error or empty report: visible in llm_extractions
+                _answer_triplets(study_id, answer, vocab, triplets, rejects)
+        triplet_parts.append(pa.Table.from_pylist(triplets, schema=TRIPLETS_SCHEMA))
+        reject_parts.append(pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA))
+    return (pa.concat_tables(triplet_parts) if triplet_parts else TRIPLETS_SCHEMA.empty_table(),
+            pa.concat_tables(reject_parts) if reject_parts else REJECTS_SCHEMA.empty_table())
+
+
+def _answer_triplets(study_id: str, answer: str, vocab: Vocabulary, triplets: list, rejects: list) -> None:
+    parsed = parse_answer(answer)
+    if parsed.error is not None:
+        rejects.append(_reject(study_id, None, None, None, f"parse error: {parsed.error}", None))
+    seen: set[tuple[object, ...]] = set()
+    for finding in parsed.findings:
+        category = vocab.fold_category(finding.category)
+        severity = vocab.fold_severity(finding.severity)
+        location = vocab.fold_location(finding.location)
+        reason = _rejection(category, severity, location, finding)
+        if reason:
+            rejects.append(_reject(study_id, finding.severity, finding.location, finding.category, reason,
+                                   finding.sentence))
+            continue
+        negated = severity == NEGATED_SEVERITY
+        identity = (severity, location, category, negated, finding.uncertain and not negated)
+        if identity in seen:
+            continue
+        seen.add(identity)
+        triplets.append({
+            "study_id": study_id, "finding_index": len(seen) - 1,
+            "severity": severity, "location": location, "category": category,
+            "raw_category": finding.category, "negated": negated,
+            "uncertain": finding.uncertain and not negated, "sentence": finding.sentence,
+        })
 
 
 def _rejection(category: str | None, severity: str | None, location: str | None,
@@ -111,12 +123,17 @@ class TripletSummary:
         return len(self.outside_vocabulary) / self.findings if self.findings else 0.0
 
 
-def summarise_triplets(extractions: pa.Table, triplets: pa.Table, rejects: pa.Table) -> TripletSummary:
+def answered_reports(llm_extractions: pa.Table | Path | Iterable[pa.RecordBatch]) -> int:
+    return sum(batch.num_rows - batch.column(0).null_count for batch in record_batches(llm_extractions, ["answer"]))
+
+
+def summarise_triplets(answered: int, triplets: pa.Table, rejects: pa.Table) -> TripletSummary:
+    """`answered`: reports with an answer (`answered_reports`)."""
     categories = triplets.column("category").to_pylist()
     negated = triplets.column("negated").to_pylist()
     reject_rows = rejects.to_pylist()
     return TripletSummary(
-        answered=sum(1 for a in extractions.column("answer").to_pylist() if a is not None),
+        answered=answered,
         with_triplets=len(set(triplets.column("study_id").to_pylist())),
         findings=triplets.num_rows + len(reject_rows),
         outside_vocabulary=[r for r in reject_rows if "unknown category" in (r["reason"] or "")],

@@ -140,3 +140,29 @@ def test_to_triplets_folds_synonyms_rejects_unknowns_and_drops_repeats(vocab):
     assert "unknown category 'unicorn horn'" in reasons["unicorn horn"]
     assert any(r["study_id"] == "s2" and r["reason"].startswith("parse error") for r in rejects.to_pylist())
     assert "s3" not in set(rejects.column("study_id").to_pylist())
+
+
+def test_triplets_and_labels_read_batch_by_batch_equal_the_whole_table(vocab, tmp_path):
+    """The assets stream llm_extractions / triplets from Parquet a batch at a time (memory flat in
+    the archive's size): batch boundaries inside the data change nothing."""
+    import pyarrow.parquet as pq
+
+    from common.storage import record_batches
+    from extraction.labels import load_label_map, report_labels_table
+    from extraction.to_triplets import answered_reports
+
+    answers = ["{moderate}{right}{effusion}\n{no}{na}{pneumothorax}", None, "{broken",
+               "{small}{left}{ptx}{uncertain}\n{mild}{na}{cardiomegaly}", "{no}{na}{effusion}"] * 3
+    table = pa.table({"study_id": [f"s{i}" for i in range(len(answers))], "answer": answers,
+                      "parse_error": [None if a is None or not a.startswith("{broken") else "x" for a in answers]})
+    pq.write_table(table, tmp_path / "x.parquet", row_group_size=4)
+    whole = to_triplets(table, vocab)
+    in_batches = to_triplets(record_batches(tmp_path / "x.parquet", ["study_id", "answer"], batch_size=2), vocab)
+    assert [t.to_pylist() for t in in_batches] == [t.to_pylist() for t in whole]
+    assert (whole[0].num_rows, whole[1].num_rows) == (15, 3)  # 5 findings and one parse error per 5 reports
+    assert answered_reports(tmp_path / "x.parquet") == answered_reports(table) == 12
+    labels = load_label_map("chexpert", vocabulary=vocab)
+    pq.write_table(whole[0], tmp_path / "t.parquet", row_group_size=5)
+    from_files = report_labels_table(tmp_path / "x.parquet", tmp_path / "t.parquet", labels)
+    assert from_files.to_pylist() == report_labels_table(table, whole[0], labels).to_pylist()
+    assert from_files.num_rows == 9  # answered, no parse error
