@@ -94,13 +94,18 @@ def run_stage(home: Path, stage: str) -> dict:
         env.pop(name, None)
     process = subprocess.Popen([sys.executable, __file__, "--child", stage], env=env, cwd=home,
                                stdout=subprocess.PIPE, text=True)
-    peak_tree, peak_parts = 0, []
+    # A walk of the tree is not atomic: a fork between two reads (Dagster and ctypes start
+    # helper processes) counts the parent's pages twice in that one sample. A peak counts only
+    # if the next sample, 0.2 s later, is as high: the smaller of each consecutive pair.
+    peak_tree, peak_parts, previous = 0, [], (0, [])
     with ThreadPoolExecutor(1) as pool:
         reading = pool.submit(process.stdout.read)
         while process.poll() is None:
-            total, parts = tree_pss(process.pid)
-            if total > peak_tree:
-                peak_tree, peak_parts = total, parts
+            current = tree_pss(process.pid)
+            confirmed = min(previous, current, key=lambda sample: sample[0])
+            if confirmed[0] > peak_tree:
+                peak_tree, peak_parts = confirmed
+            previous = current
             time.sleep(0.2)
         stdout = reading.result()
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
@@ -179,7 +184,8 @@ def print_tables(results: dict[int, dict]) -> None:
             row["CPU ratio"] = f"{large['cpu_s'] / max(small['cpu_s'], 0.1):.1f}x"
         rows.append(row)
     print("\nper stage: peak RSS of the stage's process (exact) / peak PSS of its process tree (sampled")
-    print("every 0.2 s: decode workers and other children included, pages shared by a fork counted once)")
+    print("every 0.2 s, held for two samples: decode workers and other children included, pages shared")
+    print("by a fork counted once)")
     print(markdown_table(rows))
     print("\narchives and disk per asset (MB)")
     names = sorted({name for c in counts for name in results[c]["disk_mb"]})
