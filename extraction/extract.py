@@ -29,6 +29,7 @@ UNUSABLE_REPORT_ERROR = "report not usable (see its flag in `reports`)"
 UNREADABLE_ANSWER_ERROR = "answer unreadable after one repair request"
 # Input problems, recorded in `reports`; not failures of the backend.
 INPUT_ERRORS = (EMPTY_REPORT_ERROR, UNUSABLE_REPORT_ERROR)
+_ROWS_PER_CHUNK = 8192
 ProgressCallback = Callable[[int, int], None]  # (reports done, reports total)
 
 LLM_EXTRACTIONS_SCHEMA = pa.schema([
@@ -135,14 +136,21 @@ def extract_reports(reports: pa.Table, backend: Backend, cache_path: Path | str,
             if progress:
                 progress(done, len(texts))
 
-    rows = [_row(sid, sha, key, backend, cached.get(key) if key else None,
-                 fresh.get(key) if key else None, ok, n_cut)
-            for sid, sha, key, ok, n_cut in zip(study_ids, text_hashes, keys, usable, cut)]
-    table = pa.Table.from_pylist(rows, schema=LLM_EXTRACTIONS_SCHEMA)
-    stats.cache_hits = sum(1 for r in rows if r["cached"])
+    del text_of, texts, full_texts  # the rows need none of the report texts
+    # Rows become Arrow a chunk at a time: a whole archive's rows as Python dicts would be
+    # the largest thing this stage holds.
+    parts, rows = [], []
+    for sid, sha, key, ok, n_cut in zip(study_ids, text_hashes, keys, usable, cut):
+        rows.append(_row(sid, sha, key, backend, cached.get(key) if key else None,
+                         fresh.get(key) if key else None, ok, n_cut))
+        if len(rows) == _ROWS_PER_CHUNK or len(parts) * _ROWS_PER_CHUNK + len(rows) == len(keys):
+            stats.cache_hits += sum(1 for r in rows if r["cached"])
+            stats.parse_errors += sum(1 for r in rows if r["parse_error"] is not None)
+            parts.append(pa.Table.from_pylist(rows, schema=LLM_EXTRACTIONS_SCHEMA))
+            rows = []
+    table = pa.concat_tables(parts) if parts else LLM_EXTRACTIONS_SCHEMA.empty_table()
     stats.empty_reports = sum(1 for k in keys if k is None)
     stats.truncated_reports = sum(1 for n in cut if n > 0)
-    stats.parse_errors = sum(1 for r in rows if r["parse_error"] is not None)
     stats.wall_s = time.perf_counter() - started
     return ExtractionResult(table, stats)
 

@@ -163,3 +163,22 @@ def test_killed_run_resumes_without_losing_or_duplicating_rows(tmp_path):
     assert resumed.table.column("answer").null_count == 0
     with duckdb.connect(str(cache)) as db:
         assert db.execute("SELECT count(*), count(DISTINCT cache_key) FROM answers").fetchone() == (n, n)
+
+
+def test_rows_built_in_chunks_equal_one_chunk(tmp_path, monkeypatch):
+    """extract_reports turns rows into Arrow a chunk at a time (memory): chunk boundaries,
+    including a last partial chunk, change no row and no count."""
+    import extraction.extract as extract
+
+    texts = TEXTS + ["", "Heart size is normal."] + TEXTS[:2]  # an empty report and repeated texts
+    rules = make_backend({"kind": "rules"})
+    whole = extract_reports(reports_table(texts), rules, tmp_path / "a.duckdb")
+    monkeypatch.setattr(extract, "_ROWS_PER_CHUNK", 2)
+    chunked = extract_reports(reports_table(texts), rules, tmp_path / "b.duckdb")
+    drop = {"latency_s"}  # timing of the call itself
+    assert [{k: v for k, v in r.items() if k not in drop} for r in chunked.table.to_pylist()] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in whole.table.to_pylist()]
+    assert (chunked.stats.cache_hits, chunked.stats.parse_errors, chunked.stats.empty_reports) == \
+        (whole.stats.cache_hits, whole.stats.parse_errors, whole.stats.empty_reports)
+    assert chunked.table.num_rows == len(texts) and chunked.stats.empty_reports == 1
+    assert chunked.stats.cache_hits == whole.stats.cache_hits == 0
