@@ -47,7 +47,10 @@ def decode_dicom(path: Path | str, size: int, pad_to_square: bool = False, fast:
     (benchmarks/ingest.py prints the agreement). Never for `pad_to_square` (the image's edge
     against black is a step no low band reproduces)."""
     ds = read_dicom(path)
-    reduced = _reduced_j2k_pixels(ds, size) if fast and reduce_jpeg2000 and not pad_to_square else None
+    # A level is only of use under a linear display mapping: where the header rules one out,
+    # decoding the level first would only add to the full decode that follows.
+    reduced = (_reduced_j2k_pixels(ds, size) if fast and reduce_jpeg2000 and not pad_to_square
+               and _luts_may_be_linear(ds) else None)
     if reduced is not None:
         arr, levels = reduced
     else:
@@ -175,9 +178,7 @@ def _linear_display(arr: np.ndarray, ds: pydicom.Dataset) -> tuple[float, float]
     """(a, b) such that the display value of stored value x is clip(a*x + b, 0, 1) for every
     value of this image, or None when the LUTs are not of that form (a VOI LUT table, a sigmoid
     window, float pixels): then only the full-resolution path is exact."""
-    if arr.dtype.kind not in "ui" or arr.dtype.itemsize > 2 or "ModalityLUTSequence" in ds:
-        return None
-    if "VOILUTSequence" in ds or str(ds.get("VOILUTFunction", "LINEAR")).upper() not in ("LINEAR", "LINEAR_EXACT"):
+    if arr.dtype.kind not in "ui" or arr.dtype.itemsize > 2 or not _luts_may_be_linear(ds):
         return None
     stride = max(1, int(np.sqrt(arr.size / _PERCENTILE_SAMPLES)))
     lowest, highest = int(arr.min()), int(arr.max())
@@ -198,6 +199,13 @@ def _linear_display(arr: np.ndarray, ds: pydicom.Dataset) -> tuple[float, float]
     if abs(1 / a) < 256:  # a narrow stored range: rounding the clip bounds could cost a grey level
         return None
     return float(a), float(b)
+
+
+def _luts_may_be_linear(ds: pydicom.Dataset) -> bool:
+    """False when the header alone rules a linear display mapping out (a LUT table, a sigmoid)."""
+    if "ModalityLUTSequence" in ds or "VOILUTSequence" in ds:
+        return False
+    return str(ds.get("VOILUTFunction", "LINEAR")).upper() in ("LINEAR", "LINEAR_EXACT")
 
 
 def _resize_then_map(arr: np.ndarray, a: float, b: float, size: int, pad_to_square: bool) -> np.ndarray:
