@@ -69,7 +69,7 @@ def decode_dicom(path: Path | str, size: int, pad_to_square: bool = False, fast:
             return _resize_then_map(arr, *linear, size, pad_to_square)
     if levels:  # a reduced decode whose display mapping is not linear: decode in full after all
         arr = ds.pixel_array
-    return resize_uint8(display_uint8(arr, ds), size, pad_to_square)
+    return resize_uint8(display_uint8(arr, ds, sampled=fast), size, pad_to_square)
 
 
 def decode_jpeg(path: Path | str, size: int, pad_to_square: bool = False) -> np.ndarray:
@@ -79,11 +79,22 @@ def decode_jpeg(path: Path | str, size: int, pad_to_square: bool = False) -> np.
     return resize_uint8(arr, size, pad_to_square)
 
 
-def display_uint8(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
-    """8-bit image where higher means denser (brighter)."""
+def display_uint8(arr: np.ndarray, ds: pydicom.Dataset, sampled: bool = False) -> np.ndarray:
+    """8-bit image where higher means denser (brighter). For integer pixels pydicom's LUTs run
+    once per stored value between the image's extremes, rounded to 8 bits there, and the image
+    goes through one uint8 gather (the result of `to_uint8(_display_direct(...))` without float
+    LUT arithmetic over every pixel). `sampled`: the stretch percentiles come from a strided
+    sample (as in the fast path), not from a histogram of every pixel."""
     if arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2:
-        return _uint8_via_lookup(arr, ds)
+        table, shifted = _display_table(arr, ds, sample=_percentile_sample(arr) if sampled else None)
+        return np.take(to_uint8(table), shifted)
     return to_uint8(_display_direct(arr, ds))
+
+
+def _percentile_sample(arr: np.ndarray) -> np.ndarray:
+    """About `_PERCENTILE_SAMPLES` pixels on a regular grid (a view, no copy)."""
+    stride = max(1, int(np.sqrt(arr.size / _PERCENTILE_SAMPLES)))
+    return arr[::stride, ::stride]
 
 
 def _display_direct(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
@@ -100,14 +111,6 @@ def _has_voi(ds: pydicom.Dataset) -> bool:
     a burned-in marker or one hot pixel does not set the contrast of the whole image (and a
     reduced-resolution decode, whose extremes are smoothed away, lands on the same stretch)."""
     return "WindowCenter" in ds or "VOILUTSequence" in ds
-
-
-def _uint8_via_lookup(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
-    """Same result as `to_uint8(_display_direct(...))` for integer pixels: pydicom's LUTs are
-    applied once to every stored value that occurs and rounded to 8 bits there, then the image
-    goes through one uint8 gather, instead of float64 LUT arithmetic over every pixel."""
-    table, shifted = _display_table(arr, ds)
-    return np.take(to_uint8(table), shifted)
 
 
 def _display_table(arr: np.ndarray, ds: pydicom.Dataset, sample: np.ndarray | None = None,
@@ -180,9 +183,8 @@ def _linear_display(arr: np.ndarray, ds: pydicom.Dataset) -> tuple[float, float]
     window, float pixels): then only the full-resolution path is exact."""
     if arr.dtype.kind not in "ui" or arr.dtype.itemsize > 2 or not _luts_may_be_linear(ds):
         return None
-    stride = max(1, int(np.sqrt(arr.size / _PERCENTILE_SAMPLES)))
     lowest, highest = int(arr.min()), int(arr.max())
-    table, _ = _display_table(arr, ds, sample=arr[::stride, ::stride], extremes=(lowest, highest))
+    table, _ = _display_table(arr, ds, sample=_percentile_sample(arr), extremes=(lowest, highest))
     values = table[lowest - min(lowest, 0):].astype(np.float64)
     inside = np.flatnonzero((values > 0) & (values < 1))
     if inside.size < 2:

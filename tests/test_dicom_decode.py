@@ -93,7 +93,7 @@ def full_size_radiograph(tmp_path_factory) -> Path:
     return write_dicom(tmp_path_factory.mktemp("full") / "full.dcm", chest_like(3056, 2544, seed=3))
 
 
-@pytest.mark.parametrize("name", ["full_size", "RG1_UNCR.dcm", "monochrome1", "window"])
+@pytest.mark.parametrize("name", ["full_size", "RG1_UNCR.dcm", "monochrome1", "window", "sigmoid"])
 @pytest.mark.parametrize("size", [448, 224])
 def test_fast_path_equals_the_full_resolution_path_to_one_grey_level(tmp_path, full_size_radiograph, name, size):
     if name == "full_size":
@@ -102,6 +102,13 @@ def test_fast_path_equals_the_full_resolution_path_to_one_grey_level(tmp_path, f
         path = write_dicom(tmp_path / "m1.dcm", chest_like(1500, 1200, seed=4), photometric="MONOCHROME1", bits_stored=15)
     elif name == "window":
         path = write_dicom(tmp_path / "w.dcm", chest_like(1500, 1200, seed=5), bits_stored=16, window=(20000, 30000))
+    elif name == "sigmoid":  # a non-linear window at MIMIC size: full-resolution LUT, sampled percentiles
+        import pydicom
+
+        path = write_dicom(tmp_path / "s.dcm", chest_like(3056, 2544, seed=7), window=(2000, 3000))
+        ds = pydicom.dcmread(path)
+        ds.VOILUTFunction = "SIGMOID"
+        ds.save_as(path)
     else:
         path = get_testdata_file(name)
     worst, within_one = _agreement(decode_dicom(path, size), decode_dicom(path, size, fast=False))
