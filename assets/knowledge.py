@@ -8,13 +8,16 @@ from typing import Literal
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from assets.automation import DERIVED_FROM_EXTRACTION
+from assets.ingestion import first_reasons
 from assets.metadata import md_table, preview, rounded
 from assets.plots import bar_chart_markdown, png_markdown
 from common.storage import file_sha256, write_table
 from extraction.vocabulary import load_vocabulary
+from ingestion.dicom_index import duplicates_across_shards
 from ingestion.layout import shard_outputs
 from pipeline.resources import StorageResource
 from training.knowledge import load_knowledge, missing_descriptions
@@ -69,7 +72,7 @@ class TrainingTextsConfig(dg.Config):
     report_filter: Literal["none", "reference"] = "none"
 
 
-@dg.asset(deps=["triplets", knowledge_base, "cxr_images", "report_labels"], group_name="knowledge",
+@dg.asset(deps=["triplets", knowledge_base, "cxr_images", "dicom_index", "report_labels"], group_name="knowledge",
           kinds={"duckdb", "parquet"}, code_version="1", automation_condition=DERIVED_FROM_EXTRACTION)
 def training_texts(context: dg.AssetExecutionContext, config: TrainingTextsConfig,
                    storage: StorageResource) -> dg.MaterializeResult:
@@ -77,6 +80,15 @@ def training_texts(context: dg.AssetExecutionContext, config: TrainingTextsConfi
     distinct text with a stable text_id; images without a triplet get the "no finding" text;
     train/validation split by patient."""
     images = decoded_images(storage)
+    # Where the shards meet: the same image in two shards (under two patients) would sit on
+    # both sides of the split. Later copies are left out and recorded, never trained on.
+    duplicates, dropped = duplicates_across_shards(shard_outputs(storage.asset_path("dicom_index")))
+    duplicates_path = storage.asset_path("quarantine", "cross_shard", "duplicates.parquet")
+    write_table(duplicates, duplicates_path)
+    if dropped:
+        images = images.filter(pc.invert(pc.is_in(images.column("dicom_id"), pa.array(sorted(dropped), pa.string()))))
+        context.log.warning(f"{len(dropped)} images left out: their pixels or SOPInstanceUID are in an earlier shard "
+                            f"(first: {first_reasons(duplicates)}); see {duplicates_path}")
     out_dir = storage.layout().asset_dir("training_texts")
     result = build_training_texts(
         storage.asset_path("triplets", "triplets.parquet"), images, load_knowledge(), out_dir,
@@ -92,6 +104,8 @@ def training_texts(context: dg.AssetExecutionContext, config: TrainingTextsConfi
         metadata={
             "dagster/row_count": result.images,
             **numbers,
+            "duplicates_across_shards": len(dropped),
+            "duplicates_path": dg.MetadataValue.path(str(duplicates_path)),
             "triplets_per_distinct_text": round(result.triplets_used / max(result.texts, 1), 2),
             "texts_per_category": dg.MetadataValue.md(bar_chart_markdown(result.texts_per_category, "distinct texts per category")),
             "path": dg.MetadataValue.path(str(result.texts_path)),

@@ -130,3 +130,39 @@ def test_a_rebuilt_shard_decodes_only_new_files_and_matches_a_full_decode(tmp_pa
     assert file_sha256(tmp_path / "shard.parquet") == file_sha256(build("scratch", reuse=False).path)
     # Other decode settings: nothing stored may be reused.
     assert build("shard", size=24).reused == 0
+
+
+def test_an_image_copied_into_another_shard_is_left_out_of_training_once(home, tmp_path):
+    """Each shard's index drops its own duplicates; the same pixels in two shards (two patients)
+    are only visible where the shards meet: training_texts leaves the later copy out, records it
+    in quarantine/cross_shard, and the copy never reaches image_texts."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from assets.extraction import llm_extractions, prompts, report_labels, triplets
+    from assets.knowledge import knowledge_base, training_texts
+    from pipeline.resources import ExtractorResource
+
+    archive = tmp_path / "archive"
+    add_study(archive, 10000001, 50000001, images=2)
+    add_study(archive, 10040001, 50000002)
+    original = mimic_path(archive, 10000001, 50000001, "img500000010")
+    copy = mimic_path(archive, 10040001, 50000002, "copied")
+    shutil.copyfile(original, copy)  # same file (same UID and pixels) under another patient
+    resources = {"storage": StorageResource(home=str(home)), "archive": ArchiveResource(root=str(archive)),
+                 "extractor": ExtractorResource()}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("archive_shards", ["p1000", "p1004"])
+        for shard in ("p1000", "p1004"):
+            ingest(instance, shard, {k: resources[k] for k in ("storage", "archive")}, {})
+        result = dg.materialize([prompts, llm_extractions, triplets, report_labels, knowledge_base, training_texts],
+                                instance=instance, resources=resources)
+        assert result.success
+        metadata = result.asset_materializations_for_node("training_texts")[0].metadata
+    assert metadata["duplicates_across_shards"].value == 1
+    quarantined = pq.read_table(home / "data" / "quarantine" / "cross_shard" / "duplicates.parquet").to_pylist()
+    assert [(r["shard"], r["source_path"].endswith("copied.dcm")) for r in quarantined] == [("p1004", True)]
+    assert "SOPInstanceUID of files/p10/p10000001/s50000001/img500000010.dcm" in quarantined[0]["reason"]
+    ids = set(pq.read_table(home / "data" / "training_texts" / "image_texts.parquet").column("dicom_id").to_pylist())
+    assert ids == {"img500000010", "img500000011", "img500000020"}

@@ -78,3 +78,27 @@ def test_a_rerun_reads_only_files_that_are_new_or_changed(tmp_path, monkeypatch)
     assert index_shard(root, "p10", b"other", index_path, quarantine_path).reused == 0
     assert index_shard(root, "p10", SALT, index_path, quarantine_path).reused == 0  # the index has other keys
     assert index_shard(root, "p10", SALT, index_path, quarantine_path, reuse=False).reused == 0
+
+
+def test_duplicates_across_shards_by_uid_or_pixels_keep_the_earlier_shard(tmp_path):
+    import pyarrow as pa
+
+    from ingestion.dicom_index import INDEX_SCHEMA, duplicates_across_shards
+
+    def index(shard, rows):
+        full = [{name: None for name in INDEX_SCHEMA.names} | {"shard": shard, "file_size": 1} | r for r in rows]
+        path = tmp_path / f"{shard}.parquet"
+        pq.write_table(pa.Table.from_pylist(full, schema=INDEX_SCHEMA), path)
+        return path
+
+    a = index("p10", [{"dicom_id": "a1", "source_path": "a/1.dcm", "sop_instance_uid": "1.1", "pixel_sha256": "x"},
+                      {"dicom_id": "a2", "source_path": "a/2.dcm", "sop_instance_uid": "1.2", "pixel_sha256": "y"}])
+    b = index("p11", [{"dicom_id": "b1", "source_path": "b/1.dcm", "sop_instance_uid": "9.9", "pixel_sha256": "y"},
+                      {"dicom_id": "b2", "source_path": "b/2.dcm", "sop_instance_uid": "1.1", "pixel_sha256": "z"},
+                      {"dicom_id": "b3", "source_path": "b/3.dcm", "sop_instance_uid": "9.8", "pixel_sha256": "w"}])
+    quarantine, dropped = duplicates_across_shards([a, b])
+    assert dropped == {"b1", "b2"}
+    reasons = {r["source_path"]: r["reason"] for r in quarantine.to_pylist()}
+    assert reasons == {"b/1.dcm": "duplicate pixel data (sha256) of a/2.dcm (another shard)",
+                       "b/2.dcm": "duplicate SOPInstanceUID of a/1.dcm (another shard)"}
+    assert duplicates_across_shards([b, a])[1] == {"a1", "a2"}  # the earlier shard in the list wins
