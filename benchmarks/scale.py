@@ -123,16 +123,25 @@ def tree_pss(pid: int) -> tuple[int, list[tuple[int, str]]]:
     while todo:
         current = todo.pop()
         try:
-            pss = sum(int(line.split()[1]) for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines()
-                      if line.startswith("Pss:"))
+            pss = _pss_kb(current)
             command = Path(f"/proc/{current}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             for task in Path(f"/proc/{current}/task").iterdir():
                 todo += [int(child) for child in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue  # ended between the listing and the read
+        except (FileNotFoundError, ProcessLookupError, PermissionError, StopIteration):
+            continue  # ended between the listing and the read (a zombie has no VmRSS)
         total += pss
         parts.append((pss, command[:120]))
     return total, parts
+
+
+def _pss_kb(pid: int) -> int:
+    """Pss of one process; its RSS where the kernel has no smaps_rollup (before Linux 4.14, some
+    sandboxes): shared pages then count once per process, an overestimate."""
+    rollup = Path(f"/proc/{pid}/smaps_rollup")
+    if rollup.exists():
+        return sum(int(line.split()[1]) for line in rollup.read_text().splitlines() if line.startswith("Pss:"))
+    return next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith("VmRSS:"))
 
 
 def child(stage: str) -> None:
