@@ -191,57 +191,57 @@ def header_identifiers(root: Path, shard: str) -> set[str]:
     return values
 
 
+class _FirstSeen:
+    """The first file (in the order seen) of each SOPInstanceUID and of each Pixel Data hash."""
+
+    def __init__(self) -> None:
+        self.uid: dict[str, str] = {}
+        self.pixels: dict[str, str] = {}
+
+    def duplicate_reason(self, uid: str | None, pixels: str | None, source: str) -> str | None:
+        """Why the file at `source` duplicates one seen before, or None (then it is recorded)."""
+        if uid and uid in self.uid:
+            return f"duplicate SOPInstanceUID of {self.uid[uid]}"
+        if pixels and pixels in self.pixels:
+            return f"duplicate pixel data (sha256) of {self.pixels[pixels]}"
+        if uid:
+            self.uid[uid] = source
+        if pixels:
+            self.pixels[pixels] = source
+        return None
+
+
 def split_duplicates(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """Keep the first row (in path order) of each SOPInstanceUID and of each Pixel Data hash; the
     others come back as quarantine rows naming the file they duplicate. Two files with one UID
     would make joins ambiguous; the same pixels twice would leak one image across splits."""
     kept, duplicates = [], []
-    first_uid: dict[str, str] = {}
-    first_pixels: dict[str, str] = {}
+    seen = _FirstSeen()
     for row in rows:
-        uid, pixels = row.get("sop_instance_uid"), row.get("pixel_sha256")
-        if uid and uid in first_uid:
-            reason = f"duplicate SOPInstanceUID of {first_uid[uid]}"
-        elif pixels and pixels in first_pixels:
-            reason = f"duplicate pixel data (sha256) of {first_pixels[pixels]}"
-        else:
-            if uid:
-                first_uid[uid] = row["source_path"]
-            if pixels:
-                first_pixels[pixels] = row["source_path"]
+        reason = seen.duplicate_reason(row.get("sop_instance_uid"), row.get("pixel_sha256"), row["source_path"])
+        if reason is None:
             kept.append(row)
-            continue
-        duplicates.append(quarantine_row(row["source_path"], row["shard"], "index", reason,
-                                         row["file_sha256"], row["file_size"]))
+        else:
+            duplicates.append(quarantine_row(row["source_path"], row["shard"], "index", reason,
+                                             row["file_sha256"], row["file_size"]))
     return kept, duplicates
 
 
 def duplicates_across_shards(index_paths: list[Path]) -> tuple[pa.Table, set[str]]:
-    """Quarantine rows (QUARANTINE_SCHEMA) and dicom_ids of the images whose SOPInstanceUID or Pixel Data hash
-    an earlier shard already holds (shards in name order, files in path order), naming that
-    file. Each shard's index removed its own duplicates; only here do the shards meet, and the
-    same pixels under two patients would put one image on both sides of the train/validation
-    split. Reads five columns, not the rows as dicts (377k images at MIMIC-CXR's size)."""
-    seen_uid: dict[str, str] = {}
-    seen_pixels: dict[str, str] = {}
+    """Quarantine rows (QUARANTINE_SCHEMA) and dicom_ids of the images whose SOPInstanceUID or
+    Pixel Data hash an earlier shard already holds (shards in the order given, files in path
+    order), naming that file. Each shard's index removed its own duplicates; only here do the
+    shards meet, and the same pixels under two patients would put one image on both sides of the
+    train/validation split. Reads seven columns, not the rows as dicts (377k images at MIMIC-CXR's
+    size)."""
+    seen = _FirstSeen()
     duplicates, dropped = [], set()
     columns = ["sop_instance_uid", "pixel_sha256", "source_path", "shard", "file_sha256", "file_size", "dicom_id"]
     for path in index_paths:
         table = pq.read_table(path, columns=columns).sort_by("source_path")
-        shard_uids: dict[str, str] = {}
-        shard_pixels: dict[str, str] = {}
         for uid, pixels, source, shard, sha, size, dicom_id in zip(*(table.column(c).to_pylist() for c in columns)):
-            earlier = (uid and seen_uid.get(uid)) or (pixels and seen_pixels.get(pixels))
-            if earlier:
-                kind = "SOPInstanceUID" if uid and seen_uid.get(uid) else "pixel data (sha256)"
-                duplicates.append(quarantine_row(source, shard, "index", f"duplicate {kind} of {earlier} (another shard)",
-                                                 sha, size))
+            reason = seen.duplicate_reason(uid, pixels, source)
+            if reason is not None:
+                duplicates.append(quarantine_row(source, shard, "index", f"{reason} (another shard)", sha, size))
                 dropped.add(dicom_id)
-                continue
-            if uid:
-                shard_uids[uid] = source
-            if pixels:
-                shard_pixels[pixels] = source
-        seen_uid.update(shard_uids)
-        seen_pixels.update(shard_pixels)
     return pa.Table.from_pylist(duplicates, schema=QUARANTINE_SCHEMA), dropped
