@@ -71,6 +71,17 @@ def record_batches(source: pa.Table | Path | str | Iterable[pa.RecordBatch], col
             yield batch.select(columns)
 
 
+def previous_output(path: Path | str, key: bytes, settings: bytes) -> pq.ParquetFile | None:
+    """The Parquet file at `path` if it was written with `settings` under schema metadata `key`
+    (what a stage stores to know which rows it may reuse), else None: missing, unreadable or
+    written otherwise means nothing is reused, never a wrong row."""
+    try:
+        previous = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException):
+        return None
+    return previous if (previous.schema_arrow.metadata or {}).get(key) == settings else None
+
+
 def file_sha256(path: Path | str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from common.parallel import ordered_map
-from common.storage import atomic_path, write_table
+from common.storage import atomic_path, previous_output, write_table
 from ingestion.decode import decode_dicom, decode_jpeg
 from ingestion.dicom_index import QUARANTINE_SCHEMA, quarantine_row
 
@@ -157,10 +157,10 @@ def _reusable_keys(out_path: Path, settings: bytes, keys: list[tuple[str, str]])
     """(dicom_id, file sha256) of the rows of the previous `out_path` that can be copied: same
     decode settings, and in the same relative order as in the new index (rows are streamed in
     one pass). Anything unexpected means no reuse, never a wrong row."""
+    previous = previous_output(out_path, SETTINGS_KEY, settings)
+    if previous is None:
+        return set()
     try:
-        previous = pq.ParquetFile(out_path)
-        if (previous.schema_arrow.metadata or {}).get(SETTINGS_KEY) != settings:
-            return set()
         ids = previous.read(columns=["dicom_id", "file_sha256"])
     except (OSError, pa.ArrowException):
         return set()

@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from common.storage import write_table
+from common.storage import previous_output, write_table
 from ingestion.dicom_index import INDEX_SCHEMA, QUARANTINE_SCHEMA, index_dicom, quarantine_row, split_duplicates
 from ingestion.identifiers import patient_key
 from ingestion.jpg_index import index_jpg_shard
@@ -93,12 +92,10 @@ def index_shard(
 def _previous_rows(index_path: Path, settings: bytes) -> dict[str, dict]:
     """source_path -> row of the previous index, if it was written with these settings (and
     this schema); anything unexpected means no reuse, never a wrong row."""
+    previous = previous_output(index_path, _REUSE_KEY, settings)
+    if previous is None or not previous.schema_arrow.remove_metadata().equals(INDEX_SCHEMA):
+        return {}
     try:
-        previous = pq.ParquetFile(index_path)
-        if (previous.schema_arrow.metadata or {}).get(_REUSE_KEY) != settings:
-            return {}
-        if not previous.schema_arrow.remove_metadata().equals(INDEX_SCHEMA):
-            return {}
         return {row["source_path"]: row for row in previous.read().to_pylist()}
     except (OSError, pa.ArrowException):
         return {}
