@@ -83,28 +83,30 @@ def test_unknown_partition_lists_the_valid_ones(user, tmp_path):
     assert_short_error(done, "unknown partition p99: no such shard in the archive", "use one of p10, p11")
 
 
-def test_unknown_model_version_lists_the_existing_ones(user, registered):
+def lineage(user, registered, target: str):
+    """`medfilip lineage TARGET` over the home with registered model versions 1 and 2."""
     work, env = user
-    done = medfilip("lineage", "99", cwd=work, env={**env, "MEDFILIP_HOME": str(registered)})
+    return medfilip("lineage", target, cwd=work, env={**env, "MEDFILIP_HOME": str(registered)})
+
+
+def test_unknown_model_version_lists_the_existing_ones(user, registered):
+    done = lineage(user, registered, "99")
     assert_short_error(done, "model version 99", "existing versions: 1, 2")
 
 
 def test_an_existing_model_version_prints_its_lineage(user, registered):
-    work, env = user
-    done = medfilip("lineage", "2", cwd=work, env={**env, "MEDFILIP_HOME": str(registered)})
+    done = lineage(user, registered, "2")
     assert done.returncode == 0, done.stderr
     assert "checkpoint  x.pt" in done.stdout
 
 
 def test_unknown_run_id_says_what_it_is_not(user, registered):
-    work, env = user
-    done = medfilip("lineage", "deadbeef", cwd=work, env={**env, "MEDFILIP_HOME": str(registered)})
+    done = lineage(user, registered, "deadbeef")
     assert_short_error(done, "'deadbeef' is not a path, a model version or an MLflow run id", "(1, 2)")
 
 
 def test_a_path_that_does_not_exist_is_named_as_a_path(user, registered):
-    work, env = user
-    done = medfilip("lineage", "missing.pt", cwd=work, env={**env, "MEDFILIP_HOME": str(registered)})
+    done = lineage(user, registered, "missing.pt")
     assert_short_error(done, "missing.pt does not exist")
 
 
