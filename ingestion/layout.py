@@ -47,7 +47,7 @@ def archive_problem(root: Path | str) -> str | None:
         return (f"archive root {root} does not exist: set resources.archive.config.root to the folder holding "
                 f"files/pNN/ (or run `medfilip demo` to generate the demo corpus)")
     base = files_root(root)
-    if not any(p.is_dir() and re.fullmatch(r"p\d{2}", p.name) for p in base.iterdir()):
+    if not _pnn_folders(base):
         return (f"archive root {root} has no pNN folders (expected files/p10 ... files/p19 as in MIMIC-CXR): "
                 f"point resources.archive.config.root at the folder that holds them")
     return None
@@ -71,7 +71,7 @@ def archive_shards(root: Path | str, digits: int = PARTITION_DIGITS) -> list[str
     folders two levels deep only (65k subject folders for MIMIC-CXR, never its files)."""
     base = files_root(root)
     shards: set[str] = set()
-    for folder in sorted(p for p in base.iterdir() if p.is_dir() and re.fullmatch(r"p\d{2}", p.name)):
+    for folder in _pnn_folders(base):
         with os.scandir(folder) as entries:
             shards.update(e.name[: 1 + digits] for e in entries
                           if e.is_dir() and SHARD_RE.fullmatch(e.name) and e.name.startswith(folder.name))
@@ -95,7 +95,7 @@ def shard_fingerprints(root: Path | str, digits: int = PARTITION_DIGITS) -> dict
     Costs one directory listing per subject folder, never a read of an image."""
     base = files_root(root)
     entries: dict[str, list[str]] = {}
-    for folder in sorted(p for p in base.iterdir() if p.is_dir() and re.fullmatch(r"p\d{2}", p.name)):
+    for folder in _pnn_folders(base):
         for subject in _subject_dirs(base, folder.name):
             shard = subject.name[: 1 + digits]
             with os.scandir(subject) as studies:
@@ -110,6 +110,11 @@ def _dir_signature(path: str) -> str:
     """A study folder's image names and sizes: an image added to a known study counts too."""
     with os.scandir(path) as images:
         return ",".join(sorted(f"{e.name}={e.stat().st_size}" for e in images if e.is_file()))
+
+
+def _pnn_folders(base: Path) -> list[Path]:
+    """The `pNN` folders under `files/`, sorted."""
+    return sorted(p for p in base.iterdir() if p.is_dir() and re.fullmatch(r"p\d{2}", p.name))
 
 
 def _subject_dirs(base: Path, shard: str) -> list[Path]:
