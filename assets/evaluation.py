@@ -13,16 +13,17 @@ from pathlib import Path
 from typing import Literal
 
 import dagster as dg
+from pydantic import field_validator
 
 from assets.metadata import format_interval
 from assets.plots import png_markdown
-from pipeline.resources import ArchiveResource, MLflowResource, StorageResource
+from assets.resources import ArchiveResource, MLflowResource, StorageResource
+from tracking.store import DAGSTER_ASSET_TAG, DAGSTER_RUN_TAG
 
 
 class EvalConfig(dg.Config):
     eval_root: str = ""  # folder with nih/, rsna/, siim/ in published layouts; default: <archive root>/eval
-    dataset: Literal["nih", "rsna", "siim", "vinbigdata", "covid", "chexpert", "chexpert_5x200",
-                     "mimic_cxr_5x200"] = "nih"
+    dataset: str = "nih"  # one of evaluation.benchmark_sets.ALL_EVAL_SETS
     labels_csv: str = ""  # a real dataset's label file (overrides eval_root for nih/rsna/siim/vinbigdata)
     split_csv: str = ""  # MIMIC-CXR: mimic-cxr-2.0.0-split.csv (5x200 drawn from its test split)
     images_dir: str = ""  # its images (for covid: the root with class folders)
@@ -38,6 +39,15 @@ class EvalConfig(dg.Config):
     # retrieval_eval: "shared_category" (ours) or "identical_labels" (the published code's rule)
     retrieval_relevance: Literal["shared_category", "identical_labels"] = "shared_category"
 
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        from evaluation.benchmark_sets import ALL_EVAL_SETS
+
+        if value not in ALL_EVAL_SETS:
+            raise ValueError(f"unknown evaluation dataset {value!r}: use one of {', '.join(ALL_EVAL_SETS)}")
+        return value
+
 
 EVAL_DEPS = ["pretrained_model", "training_texts"]
 
@@ -50,7 +60,7 @@ def zero_shot_eval(context: dg.AssetExecutionContext, config: EvalConfig, storag
     in pre-training reported apart."""
     from evaluation.encode import load_pretrained
     from evaluation.zero_shot import evaluate_zero_shot, unseen_categories
-    from training.knowledge import load_knowledge
+    from knowledge.base import load_knowledge
 
     model_info = latest_model(context)
     data = load_eval_dataset(config, archive.image_root(storage))
@@ -78,7 +88,7 @@ def retrieval_eval(context: dg.AssetExecutionContext, config: EvalConfig, storag
     an image when they share a positive category (stated in the results)."""
     from evaluation.encode import load_pretrained
     from evaluation.retrieval import evaluate_retrieval, prompt_gallery, with_no_finding
-    from training.knowledge import load_knowledge
+    from knowledge.base import load_knowledge
 
     model_info = latest_model(context)
     data = with_no_finding(load_eval_dataset(config, archive.image_root(storage)))
@@ -178,16 +188,17 @@ def record_evaluation(context, name: str, results: dict, summary: dict, model_in
     become metrics (difference and its interval) and a verdict each, as MLflow tags
     `medfilip.verdict.<name>` and as metadata."""
     from evaluation.compare import describe
-    from evaluation.tracking import dataset_digest, log_evaluation
+    from tracking.digests import eval_set_digest
+    from tracking.evaluation_runs import log_evaluation
 
     experiment_id = tracking.activate(storage)
-    tags = {"dagster.run_id": context.run.run_id, "dagster.asset_key": name,
+    tags = {DAGSTER_RUN_TAG: context.run.run_id, DAGSTER_ASSET_TAG: name,
             "medfilip.checkpoint_sha256": model_info["sha256"]}
     params = {**(config.model_dump() if config else {}), "checkpoint": model_info["checkpoint"]}
     datasets = [("pretrained_model", str(model_info["sha256"])[:16], str(Path(model_info["checkpoint"]).parent))]
     data_digest = None
     if data is not None:
-        data_digest = dataset_digest(data)
+        data_digest = eval_set_digest(data)
         params["eval_dataset"] = data.name
         params["eval_images"] = len(data.image_ids)
         location = str(Path(data.paths[0]).parent) if data.paths else data.name

@@ -24,7 +24,7 @@ from extraction.labels import default_label_maps_path, label_counts, load_label_
 from extraction.to_triplets import answered_reports, summarise_triplets, to_triplets
 from extraction.vocabulary import load_vocabulary
 from ingestion.layout import shard_outputs
-from pipeline.resources import ExtractorResource, StorageResource
+from assets.resources import ExtractorResource, StorageResource
 
 
 @dg.observable_source_asset(group_name="sources", description=(
@@ -32,14 +32,11 @@ from pipeline.resources import ExtractorResource, StorageResource
     "files. Its data version is their content hash: a change makes extraction stale."))
 def prompts(extractor: ExtractorResource) -> dg.ObserveResult:
     # The UI shows which files are "the prompt" of the configured backend, beside their version.
-    return dg.ObserveResult(data_version=dg.DataVersion(extraction_version(extractor)),
-                            metadata={"prompt_version": extraction_version(extractor),
+    version = extractor.prompt_version()
+    return dg.ObserveResult(data_version=dg.DataVersion(version),
+                            metadata={"prompt_version": version,
                                       "backend": extractor.backend_config().kind,
                                       "prompt_files": ", ".join(extractor.prompt_files())})
-
-
-def extraction_version(extractor: ExtractorResource) -> str:
-    return extractor.make_backend().version[:16]
 
 
 class ExtractionConfig(dg.Config):

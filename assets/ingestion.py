@@ -11,19 +11,15 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from assets.metadata import counts, md_table, preview
+from assets.metadata import counts, first_reasons, md_table, preview
+from assets.partitions import shard_partitions
+from assets.resources import ArchiveResource, StorageResource
 from common.storage import file_sha256
 from ingestion.dicom_index import header_identifiers
 from ingestion.identifiers import find_leaks, identifier_signatures
 from ingestion.images import DECODER_VERSION, build_cxr_images, contact_sheet_markdown
-from ingestion.layout import PARTITION_DIGITS, archive_problem, archive_shards, has_shard, shard_problem
+from ingestion.layout import archive_problem, has_shard, shard_problem
 from ingestion.shards import index_shard, reports_shard
-from pipeline.resources import ArchiveResource, StorageResource
-
-# Shards are subject-folder prefixes (ingestion/layout.py): dynamic, because which of the
-# ~1,000 prefixes an archive holds is only known by looking, and a new one appears when a new
-# subject's study arrives. `medfilip run` and `archive_arrival_sensor` add them.
-shard_partitions = dg.DynamicPartitionsDefinition(name="archive_shards")
 
 dicom_files = dg.AssetSpec(
     "dicom_files",
@@ -225,23 +221,3 @@ def checked_root(context: dg.AssetExecutionContext, root: Path, shard: str) -> P
     if not has_shard(root, shard):
         context.log.warning(f"{shard}: no folder {shard} under {root}; this shard is empty")
     return root
-
-
-def first_reasons(quarantine: pa.Table, n: int = 3) -> str:
-    reasons = quarantine.column("reason").to_pylist()
-    return "; ".join(list(dict.fromkeys(r[:100] for r in reasons))[:n]) if reasons else "none"
-
-
-def discover_shards(storage: StorageResource, archive: ArchiveResource, digits: int = PARTITION_DIGITS) -> list[str]:
-    """Shards present in the image and report trees (reports may live in a separate tree)."""
-    roots = {archive.image_root(storage), archive.reports_root(storage)}
-    return sorted({shard for root in roots if not archive_problem(root) for shard in archive_shards(root, digits)})
-
-
-def register_shards(instance: dg.DagsterInstance, shards: list[str]) -> list[str]:
-    """Add the shards the instance does not know yet as partitions; returns those added."""
-    known = set(instance.get_dynamic_partitions(shard_partitions.name))
-    new = [shard for shard in shards if shard not in known]
-    if new:
-        instance.add_dynamic_partitions(shard_partitions.name, new)
-    return new

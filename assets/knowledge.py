@@ -12,18 +12,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from assets.automation import DERIVED_FROM_EXTRACTION
-from assets.ingestion import first_reasons
-from assets.metadata import md_table, preview, rounded
+from assets.metadata import first_reasons, md_table, preview, rounded
 from assets.plots import bar_chart_markdown, png_markdown
 from common.storage import file_sha256, write_table
 from extraction.vocabulary import load_vocabulary
 from ingestion.dicom_index import duplicates_across_shards
 from ingestion.layout import shard_outputs
-from pipeline.resources import StorageResource
-from training.knowledge import load_knowledge, missing_descriptions
-from training.ssm import SSM, build_ssm, plot_block_heatmap, run_checks
-from training.text_embedding import default_sentence_model_path, write_text_embeddings
-from training.texts import TEXTS_FILE, build_training_texts
+from assets.resources import StorageResource
+from knowledge.base import load_knowledge, missing_descriptions
+from knowledge.ssm import SSM, build_ssm, plot_block_heatmap, run_checks
+from knowledge.embeddings import default_sentence_model_path, write_text_embeddings
+from knowledge.texts import TEXTS_FILE, build_training_texts
 
 IMAGE_COLUMNS = ["dicom_id", "study_id", "patient_key", "view_position"]
 
@@ -50,21 +49,11 @@ def knowledge_base(context: dg.AssetExecutionContext, storage: StorageResource) 
     )
 
 
-@dg.asset_check(asset=knowledge_base, additional_deps=["triplets"],
-                description="Every category used by triplets has a visual description.")
-def every_triplet_category_described(storage: StorageResource) -> dg.AssetCheckResult:
-    used = set(pq.read_table(storage.asset_path("triplets", "triplets.parquet"), columns=["category"])
-               .column("category").to_pylist())
-    missing = missing_descriptions(load_knowledge(), sorted(used))
-    return dg.AssetCheckResult(passed=not missing, metadata={"categories_used": len(used),
-                                                            "missing": ", ".join(missing) or "none"})
-
-
 class TrainingTextsConfig(dg.Config):
     val_fraction: float = 0.1
     split_seed: int = 0
     drop_uncertain: bool = False
-    drop_negated: bool = False  # True: train on present findings only (see training/texts.py)
+    drop_negated: bool = False  # True: train on present findings only (see knowledge/texts.py)
     # "reference": the published code's wording (keeps `na` and a negated finding's location).
     wording: Literal["ours", "reference"] = "ours"
     # "reference": only reports whose CheXpert "No Finding" (report_labels) is blank and that have

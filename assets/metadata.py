@@ -39,3 +39,8 @@ def rounded(metadata: dict, digits: int = 4) -> dict:
     """Floats to `digits` significant digits for display (the UI shows all 17 otherwise; a small
     error such as 3.2e-05 keeps its size); other values as they are."""
     return {k: float(f"{v:.{digits}g}") if isinstance(v, float) else v for k, v in metadata.items()}
+
+
+def first_reasons(quarantine: pa.Table, n: int = 3) -> str:
+    reasons = quarantine.column("reason").to_pylist()
+    return "; ".join(list(dict.fromkeys(r[:100] for r in reasons))[:n]) if reasons else "none"

@@ -7,10 +7,9 @@ import io
 from collections.abc import Mapping
 from pathlib import Path
 
-import matplotlib
+from common.plots import pyplot
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+plt = pyplot()
 
 
 def png_markdown(png: bytes | Path, alt: str) -> str:

@@ -11,14 +11,16 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.lineage import MODEL_ANCESTORS, TRAINING_INPUTS, collect_lineage
 from assets.plots import figure_markdown
+from assets.resources import MLflowResource, StorageResource, TrainingResource
 from common.storage import file_sha256, write_text
-from pipeline.lineage import MODEL_ANCESTORS, collect_lineage, write_lineage
-from pipeline.resources import MLflowResource, StorageResource
+from tracking.lineage import write_lineage
+from tracking.store import DAGSTER_ASSET_TAG, DAGSTER_RUN_TAG
 
 
 class PretrainConfig(dg.Config):
-    """Empty / unset fields take `training:` of medfilip.yaml (or MEDFILIP_TRAINING_*), then the defaults."""
+    """Empty / unset fields take the `training` resource's (medfilip.yaml `training:`)."""
 
     preset: str = ""  # training.config.PRESETS: demo (CPU minutes), paper or reference (the published code); default demo
     overrides_json: str = ""  # TrainConfig fields, e.g. {"epochs": 5, "loss": "infonce"}; on top of the file's
@@ -27,15 +29,12 @@ class PretrainConfig(dg.Config):
     fresh: bool = False  # start over instead of resuming an interrupted run with the same inputs
 
 
-def resolved_training(config: PretrainConfig) -> dict:
-    """The run config merged onto the settings file: preset, overrides, launcher, nproc_per_node."""
-    from pipeline.config_file import section
-
-    file = section("training")
-    overrides = {**file.get("overrides", {}), **json.loads(config.overrides_json or "{}")}
-    return {"preset": config.preset or file.get("preset", "demo"), "overrides": overrides,
-            "launcher": config.launcher or file.get("launcher", "in_process"),
-            "nproc_per_node": config.nproc_per_node or file.get("nproc_per_node", 1)}
+def resolved_training(config: PretrainConfig, defaults: TrainingResource) -> dict:
+    """The run config merged onto the resource's: preset, overrides, launcher, nproc_per_node."""
+    overrides = {**defaults.overrides, **json.loads(config.overrides_json or "{}")}
+    return {"preset": config.preset or defaults.preset, "overrides": overrides,
+            "launcher": config.launcher or defaults.launcher,
+            "nproc_per_node": config.nproc_per_node or defaults.nproc_per_node}
 
 
 @dg.asset(
@@ -46,21 +45,24 @@ def resolved_training(config: PretrainConfig) -> dict:
     code_version="1",
 )
 def pretrained_model(
-    context: dg.AssetExecutionContext, config: PretrainConfig, storage: StorageResource, mlflow_tracking: MLflowResource
+    context: dg.AssetExecutionContext, config: PretrainConfig, storage: StorageResource,
+    mlflow_tracking: MLflowResource, training: TrainingResource,
 ) -> dg.MaterializeResult:
     """The pre-trained dual encoder: checkpoint file + sha256, MLflow run id and model version."""
     import mlflow
 
-    from training.config import PRESETS, TrainConfig
-    from training.tracking import curves_figure, input_digests as digests_of, log_inputs, register_model, run_fingerprint
+    from tracking.training_runs import (curves_figure, input_digests as digests_of, log_inputs, register_model,
+                                        run_fingerprint)
+    from training.config import resolve_train_config
 
     lay = storage.layout()
-    chosen = resolved_training(config)
+    chosen = resolved_training(config, training)
     if chosen["launcher"] not in ("in_process", "torchrun"):
         raise dg.Failure(f"launcher {chosen['launcher']!r} is unknown: use in_process or torchrun")
-    if chosen["preset"] not in PRESETS:
-        raise dg.Failure(f"training preset {chosen['preset']!r} is unknown: use one of {', '.join(PRESETS)}")
-    train_config = TrainConfig.model_validate({**PRESETS[chosen["preset"]], **chosen["overrides"]})
+    try:
+        train_config = resolve_train_config(chosen["preset"], chosen["overrides"])
+    except ValueError as exc:
+        raise dg.Failure(str(exc).splitlines()[0]) from None
     lineage = collect_lineage(context.instance, MODEL_ANCESTORS)
     fingerprint = run_fingerprint(train_config.model_dump(mode="json"), lineage)
     out_dir = lay.asset_dir("pretrained_model") / fingerprint
@@ -72,8 +74,8 @@ def pretrained_model(
     experiment_id = mlflow_tracking.activate(storage)
     extraction = next((e for e in lineage if e["asset"] == "llm_extractions"), {})
     tags = {
-        "dagster.run_id": context.run.run_id,
-        "dagster.asset_key": context.asset_key.to_user_string(),
+        DAGSTER_RUN_TAG: context.run.run_id,
+        DAGSTER_ASSET_TAG: context.asset_key.to_user_string(),
         "medfilip.prompt_version": str(extraction.get("digests", {}).get("prompt_version", "")),
         "medfilip.extraction_backend": str(extraction.get("context", {}).get("backend", "")),
         "medfilip.extraction_model": str(extraction.get("context", {}).get("model", "")),
@@ -84,18 +86,19 @@ def pretrained_model(
     start = {"run_id": previous} if previous else {"experiment_id": experiment_id, "run_name": f"pretrain-{fingerprint[:8]}"}
     with mlflow.start_run(**start) as run:
         mlflow.set_tags(tags)
-        input_digests = digests_of(lineage)
+        input_digests = digests_of(lineage, TRAINING_INPUTS)
         if previous:
             context.log.info(f"continuing MLflow run {previous}")
         else:
             write_text(out_dir / MLFLOW_RUN_FILE, run.info.run_id)
             mlflow.log_params({**train_config.model_dump(mode="json"), "preset": chosen["preset"],
                                "launcher": chosen["launcher"], "nproc_per_node": chosen["nproc_per_node"]})
-            log_inputs(lineage)
+            log_inputs(lineage, TRAINING_INPUTS)
         if chosen["launcher"] == "torchrun":
-            history = train_with_torchrun(context, train_config, lay, out_dir, chosen["nproc_per_node"])
+            history = train_with_torchrun(context, train_config, lay, out_dir, chosen["nproc_per_node"],
+                                           storage.weights_folder())
         else:
-            history = train_in_process(context, train_config, lay, out_dir, resuming)
+            history = train_in_process(context, train_config, lay, out_dir, resuming, storage.weights_folder())
         best = out_dir / "checkpoints" / "best.pt"
         best = best if best.exists() else out_dir / "checkpoints" / "last.pt"
         checkpoint_sha = file_sha256(best)
@@ -151,22 +154,23 @@ def mlflow_run_to_resume(out_dir: Path) -> str | None:
     return run_id
 
 
-def train_in_process(context, train_config, lay, out_dir: Path, resuming: bool) -> list[dict]:
-    from training.knowledge import load_knowledge
+def train_in_process(context, train_config, lay, out_dir: Path, resuming: bool,
+                     weights_dir: Path | None) -> list[dict]:
+    from knowledge.base import load_knowledge
+    from knowledge.ssm import SSM, ssm_targets_fn
+    from knowledge.texts import zero_shot_prompts
+    from tracking.training_runs import metrics_logger
     from training.loop import train
-    from training.ssm import SSM, ssm_targets_fn
-    from training.texts import zero_shot_prompts
-    from training.tracking import metrics_logger
 
     callback = metrics_logger(context.log.info)
-
+    prompts = zero_shot_prompts(load_knowledge(), lay.asset_dir("training_texts"))
     result = train(train_config, lay.asset_dir("cxr_images"), lay.asset_dir("training_texts"), out_dir,
-                   ssm_targets_fn(SSM.load(lay.asset_dir("ssm"))), prompts=zero_shot_prompts(load_knowledge(), lay.asset_dir("training_texts")),
-                   resume=resuming, callback=callback)
+                   ssm_targets_fn(SSM.load(lay.asset_dir("ssm"))), prompts=prompts,
+                   resume=resuming, callback=callback, weights_dir=weights_dir)
     return result.history
 
 
-def train_with_torchrun(context, train_config, lay, out_dir: Path, nproc: int) -> list[dict]:
+def train_with_torchrun(context, train_config, lay, out_dir: Path, nproc: int, weights_dir: Path | None) -> list[dict]:
     """Launch `torchrun -m training` through Dagster Pipes: stdout/stderr stream into the run."""
     import torch
 
@@ -176,7 +180,7 @@ def train_with_torchrun(context, train_config, lay, out_dir: Path, nproc: int) -
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "training",
                "--config", str(config_path), "--images", str(lay.asset_dir("cxr_images")),
                "--texts", str(lay.asset_dir("training_texts")), "--ssm", str(lay.asset_dir("ssm")),
-               "--out", str(out_dir), "--resume"]
+               "--out", str(out_dir), "--resume"] + (["--weights-dir", str(weights_dir)] if weights_dir else [])
     dg.PipesSubprocessClient().run(command=command, context=context).get_results()
     payload = torch.load(out_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     return list(payload.get("history", []))

@@ -25,7 +25,7 @@ from evaluation.report import markdown_table, write_json
 from evaluation.retrieval import evaluate_retrieval, prompt_gallery, with_no_finding
 from evaluation.segmentation import SegmentationConfig, run_segmentation
 from evaluation.zero_shot import evaluate_zero_shot, unseen_categories
-from training.knowledge import load_knowledge
+from knowledge.base import load_knowledge
 
 
 def main() -> None:

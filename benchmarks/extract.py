@@ -4,7 +4,7 @@ Default: rules backend reports/s (cold, real IU reports cycled); openai backend 
 local stub endpoint with a fixed injected latency, concurrency 1 vs N; and the time of a
 no-change re-run over N reports (must make zero calls).
 
---quality: labelling quality on the IU gold standard (tests/data/iu_gold_labels.csv, labelled
+--quality: labelling quality on the IU gold standard (testkit/data/iu_gold_labels.csv, labelled
 by reading, see docs/labelling_guideline.md; the vocabulary and rules are tuned on its dev half
 only, test is held out). For each split and both uncertainty policies it prints per-class
 precision / recall / F1 of ChestX-ray14's 14 findings, micro and macro F1, for
@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.tables import markdown_table  # noqa: E402
 from extraction.backends import make_backend  # noqa: E402
 from extraction.extract import extract_reports  # noqa: E402
-from tests.iu_gold import (  # noqa: E402
+from testkit.iu_gold import (  # noqa: E402
     CLASSES,
     POLICIES,
     load_gold,
@@ -62,7 +62,7 @@ from tests.iu_gold import (  # noqa: E402
     rules_labels,
     score,
 )
-from tests.openai_stub_server import StubServer  # noqa: E402
+from testkit.openai_stub import StubServer  # noqa: E402
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ Writes under OUT:
     cxr_images/pNN.parquet       decoded images per shard (ingestion.images)
     reports/pNN.parquet          parsed reports per shard
     triplets.parquet             rules-backend extraction folded onto the vocabulary
-    texts/                       texts.parquet + image_texts.parquet (training.texts)
+    texts/                       texts.parquet + image_texts.parquet (knowledge.texts)
     embeddings.npy               MiniLM embedding of every distinct text
     ssm/  ssm_separated/         the SSM with the paper's negation rule and with negations apart
     texts_reference/ ssm_reference/  the published code's wording and report filter (preset `reference`)
@@ -57,10 +57,10 @@ def prepare_demo_data(out: Path, studies: int, image_size: int = 128, seed: int 
     from ingestion.layout import SHARDS
     from ingestion.shards import index_shard, reports_shard
     from common.storage import write_table
-    from training.knowledge import load_knowledge
-    from training.ssm import build_ssm
-    from training.text_embedding import write_text_embeddings
-    from training.texts import build_training_texts
+    from knowledge.base import load_knowledge
+    from knowledge.ssm import build_ssm
+    from knowledge.embeddings import write_text_embeddings
+    from knowledge.texts import build_training_texts
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

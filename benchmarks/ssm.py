@@ -22,10 +22,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from training.knowledge import load_knowledge
-from training.ssm import SSM, batch_targets, build_ssm, run_checks
-from training.text_embedding import embed_texts
-from training.texts import compose_text
+from knowledge.base import load_knowledge
+from knowledge.ssm import SSM, batch_targets, build_ssm, run_checks
+from knowledge.embeddings import embed_texts
+from knowledge.texts import compose_text
 
 SIDES = ["na", "left", "right", "bilateral"]
 ZONES = ["na", "lower", "upper", "mid", "basilar", "apical", "perihilar", "retrocardiac"]

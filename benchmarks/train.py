@@ -51,15 +51,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.__main__ import load_train_config  # noqa: E402
 from training.data import CxrTextStream, TextTokens, build_split_index, make_loader  # noqa: E402
-from training.knowledge import load_knowledge  # noqa: E402
-from training.texts import zero_shot_prompts  # noqa: E402
+from knowledge.base import load_knowledge  # noqa: E402
+from knowledge.texts import zero_shot_prompts  # noqa: E402
 from common.tables import markdown_table  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.frozen_text import load_or_encode_frozen_texts  # noqa: E402
 from training.loop import train  # noqa: E402
 from training.loss import MedFilipLoss  # noqa: E402
-from training.model import MedFilipModel, create_model, create_tokenizer  # noqa: E402
-from training.ssm import SSM, batch_targets, group_names, ssm_targets_fn  # noqa: E402
+from medfilip_model.dual_encoder import MedFilipModel, create_model, create_tokenizer  # noqa: E402
+from knowledge.ssm import SSM, batch_targets, group_names, ssm_targets_fn  # noqa: E402
 
 CLIP_TEXT_MODEL = str(Path(__file__).resolve().parents[1] / "training" / "model_configs" / "demo_cliptext.json")
 TOWERS = {"minilm_frozen": "demo", "clip_random": CLIP_TEXT_MODEL}
@@ -175,9 +175,9 @@ class ReferenceTargets:
     target[b, j] = max over texts i of image b of [group(i) == group(j)] * cos(e_i, e_j)."""
 
     def __init__(self, texts, separate_negations: bool):
-        from training.text_embedding import _load_model, default_sentence_model_path
+        from knowledge.embeddings import load_sentence_encoder, default_sentence_model_path
 
-        self.encoder = _load_model(str(default_sentence_model_path()), "cpu")
+        self.encoder = load_sentence_encoder(str(default_sentence_model_path()), "cpu")
         ids = texts.column("text_id").to_pylist()
         self.text = dict(zip(ids, texts.column("text").to_pylist()))
         groups = group_names(texts.column("category").to_pylist(), texts.column("negated").to_pylist(),

@@ -108,11 +108,12 @@ def _remove_orphaned_temps(dest: Path) -> None:
     """Delete `.<name>.<pid>.*.tmp` siblings whose writer process no longer exists."""
     for tmp in dest.parent.glob(f".{glob.escape(dest.name)}.*.tmp"):
         pid = tmp.name[len(dest.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine still exists (someone else's live process counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from evaluation.datasets import LabelledImages
-from training.model import MedFilipModel, Tokenizer, create_model, create_tokenizer
+from medfilip_model.dual_encoder import MedFilipModel, Tokenizer, create_model, create_tokenizer, load_config
 
 
 def load_pretrained(checkpoint: str | os.PathLike | None, config: str | dict | None = None,
@@ -22,8 +22,16 @@ def load_pretrained(checkpoint: str | os.PathLike | None, config: str | dict | N
         config = payload.get("model_config") if isinstance(payload, dict) else None
         if config is None:
             raise ValueError(f"{checkpoint} stores no model_config; pass config=")
-    model = create_model(config, pretrained=checkpoint).to(device).eval()
-    return model, create_tokenizer(model.config)
+    config = config if isinstance(config, dict) else load_config(config)
+    model = create_model(without_tower_weights(config) if checkpoint else config, pretrained=checkpoint)
+    return model.to(device).eval(), create_tokenizer(model.config)
+
+
+def without_tower_weights(config: dict) -> dict:
+    """A config whose towers start random: our checkpoint holds every tensor, so the ImageNet / CLIP
+    files the training started from are neither read nor needed where a model is evaluated."""
+    return {k: v for k, v in config.items() if k not in ("image_weights", "text_weights")}
+
 
 
 def image_tensor(data: LabelledImages, size: int) -> torch.Tensor:

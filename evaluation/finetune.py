@@ -4,7 +4,7 @@ with 1% / 10% / 100% of the training labels, against the same architecture from 
 
 The reference code's fine-tuning built the classifier and never loaded the pre-trained weights,
 so "pre-trained" and "random" were the same experiment. Here `build_encoder("pretrained", ...)`
-loads the checkpoint through training.model.create_model and the tests check that the encoder's
+loads the checkpoint through medfilip_model.dual_encoder.create_model and the tests check that the encoder's
 tensors equal the checkpoint's before any training step.
 
 Protocol, per seed (>= 3 for a claim): a patient-wise stratified train/val/test split of the
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 from dataclasses import dataclass, replace
 from typing import Literal, Sequence
 
@@ -32,10 +33,10 @@ from torch import nn
 
 from evaluation.compare import PairedSeed, evaluable_columns, mean_auc_statistic, paired_comparison
 from evaluation.datasets import LabelledImages
-from evaluation.encode import as_float, image_tensor, predict_probabilities
+from evaluation.encode import as_float, image_tensor, predict_probabilities, without_tower_weights
 from evaluation.metrics import classification_report
 from evaluation.splits import label_fraction, patient_split
-from training.model import MedFilipModel, create_model, load_config
+from medfilip_model.dual_encoder import MedFilipModel, create_model, load_config
 
 Init = Literal["pretrained", "random", "imagenet"]
 Mode = Literal["linear", "full"]
@@ -93,17 +94,19 @@ def available_inits(model_config: str | dict) -> list[str]:
     return ["pretrained", "random"] + (["imagenet"] if config.get("image_weights") else [])
 
 
-def build_encoder(init: Init, model_config: str | dict, checkpoint: str | os.PathLike | None = None) -> ImageEncoder:
-    """The image encoder with the chosen initialisation; "pretrained" needs `checkpoint`."""
+def build_encoder(init: Init, model_config: str | dict, checkpoint: str | os.PathLike | None = None,
+                  weights_dir: Path | None = None) -> ImageEncoder:
+    """The image encoder with the chosen initialisation; "pretrained" needs `checkpoint`, "imagenet"
+    reads the config's image weights (relative names under `weights_dir`)."""
     config = copy.deepcopy(model_config if isinstance(model_config, dict) else load_config(model_config))
     if init == "pretrained":
         if checkpoint is None:
             raise ValueError("init='pretrained' needs a checkpoint")
-        return ImageEncoder(create_model(config, pretrained=checkpoint))
+        return ImageEncoder(create_model(without_tower_weights(config), pretrained=checkpoint))
     if init == "imagenet":
         if not config.get("image_weights"):
             raise ValueError("init='imagenet' needs a config with local image_weights")
-        return ImageEncoder(create_model(config))
+        return ImageEncoder(create_model(config, weights_dir=weights_dir))
     if init == "random":
         config.pop("image_weights", None)  # random really means random, not ImageNet
         return ImageEncoder(create_model(config))

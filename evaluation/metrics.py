@@ -21,24 +21,12 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from medfilip_model.zero_shot import mean_auc, per_class_auc  # noqa: F401  (part of this module's API)
+
 PAPER_PROTOCOL = "paper protocol (threshold tuned on test: optimistic)"
 VALIDATION_PROTOCOL = "threshold chosen on the validation split, applied to test"
 Criterion = Literal["f1", "youden"]
 _CHUNK = 64
-
-
-def per_class_auc(labels: np.ndarray, scores: np.ndarray, categories: Sequence[str]) -> dict[str, float]:
-    """scikit-learn ROC AUC per category; categories with a single label value are left out."""
-    labels, scores = _as_matrices(labels, scores)
-    return {
-        category: float(roc_auc_score(labels[:, j], scores[:, j]))
-        for j, category in enumerate(categories)
-        if _evaluable(labels[:, j])
-    }
-
-
-def mean_auc(per_class: dict[str, float]) -> float:
-    return float(np.mean(list(per_class.values()))) if per_class else float("nan")
 
 
 def choose_thresholds(val_labels: np.ndarray, val_scores: np.ndarray, criterion: Criterion = "f1") -> np.ndarray:

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from common import tables
 from common.storage import atomic_path, write_bytes
+from common.plots import pyplot
 
 
 def results_table(results: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -58,10 +59,7 @@ def markdown_table(results: Mapping[str, Any]) -> str:
 
 def plot_roc(curves: Mapping[str, Mapping[str, list[float]]], path: str | Path, title: str = "ROC (test)") -> Path:
     """One line per category from metrics.roc_points / the zero-shot report's "roc"; atomic PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(figsize=(5, 5))
     for category, curve in curves.items():
@@ -79,10 +77,7 @@ def plot_roc(curves: Mapping[str, Mapping[str, list[float]]], path: str | Path, 
 
 def plot_examples(data: Any, path: str | Path, count: int = 8, size: int = 128) -> Path:
     """A few evaluation images with their labels (and mask outlines when the set has masks); atomic PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     count = min(count, len(data))
     figure, axes = plt.subplots(1, count, figsize=(2 * count, 2.4))

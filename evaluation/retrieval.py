@@ -18,8 +18,8 @@ import torch
 
 from evaluation.datasets import LabelledImages
 from evaluation.encode import embed_images, embed_texts, image_tensor
-from training.knowledge import NO_FINDING, KnowledgeBase, category_prompt
-from training.model import MedFilipModel, Tokenizer
+from knowledge.base import NO_FINDING, KnowledgeBase, category_prompt
+from medfilip_model.dual_encoder import MedFilipModel, Tokenizer
 
 Relevance = Literal["shared_category", "identical_labels"]
 RELEVANCE_RULES = {

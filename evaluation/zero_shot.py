@@ -20,9 +20,9 @@ from evaluation.datasets import LabelledImages
 from evaluation.encode import embed_images, embed_texts, image_tensor
 from evaluation.metrics import classification_report, mean_auc, rank_auc, roc_points
 from evaluation.splits import patient_split
-from training.knowledge import KnowledgeBase, canonical_category, category_prompts
-from training.model import MedFilipModel, Tokenizer
-from training.texts import text_categories
+from knowledge.base import KnowledgeBase, canonical_category, category_prompts
+from medfilip_model.dual_encoder import MedFilipModel, Tokenizer
+from knowledge.texts import text_categories
 
 
 def unseen_categories(kb: KnowledgeBase, texts_dir: str | Path) -> list[str]:

@@ -1,9 +1,8 @@
-"""Backend configuration, validated once at the edge: the one home of every extractor setting
-and its default (the Dagster resource and the environment variables only fill these fields)."""
+"""Backend configuration, validated once at the edge: the one home of every extractor field's
+default and check (the settings file, the environment and the Dagster resource only fill them)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Union
 
@@ -66,34 +65,14 @@ def _one_line(exc: ValidationError, kind: str) -> str:
     problems = []
     for error in exc.errors():
         field = ".".join(str(part) for part in error["loc"] if part not in ("rules", "openai"))
-        env = next((name for name, f in ENV_SETTINGS.items() if f == field), None)
-        where = f"resources.extractor.config.{field}" + (f" or {env}" if env else "")
+        where = f"extractor.{field} in medfilip.yaml, or resources.extractor.config.{field}"
         what = "is required" if error["type"] == "missing" else error["msg"].lower()
         problems.append(f"{field} {what} (set {where})")
     return f"extractor ({kind} backend): " + "; ".join(problems)
 
 
-# Environment variables that choose the extractor without editing code, so the daemon, the UI and
-# the CLI see the same choice. Each maps to a field of the configs above ("backend" picks the kind).
-ENV_SETTINGS = {
-    "MEDFILIP_EXTRACTOR": "backend",
-    "MEDFILIP_LLM_BASE_URL": "base_url",
-    "MEDFILIP_LLM_MODEL": "model",
-    "MEDFILIP_LLM_API_KEY_ENV": "api_key_env",
-    "MEDFILIP_PROMPT_DIR": "prompt_dir",
-    "MEDFILIP_LLM_CONCURRENCY": "concurrency",
-    "MEDFILIP_LLM_REPORTS_PER_REQUEST": "reports_per_request",
-}
-
-
-def settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The extractor settings present in the environment, by field name (empty values ignored)."""
-    environ = os.environ if environ is None else environ
-    return {field: environ[name] for name, field in ENV_SETTINGS.items() if environ.get(name, "").strip()}
-
-
 def backend_config_from_settings(settings: Mapping[str, Any]) -> RulesConfig | OpenAIConfig:
-    """Settings by field name (as the resource and the environment give them) -> a validated config.
+    """Settings by field name (as the resource gives them) -> a validated config.
     A setting that the chosen backend does not have is an error, never silently dropped."""
     values = dict(settings)
     kind = values.pop("backend", None) or "rules"
@@ -103,5 +82,5 @@ def backend_config_from_settings(settings: Mapping[str, Any]) -> RulesConfig | O
     unknown = sorted(set(values) - set(model.model_fields))
     if unknown:
         raise ExtractorSettingError(f"extractor setting(s) {', '.join(unknown)} only apply to another backend, but the "
-                         f"backend is {kind!r}: set backend (MEDFILIP_EXTRACTOR) to the one you mean")
+                         f"backend is {kind!r}: set extractor.backend to the one you mean")
     return parse_backend_config({"kind": kind, **values})

@@ -151,10 +151,15 @@ class RulesBackend:
 
 def rules_version(vocabulary: Vocabulary) -> str:
     """Hash of this module's source and the vocabulary file: editing either re-extracts."""
+    return rules_version_of(vocabulary.sha256)
+
+
+def rules_version_of(vocabulary_sha256: str) -> str:
+    """The same hash from the vocabulary file's sha256 alone (no vocabulary parsed)."""
     digest = hashlib.sha256()
     digest.update(Path(__file__).read_bytes())
     digest.update(b"\0")
-    digest.update(vocabulary.sha256.encode())
+    digest.update(vocabulary_sha256.encode())
     return digest.hexdigest()
 
 

@@ -11,10 +11,9 @@ import time
 import traceback
 from pathlib import Path
 
-from pipeline.config_file import home_and_source, setting, template, use_config_file
+from common.errors import UserError, one_line
 from pipeline.demo import DEMO_STUDIES
-from pipeline.errors import UserError, one_line
-from pipeline.settings import prepare_home
+from pipeline.settings import CONFIG_NAME, Settings, load_settings, prepare_home, template, use_config_file
 
 CORPUS_STUDIES = 200
 # Extraction assets: a run that selects one builds the extractor first, so a missing key or
@@ -107,12 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def data_root(create: str = "never"):
+def data_root(create: str = "never", settings: Settings | None = None):
     """The data root this command uses, announced on stderr. An existing one is used as is. A
     missing one is created only when `create` allows: "configured" (MEDFILIP_HOME or `home:`
     named it) or "always" (`medfilip init` / `medfilip demo`, the commands that ask for it):
     nothing else silently makes a ./.medfilip in whatever folder it was run from."""
-    home, source = home_and_source()
+    settings = settings or load_settings()
+    home, source = settings.home, settings.home_source
     exists = home.is_dir()
     configured = not source.startswith("default")
     if not exists and not (create == "always" or (create == "configured" and configured)):
@@ -131,11 +131,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.print_only:
         print(template(args.home or ".medfilip"), end="")
         return 0
-    home = Path(args.home).expanduser().resolve() if args.home else home_and_source()[0]
+    settings = load_settings()
+    home = Path(args.home).expanduser().resolve() if args.home else settings.home
     lay = prepare_home(home)
     print(f"data root {lay.home} ready")
-    config = Path.cwd() / "medfilip.yaml"
-    if not os.environ.get("MEDFILIP_CONFIG") and not config.exists():
+    config = Path.cwd() / CONFIG_NAME
+    if settings.config_file is None and not config.exists():
         shown = os.path.relpath(lay.home) if lay.home.is_relative_to(Path.cwd()) else str(lay.home)
         from common.storage import write_text
 
@@ -163,8 +164,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.runner import materialise
 
     start = time.perf_counter()
-    lay = data_root(create="always")
-    archive = setting("archive.root")
+    settings = load_settings()
+    lay = data_root(create="always", settings=settings)
+    archive = settings.archive.root
     if archive:  # a configured archive is the demo's input; no corpus is generated beside it
         print(f"Using the archive at {archive} (archive.root of the settings)")
     elif not (lay.corpus / "manifest.json").exists():
@@ -184,7 +186,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             break
     sensor = start_prompt_sensor(lay) if not summaries[-1]["failed"] else "not started (a run failed)"
     timings["total"] = time.perf_counter() - start
-    print_demo_summary(lay, summaries, timings, sensor)
+    from pipeline.runner import current_definitions, mlflow_uri
+
+    print_demo_summary(lay, summaries, timings, sensor, mlflow_uri(current_definitions()))
     return 0 if all(s["failed"] == 0 for s in summaries) else 1
 
 
@@ -209,17 +213,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from pipeline.lineage import check_lineage, format_lineage, resolve_lineage
+    from pipeline.definitions import build_definitions
+    from pipeline.runner import mlflow_uri
+    from tracking.lineage import check_lineage, format_lineage, resolve_lineage
 
-    lay = data_root()
-    if not lay.mlflow_db.is_file() and not os.environ.get("MLFLOW_TRACKING_URI"):
+    settings = load_settings()
+    lay = data_root(settings=settings)
+    defs = build_definitions(settings)
+    store = mlflow_uri(defs)
+    if not lay.mlflow_db.is_file() and not settings.mlflow.tracking_uri:
         raise UserError(f"no MLflow store at {lay.mlflow_db}: no model has been trained in this data root",
                         "materialise pretrained_model (`medfilip demo`), or point MEDFILIP_HOME at the right root")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    record = resolve_lineage(args.model)
+    record = resolve_lineage(args.model, store, defs.resources["mlflow_tracking"].registered_model_name)
     record["inputs"] = check_lineage(record["inputs"])
     if args.json:
-        from pipeline.lineage import dataset_digests
+        from tracking.digests import dataset_digests
 
         record["datasets"] = dataset_digests(record["inputs"])
         print(json.dumps(record, indent=2, default=str))
@@ -243,10 +251,10 @@ def check_partitions(partitions: list[str]) -> None:
     instance uses: p10 beside p1004 would count the same studies twice."""
     import dagster as dg
 
-    from assets.ingestion import discover_shards, shard_partitions
-    from pipeline.definitions import defs
-    from pipeline.runner import shard_digits
+    from assets.partitions import discover_shards, shard_digits, shard_partitions
+    from pipeline.runner import current_definitions
 
+    defs = current_definitions()
     instance = dg.DagsterInstance.get()
     registered = set(instance.get_dynamic_partitions(shard_partitions.name))
     digits = shard_digits(instance, None)
@@ -270,10 +278,9 @@ def check_partitions(partitions: list[str]) -> None:
 def check_run_request(target: str, partitions: list[str] | None) -> None:
     """Refuse, in one line, what would fail only after Dagster started: a partition the target
     does not have, a partition of an unpartitioned target, an extractor that cannot be built."""
-    from pipeline.definitions import defs
-    from pipeline.resources import ExtractorResource
-    from pipeline.runner import resolve_job
+    from pipeline.runner import current_definitions, resolve_job
 
+    defs = current_definitions()
     job = resolve_job(defs, target)
     if partitions:
         if job.partitions_def is None:
@@ -286,7 +293,7 @@ def check_run_request(target: str, partitions: list[str] | None) -> None:
     selected = {key.to_user_string() for key in job.asset_layer.selected_asset_keys}
     if selected & EXTRACTION_ASSETS:
         try:
-            ExtractorResource().make_backend()
+            defs.resources["extractor"].make_backend()
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001  (pydantic, a missing key, an unreadable prompt)

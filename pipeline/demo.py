@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.settings import Layout
+from common.home import Layout
 
 DEMO_STUDIES = 3000
 # The ten pNN folders as shards: 3,000 studies over ~900 subject-prefix shards would be 900
@@ -48,7 +48,8 @@ def start_prompt_sensor(lay: Layout) -> str:
     return "on (" + ", ".join(PROMPT_SENSORS) + ")"
 
 
-def print_demo_summary(lay: Layout, summaries: list[dict], timings: dict[str, float], sensor: str) -> None:
+def print_demo_summary(lay: Layout, summaries: list[dict], timings: dict[str, float], sensor: str,
+                       mlflow_uri: str) -> None:
     rows: dict[str, int] = {}
     assets: dict[str, dict] = {}
     failures, checks = [], []
@@ -82,7 +83,7 @@ def print_demo_summary(lay: Layout, summaries: list[dict], timings: dict[str, fl
         print(f"  check {check['severity']} {check['asset']}.{check['check']}"
               f"{' (' + check['partition'] + ')' if check['partition'] else ''}: {check['description'] or 'failed'}")
     print(f"Outputs:  {lay.data}")
-    print(f"MLflow:   {lay.mlflow_tracking_uri}" + (f"  run {model['mlflow_run_id']}" if model else ""))
+    print(f"MLflow:   {mlflow_uri}" + (f"  run {model['mlflow_run_id']}" if model else ""))
     print(f"Prompt-change sensor: {sensor}")
     print("Open the UIs:  make ui      -> Dagster on http://127.0.0.1:3000")
     print("               make mlflow  -> MLflow on http://127.0.0.1:5000")

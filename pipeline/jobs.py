@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets.ingestion import shard_partitions
+from assets.partitions import shard_partitions
 
 ingestion_job = dg.define_asset_job(
     "ingestion_job",

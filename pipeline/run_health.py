@@ -12,28 +12,19 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable
 
 import dagster as dg
 
+from common.storage import process_alive
+from tracking.store import end_mlflow_runs
+
 PID_TAG = "medfilip/pid"
 HOST_TAG = "medfilip/host"
-MLFLOW_DAGSTER_RUN_TAG = "dagster.run_id"  # set on every MLflow run an asset starts
 
 
 def process_tags() -> dict[str, str]:
     """Tags that let a later process check whether this one is still alive."""
     return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def sweep_dead_runs(instance: dg.DagsterInstance, mlflow_tracking_uri: str | None = None) -> list[str]:
@@ -55,21 +46,3 @@ def sweep_dead_runs(instance: dg.DagsterInstance, mlflow_tracking_uri: str | Non
     if dead and mlflow_tracking_uri:
         end_mlflow_runs(mlflow_tracking_uri, dead)
     return dead
-
-
-def end_mlflow_runs(tracking_uri: str, dagster_run_ids: Iterable[str], status: str = "KILLED") -> list[str]:
-    """End the RUNNING MLflow runs started by these Dagster runs; returns the MLflow run ids."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    ended = []
-    for run_id in dagster_run_ids:
-        if not experiments:
-            break
-        runs = client.search_runs(experiments, filter_string=f"tags.`{MLFLOW_DAGSTER_RUN_TAG}` = '{run_id}' "
-                                                             f"and attributes.status = 'RUNNING'")
-        for run in runs:
-            client.set_terminated(run.info.run_id, status)
-            ended.append(run.info.run_id)
-    return ended

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from ingestion.layout import PARTITION_DIGITS, shard_problem
+from assets.partitions import discover_shards, register_shards, shard_digits
+from ingestion.layout import SHARDS, shard_problem
 from pipeline.run_health import process_tags, sweep_dead_runs
 
 # Step-level DEBUG events are in the UI; the terminal gets the asset functions' own logs.
@@ -16,17 +17,16 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 def materialise(target: str, partitions: Sequence[str] | None = None,
                 instance: dg.DagsterInstance | None = None, ops_config: dict | None = None,
-                partition_digits: int | None = None) -> dict:
+                partition_digits: int | None = None, defs: dg.Definitions | None = None) -> dict:
     """Run `target` once per partition (by default every shard in the archive, registered as
     partitions first, `partition_digits` subject-id digits each: by default those the instance
     already uses, else PARTITION_DIGITS); a summary with row counts,
     each asset's scalar metadata, failed checks (WARN included), and for a failed run which
-    step broke and why. Runs left behind by a killed `medfilip` are cleaned first."""
-    from pipeline.definitions import defs
-    from pipeline.settings import USER_MLFLOW_TRACKING_URI, layout
-
+    step broke and why. Runs left behind by a killed `medfilip` are cleaned first. `defs`: by
+    default the code location built from the current settings."""
+    defs = defs or current_definitions()
     instance = instance or dg.DagsterInstance.get()
-    dead = sweep_dead_runs(instance, USER_MLFLOW_TRACKING_URI or layout().mlflow_tracking_uri)
+    dead = sweep_dead_runs(instance, mlflow_uri(defs))
     job = resolve_job(defs, target)
     partitioned = job.partitions_def is not None
     keys = list(partitions or (shards_to_run(defs, shard_digits(instance, partition_digits)) if partitioned else [None]))
@@ -34,8 +34,6 @@ def materialise(target: str, partitions: Sequence[str] | None = None,
         problems = [p for p in map(shard_problem, keys) if p]
         if problems:
             raise SystemExit(problems[0])
-        from assets.ingestion import register_shards
-
         register_shards(instance, keys)
     run_config = {**QUIET, "ops": dict(ops_config or {})}
     selected = {key.to_user_string() for key in job.asset_layer.selected_asset_keys}
@@ -70,23 +68,9 @@ def materialise(target: str, partitions: Sequence[str] | None = None,
     return summary
 
 
-def shard_digits(instance: dg.DagsterInstance, requested: int | None) -> int:
-    """The granularity to discover shards at: mixing p10 with p1004 would count studies twice,
-    so an instance keeps the one its first shards were registered with."""
-    if requested is not None:
-        return requested
-    from assets.ingestion import shard_partitions
-
-    known = instance.get_dynamic_partitions(shard_partitions.name)
-    return max(set(map(len, known)), key=[len(k) for k in known].count) - 1 if known else PARTITION_DIGITS
-
-
 def shards_to_run(defs: dg.Definitions, digits: int) -> list[str]:
     """Every shard of the configured archive; none found (no archive yet) gives the ten pNN
     folders, whose runs then fail or warn in one line exactly as a shard run does."""
-    from assets.ingestion import discover_shards
-    from ingestion.layout import SHARDS
-
     found = discover_shards(defs.resources["storage"], defs.resources["archive"], digits)
     return found or list(SHARDS)
 
@@ -117,3 +101,17 @@ def resolve_job(defs: dg.Definitions, target: str) -> dg.JobDefinition:
                          f"asset ({sorted(keys)}) or group ({sorted(groups)})")
     job = dg.define_asset_job(f"medfilip_run__{target}", selection=selection)
     return dg.Definitions(assets=defs.assets, resources=defs.resources, jobs=[job]).resolve_job_def(job.name)
+
+
+def current_definitions() -> dg.Definitions:
+    """The code location as a run launched now would load it: settings read afresh (a test or a
+    long-lived process may have changed the environment since pipeline.definitions was imported)."""
+    from pipeline.definitions import build_definitions
+    from pipeline.settings import load_settings
+
+    return build_definitions(load_settings())
+
+
+def mlflow_uri(defs: dg.Definitions) -> str:
+    """The MLflow store the code location's resources point at."""
+    return defs.resources["mlflow_tracking"].uri(defs.resources["storage"])

@@ -11,10 +11,11 @@ import json
 
 import dagster as dg
 
-from assets.extraction import extraction_version
+from assets.partitions import register_shards, shard_digits
+from assets.resources import ArchiveResource, ExtractorResource, MLflowResource, StorageResource
+from ingestion.layout import archive_problem, shard_fingerprints
 from pipeline.jobs import extraction_job, ingestion_job
-from pipeline.resources import ArchiveResource, ExtractorResource, MLflowResource, StorageResource
-from pipeline.settings import USER_MLFLOW_TRACKING_URI
+from pipeline.run_health import sweep_dead_runs
 
 PROMPT_VERSION_TAG = "medfilip/prompt_version"
 
@@ -27,7 +28,7 @@ def prompt_change_sensor(context: dg.SensorEvaluationContext, extractor: Extract
     is requested, also for a version seen before (its answers come from the cache). The run key
     names the version and the materialisation it replaces, so the daemon launches it once per
     (version, current extraction) and never again for that pair, however many ticks pass."""
-    version = extraction_version(extractor)
+    version = extractor.prompt_version()
     observation = dg.AssetObservation(asset_key="prompts", tags={"dagster/data_version": version},
                                       metadata={"prompt_version": version, "backend": extractor.backend_config().kind,
                                                 "prompt_files": ", ".join(extractor.prompt_files())})
@@ -63,23 +64,11 @@ prompt_downstream_sensor = dg.AutomationConditionSensorDefinition(
     description="Re-materialise triplets, report labels, training texts, embeddings and SSM once their inputs change.",
 )
 
-nightly_extraction_schedule = dg.ScheduleDefinition(
-    name="nightly_extraction_check",
-    job=extraction_job,
-    cron_schedule="0 2 * * *",
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Nightly re-extraction check: with nothing changed it makes zero backend calls.",
-)
-
-
 @dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Mark runs whose `medfilip` process died as failed, freeing their pool slots "
                        "and ending their MLflow runs as KILLED.")
 def dead_run_sensor(context: dg.SensorEvaluationContext, storage: StorageResource, mlflow_tracking: MLflowResource):
-    from pipeline.run_health import sweep_dead_runs
-
-    tracking_uri = mlflow_tracking.tracking_uri or USER_MLFLOW_TRACKING_URI or storage.layout().mlflow_tracking_uri
-    dead = sweep_dead_runs(context.instance, tracking_uri)
+    dead = sweep_dead_runs(context.instance, mlflow_tracking.uri(storage))
     if dead:
         context.log.warning(f"marked {len(dead)} dead run(s) failed: {', '.join(dead)}")
     return dg.SkipReason(f"{len(dead)} dead run(s) cleaned" if dead else "no dead runs")
@@ -96,10 +85,6 @@ def archive_arrival_sensor(context: dg.SensorEvaluationContext, storage: Storage
     """Cursor: {"shards": {shard: fingerprint}, "pending": batch id whose ingestion runs must
     finish before extraction}. The first tick only records the archive as it is: shards ingested
     before the sensor was switched on are not re-run."""
-    from assets.ingestion import register_shards
-    from ingestion.layout import archive_problem, shard_fingerprints
-    from pipeline.runner import shard_digits
-
     state = json.loads(context.cursor) if context.cursor else None
     roots = {archive.image_root(storage), archive.reports_root(storage)}
     problem = next((p for p in map(archive_problem, roots) if p), None)

@@ -1,25 +1,267 @@
-"""One data root for everything the pipeline writes, and the repo's plain-file folders.
+"""The one settings object: built once from `medfilip.yaml` and the environment, validated here.
 
-`MEDFILIP_HOME` (default `./.medfilip`) holds the Parquet data, DuckDB caches, the Dagster
-instance (`DAGSTER_HOME` inside it) and the MLflow store, so a user can move, back up or
-delete one folder and nothing leaks elsewhere.
+Where the file is found, first match wins: `medfilip --config PATH`, the `MEDFILIP_CONFIG`
+variable, `./medfilip.yaml` in the working folder. Every key is also an environment variable
+(ENVIRONMENT below, the one table of variable names), and a variable that is set wins over the
+file, so a deployment can override one value without editing it. Relative paths in the file are
+relative to the file's folder.
+
+`pipeline.definitions` builds the Dagster resources from a `Settings`; from then on a resource's
+field is the only override (run config in the launchpad) and no resource method reads the
+environment. Two exceptions, both secrets that must never sit in run config or the UI: the LLM
+API key and the patient salt are read at call time from the variable the settings name.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Literal, Optional
 
-from common.paths import KNOWLEDGE_DIR, PROMPTS_DIR, REPO_ROOT  # noqa: F401  (re-exported for the CLI)
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from common.errors import UserError
+from common.home import Layout
+from common.home import layout as _layout_of
 from common.storage import write_text
 
+CONFIG_ENV = "MEDFILIP_CONFIG"
+CONFIG_NAME = "medfilip.yaml"
+DEFAULT_HOME = ".medfilip"
 SALT_ENV = "MEDFILIP_PATIENT_SALT"
+DAGSTER_HOME_ENV = "DAGSTER_HOME"
 
-# The user's MLflow server, read once at import: mlflow.set_tracking_uri() writes this same
-# variable, so reading it later would return whatever store the process used last.
-USER_MLFLOW_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI", "")
+# The one table: setting key -> (environment variable, help). The first seven extractor keys keep
+# the variable names the README has always documented.
+ENVIRONMENT: dict[str, tuple[str, str]] = {
+    "home": ("MEDFILIP_HOME", "data root: Parquet, caches, Dagster instance, MLflow store"),
+    "archive.root": ("MEDFILIP_ARCHIVE_ROOT", "folder holding files/pNN/p<subject>/s<study>/..."),
+    "archive.image_format": ("MEDFILIP_ARCHIVE_IMAGE_FORMAT", "dicom (MIMIC-CXR) or jpg (MIMIC-CXR-JPG)"),
+    "archive.metadata_csv": ("MEDFILIP_ARCHIVE_METADATA_CSV", "mimic-cxr-2.0.0-metadata.csv(.gz) for the jpg format"),
+    "archive.report_root": ("MEDFILIP_ARCHIVE_REPORT_ROOT", "a separate reports tree (default: root)"),
+    "extractor.backend": ("MEDFILIP_EXTRACTOR", "rules (offline) or openai (any OpenAI-compatible endpoint)"),
+    "extractor.base_url": ("MEDFILIP_LLM_BASE_URL", "the endpoint, e.g. http://host:8000/v1"),
+    "extractor.model": ("MEDFILIP_LLM_MODEL", "the LLM's model name"),
+    "extractor.api_key_env": ("MEDFILIP_LLM_API_KEY_ENV", "NAME of the variable holding the API key"),
+    "extractor.prompt_dir": ("MEDFILIP_PROMPT_DIR", "folder with system.md and user.md (openai backend)"),
+    "extractor.concurrency": ("MEDFILIP_LLM_CONCURRENCY", "requests in flight"),
+    "extractor.reports_per_request": ("MEDFILIP_LLM_REPORTS_PER_REQUEST", "reports sharing one request"),
+    "extractor.vocabulary_path": ("MEDFILIP_RULES_VOCABULARY", "vocabulary.yaml of the rules backend"),
+    "extractor.temperature": ("MEDFILIP_LLM_TEMPERATURE", "sampling temperature"),
+    "extractor.max_tokens": ("MEDFILIP_LLM_MAX_TOKENS", "answer length limit"),
+    "extractor.response_format": ("MEDFILIP_LLM_RESPONSE_FORMAT", "text or json_object"),
+    "extractor.timeout_s": ("MEDFILIP_LLM_TIMEOUT_S", "seconds per request"),
+    "extractor.max_attempts": ("MEDFILIP_LLM_MAX_ATTEMPTS", "tries per report"),
+    "extractor.price_prompt_per_1k": ("MEDFILIP_LLM_PRICE_PROMPT_PER_1K", "USD per 1,000 prompt tokens (cost_usd)"),
+    "extractor.price_completion_per_1k": ("MEDFILIP_LLM_PRICE_COMPLETION_PER_1K",
+                                          "USD per 1,000 completion tokens (cost_usd)"),
+    "training.preset": ("MEDFILIP_TRAINING_PRESET", "training.config PRESETS: demo, paper or reference"),
+    "training.overrides": ("MEDFILIP_TRAINING_OVERRIDES", "TrainConfig fields, e.g. {epochs: 5}"),
+    "training.launcher": ("MEDFILIP_TRAINING_LAUNCHER", "in_process or torchrun"),
+    "training.nproc_per_node": ("MEDFILIP_TRAINING_NPROC_PER_NODE", "GPUs per node for torchrun"),
+    "training.weights_dir": ("MEDFILIP_WEIGHTS", "folder where relative weight file names are looked up "
+                                                 "(default ~/.cache/medfilip/weights)"),
+    "mlflow.tracking_uri": ("MLFLOW_TRACKING_URI", "MLflow tracking server (default: a SQLite store in the data root)"),
+}
+_PATH_KEYS = {"home", "archive.root", "archive.metadata_csv", "archive.report_root",
+              "extractor.vocabulary_path", "extractor.prompt_dir", "training.weights_dir"}
+_MAPPING_KEYS = {"training.overrides"}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ArchiveSettings(_Section):
+    root: Optional[Path] = None  # None: the generated corpus inside the data root
+    image_format: Literal["dicom", "jpg"] = "dicom"
+    metadata_csv: Optional[Path] = None
+    report_root: Optional[Path] = None
+
+    @field_validator("image_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+
+class ExtractorSettings(_Section):
+    """What the file and the environment set; defaults and cross-field checks live in
+    extraction.config (the backend's own contract), applied when the resource builds it."""
+
+    backend: Optional[Literal["rules", "openai"]] = None
+    base_url: Optional[str] = None
+    model: Optional[str] = None
+    api_key_env: Optional[str] = None
+    prompt_dir: Optional[str] = None
+    concurrency: Optional[int] = None
+    reports_per_request: Optional[int] = None
+    vocabulary_path: Optional[str] = None
+    temperature: Optional[float] = None
+    max_tokens: Optional[int] = None
+    response_format: Optional[Literal["text", "json_object"]] = None
+    timeout_s: Optional[float] = None
+    max_attempts: Optional[int] = None
+    price_prompt_per_1k: Optional[float] = None
+    price_completion_per_1k: Optional[float] = None
+
+    @field_validator("backend", "response_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    def set_values(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.model_dump().items() if v is not None}
+
+
+class TrainingSettings(_Section):
+    preset: str = "demo"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    launcher: Literal["in_process", "torchrun"] = "in_process"
+    nproc_per_node: int = Field(1, ge=1)
+    weights_dir: Optional[Path] = None
+
+
+class MlflowSettings(_Section):
+    tracking_uri: str = ""
+
+
+class Settings(_Section):
+    home: Path
+    home_source: str  # "MEDFILIP_HOME", the settings file's path, or "default ./.medfilip"
+    config_file: Optional[Path] = None
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
+    extractor: ExtractorSettings = Field(default_factory=ExtractorSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+
+    @property
+    def layout(self) -> Layout:
+        return _layout_of(self.home)
+
+
+def find_config_file(explicit: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The settings file in use: `explicit`, else $MEDFILIP_CONFIG, else ./medfilip.yaml, else None."""
+    environ = os.environ if environ is None else environ
+    named = explicit or environ.get(CONFIG_ENV, "").strip()
+    if named:
+        path = Path(named).expanduser().resolve()
+        if not path.is_file():
+            raise UserError(f"settings file {path} does not exist",
+                            f"create it (`medfilip init` writes one) or unset {CONFIG_ENV} / drop --config")
+        return path
+    local = Path.cwd() / CONFIG_NAME
+    return local.resolve() if local.is_file() else None
+
+
+def use_config_file(explicit: str | Path | None = None) -> Path | None:
+    """Find the file and export it as MEDFILIP_CONFIG, so that `dagster dev`, its daemon and the runs
+    it launches (other processes, other working folders) read the same file."""
+    path = find_config_file(explicit)
+    if path is not None:
+        os.environ[CONFIG_ENV] = str(path)
+    return path
+
+
+def load_settings(config: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings: the file's values with the environment's on top, validated; a key that is not a
+    setting, or a value that does not parse, is one UserError naming the key, where it came from
+    and the fix."""
+    environ = os.environ if environ is None else environ
+    path = find_config_file(config, environ)
+    values: dict[str, tuple[Any, str]] = {key: (value, str(path)) for key, value in _file_values(path).items()} \
+        if path else {}
+    for key, (env, _) in ENVIRONMENT.items():
+        if environ.get(env, "").strip():
+            raw = environ[env].strip()
+            values[key] = (_from_env_text(key, raw, env), f"${env}")
+    tree: dict[str, Any] = {}
+    for key, (value, _) in values.items():
+        section, _, name = key.rpartition(".")
+        (tree.setdefault(section, {}) if section else tree)[name] = value
+    home_value, source = values.get("home", (None, ""))
+    tree["home"] = Path(home_value).expanduser().resolve() if home_value else Path(DEFAULT_HOME).resolve()
+    tree["home_source"] = ("MEDFILIP_HOME" if source.startswith("$") else source) if home_value \
+        else f"default ./{DEFAULT_HOME}"
+    tree["config_file"] = path
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"])
+        value, where = values.get(key, (None, "settings"))
+        help_text = ENVIRONMENT.get(key, ("", "see `medfilip init --print`"))[1]
+        raise UserError(f"{where}: setting {key} = {value!r} is invalid ({error['msg']})", help_text) from None
+
+
+def _file_values(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})",
+                        "fix the file; `medfilip init --print` shows a valid one") from exc
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} must be a mapping of settings", "see `medfilip init --print` for the format")
+    values = {}
+    for key, value in _flatten(raw).items():
+        if key not in ENVIRONMENT:
+            raise UserError(f"{path}: unknown setting {key!r}", f"use one of: {', '.join(ENVIRONMENT)}")
+        if value is None or value == "":
+            continue
+        if key in _MAPPING_KEYS and not isinstance(value, dict):
+            raise UserError(f"{path}: setting {key} = {value!r} is invalid (not a mapping)", ENVIRONMENT[key][1])
+        values[key] = str((path.parent / Path(str(value)).expanduser()).resolve()) if key in _PATH_KEYS else value
+    return values
+
+
+def _from_env_text(key: str, raw: str, env: str) -> Any:
+    if key in _MAPPING_KEYS:  # the environment can only hold text: JSON there, a YAML mapping in the file
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"${env}: setting {key} = {raw!r} is invalid (not JSON: {exc.msg})",
+                            ENVIRONMENT[key][1]) from None
+        if not isinstance(parsed, dict):
+            raise UserError(f"${env}: setting {key} = {raw!r} is invalid (not a mapping)", ENVIRONMENT[key][1])
+        return parsed
+    return str(Path(raw).expanduser().resolve()) if key in _PATH_KEYS else raw
+
+
+def _flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and name not in _MAPPING_KEYS:
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def template(home: str = DEFAULT_HOME) -> str:
+    """A commented medfilip.yaml: every setting with its environment variable."""
+    env, help_text = ENVIRONMENT["home"]
+    lines = ["# medfilip settings. Each key is also an environment variable (shown), which wins over this file.",
+             "# Relative paths are relative to this file's folder.",
+             f"home: {home}    # {env}: {help_text}"]
+    current = ""
+    for key, (env, help_text) in ENVIRONMENT.items():
+        if "." not in key:
+            continue
+        group, name = key.split(".", 1)
+        if group != current:
+            lines.append(f"# {group}:")
+            current = group
+        lines.append(f"#   {name}: ...    # {env}: {help_text}")
+    return "\n".join(lines) + "\n"
+
+
+def layout(home: Path | str | None = None) -> Layout:
+    """The layout of `home`, else of the configured data root."""
+    return _layout_of(home) if home else load_settings().layout
+
 
 _DAGSTER_YAML = """\
 # Written by medfilip; edit freely, it is not overwritten once present.
@@ -45,55 +287,6 @@ run_monitoring:
 """
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Paths under one MEDFILIP_HOME."""
-
-    home: Path
-
-    @property
-    def data(self) -> Path:
-        return self.home / "data"
-
-    @property
-    def cache(self) -> Path:
-        return self.home / "cache"
-
-    @property
-    def dagster_home(self) -> Path:
-        return self.home / "dagster"
-
-    @property
-    def corpus(self) -> Path:
-        return self.home / "corpus"
-
-    @property
-    def mlflow_db(self) -> Path:
-        return self.home / "mlflow.db"
-
-    @property
-    def mlflow_tracking_uri(self) -> str:
-        return f"sqlite:///{self.mlflow_db}"
-
-    @property
-    def mlflow_artifacts(self) -> Path:
-        return self.home / "mlartifacts"
-
-    def asset_dir(self, asset_name: str) -> Path:
-        return self.data / asset_name
-
-
-def medfilip_home() -> Path:
-    """MEDFILIP_HOME, else `home:` of medfilip.yaml, else ./.medfilip (pipeline/config_file.py)."""
-    from pipeline.config_file import home_and_source
-
-    return home_and_source()[0]
-
-
-def layout(home: Path | str | None = None) -> Layout:
-    return Layout(Path(home).expanduser().resolve() if home else medfilip_home())
-
-
 def prepare_home(home: Path | str | None = None, *, set_dagster_home: bool = True) -> Layout:
     """Create the data root and a telemetry-free Dagster instance config inside it."""
     lay = layout(home)
@@ -103,19 +296,5 @@ def prepare_home(home: Path | str | None = None, *, set_dagster_home: bool = Tru
     if not config.exists():
         write_text(config, _DAGSTER_YAML)
     if set_dagster_home:
-        os.environ["DAGSTER_HOME"] = str(lay.dagster_home)
+        os.environ[DAGSTER_HOME_ENV] = str(lay.dagster_home)
     return lay
-
-
-def patient_salt(home: Path | str | None = None) -> bytes:
-    """Secret salt for patient keys: from the environment, else a file created once (0600).
-
-    Keys must be stable across runs (joins, splits by patient) yet not reversible by anyone
-    who only holds the outputs, hence a per-installation secret rather than a plain hash.
-    """
-    if os.environ.get(SALT_ENV):
-        return os.environ[SALT_ENV].encode()
-    path = layout(home).home / "secrets" / "patient_salt"
-    if not path.exists():
-        write_text(path, secrets.token_hex(32), mode=0o600)
-    return path.read_text().strip().encode()

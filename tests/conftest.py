@@ -13,6 +13,18 @@ _EMPTY_SETTINGS.write_text("# no settings: tests choose their own\n")
 os.environ["MEDFILIP_CONFIG"] = str(_EMPTY_SETTINGS)
 
 
+@pytest.fixture(autouse=True)
+def no_leaked_tracking_uri():
+    """mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI, a user setting here: a test that calls it
+    directly must not point the next test's settings at its own store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty MEDFILIP_HOME with a fixed patient salt."""

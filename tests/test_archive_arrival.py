@@ -9,7 +9,7 @@ import pytest
 
 from assets.ingestion import cxr_images, dicom_index, reports
 from ingestion.layout import archive_shards, has_shard, iter_shard_files, shard_fingerprints, shard_outputs
-from pipeline.resources import ArchiveResource, StorageResource
+from assets.resources import ArchiveResource, StorageResource
 from pipeline.sensors import ARRIVAL_TAG, archive_arrival_sensor
 from tests.dicom_factory import chest_like, mimic_path, write_dicom, write_report
 
@@ -142,7 +142,7 @@ def test_an_image_copied_into_another_shard_is_left_out_of_training_once(home, t
 
     from assets.extraction import llm_extractions, prompts, report_labels, triplets
     from assets.knowledge import knowledge_base, training_texts
-    from pipeline.resources import ExtractorResource
+    from assets.resources import ExtractorResource
 
     archive = tmp_path / "archive"
     add_study(archive, 10000001, 50000001, images=2)

@@ -14,9 +14,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assets.ingestion import register_shards
+from assets.partitions import register_shards
 from ingestion.layout import archive_shards
-from pipeline.settings import REPO_ROOT, layout
+from common.paths import REPO_ROOT
+from pipeline.settings import layout
 from tests.servers import (PostgresUnavailable, deploy_instance, postgres_bin_dir, running_postgres, running_redis, start_server,
                            stop_server, wait_until)
 

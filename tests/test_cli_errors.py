@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.settings import prepare_home
+from tracking.store import resolve_tracking_uri
 
 
 def medfilip(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -57,7 +58,7 @@ def registered(tmp_path: Path) -> Path:
     record = tmp_path / "lineage.json"
     record.write_text('{"checkpoint": "x.pt", "checkpoint_sha256": "ab", "mlflow_run_id": "r", '
                       '"dagster_run_id": "d", "inputs": []}')
-    mlflow.set_tracking_uri(lay.mlflow_tracking_uri)
+    mlflow.set_tracking_uri(resolve_tracking_uri(None, lay.home))
     client = MlflowClient()
     experiment = client.create_experiment("medfilip", artifact_location=lay.mlflow_artifacts.as_uri())
     client.create_registered_model("medfilip")

@@ -14,8 +14,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config_file import SETTINGS, load_config_file, settings
-from pipeline.errors import UserError
+from common.errors import UserError
+from pipeline.settings import ENVIRONMENT, load_settings
 
 
 def medfilip(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -91,31 +91,67 @@ def test_config_option_finds_the_file_from_any_folder_and_the_environment_wins(t
 
 def test_every_setting_reads_from_its_environment_variable(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for key, spec in SETTINGS.items():
-        monkeypatch.delenv(spec.env, raising=False)
-    monkeypatch.delenv("MEDFILIP_CONFIG", raising=False)
-    monkeypatch.setenv("MEDFILIP_ARCHIVE_IMAGE_FORMAT", "JPG")
-    monkeypatch.setenv("MEDFILIP_TRAINING_OVERRIDES", '{"epochs": 2}')
-    monkeypatch.setenv("MEDFILIP_LLM_CONCURRENCY", "3")
-    assert settings() == {"archive.image_format": "jpg", "training.overrides": {"epochs": 2},
-                          "extractor.concurrency": 3}
-    assert len({spec.env for spec in SETTINGS.values()}) == len(SETTINGS)  # one variable per key
+    environ = {"MEDFILIP_ARCHIVE_IMAGE_FORMAT": "JPG", "MEDFILIP_TRAINING_OVERRIDES": '{"epochs": 2}',
+               "MEDFILIP_LLM_CONCURRENCY": "3", "MEDFILIP_WEIGHTS": str(tmp_path / "w"),
+               "MLFLOW_TRACKING_URI": "http://mlflow:5000"}
+    settings = load_settings(environ=environ)
+    assert settings.archive.image_format == "jpg"
+    assert settings.training.overrides == {"epochs": 2}
+    assert settings.extractor.set_values() == {"concurrency": 3}
+    assert settings.training.weights_dir == tmp_path / "w"
+    assert settings.mlflow.tracking_uri == "http://mlflow:5000"
+    assert (settings.home, settings.home_source) == (tmp_path / ".medfilip", "default ./.medfilip")
+    assert len({env for env, _ in ENVIRONMENT.values()}) == len(ENVIRONMENT)  # one variable per key
+
+
+def test_the_environment_wins_over_the_file(tmp_path):
+    path = tmp_path / "medfilip.yaml"
+    path.write_text("home: from-file\nextractor:\n  concurrency: 2\n  backend: openai\n")
+    settings = load_settings(path, environ={"MEDFILIP_LLM_CONCURRENCY": "5"})
+    assert settings.extractor.concurrency == 5 and settings.extractor.backend == "openai"
+    assert (settings.home, settings.home_source) == (tmp_path / "from-file", str(path))
+    settings = load_settings(path, environ={"MEDFILIP_HOME": str(tmp_path / "env")})
+    assert (settings.home, settings.home_source) == (tmp_path / "env", "MEDFILIP_HOME")
 
 
 def test_a_mistake_in_the_file_names_the_key_and_the_fix(tmp_path):
     path = tmp_path / "medfilip.yaml"
     path.write_text("archive:\n  rot: /data\n")
     with pytest.raises(UserError, match=r"(?s)unknown setting 'archive.rot'.*archive.root"):
-        load_config_file(path)
+        load_settings(path, environ={})
     path.write_text("archive:\n  image_format: png\n")
     with pytest.raises(UserError, match=r"archive.image_format = 'png' is invalid"):
-        load_config_file(path)
+        load_settings(path, environ={})
+    path.with_name("empty.yaml").write_text("")
+    with pytest.raises(UserError, match=r"\$MEDFILIP_TRAINING_NPROC_PER_NODE: setting training.nproc_per_node"):
+        load_settings(path.with_name("empty.yaml"), environ={"MEDFILIP_TRAINING_NPROC_PER_NODE": "two"})
 
 
 def test_relative_paths_are_relative_to_the_file(tmp_path):
     path = tmp_path / "site" / "medfilip.yaml"
     path.parent.mkdir()
     path.write_text("home: ../root\nextractor:\n  prompt_dir: prompts/mine\n")
-    values = load_config_file(path)
-    assert values["home"] == str(tmp_path / "root")
-    assert values["extractor.prompt_dir"] == str(tmp_path / "site" / "prompts" / "mine")
+    settings = load_settings(path, environ={})
+    assert settings.home == tmp_path / "root"
+    assert settings.extractor.prompt_dir == str(tmp_path / "site" / "prompts" / "mine")
+
+
+def test_a_resource_field_wins_over_the_file_and_the_environment(tmp_path, monkeypatch):
+    """Definitions fill the resources from the settings once; from then on a resource's field (run
+    config in the launchpad) is the only override: no resource method reads the environment."""
+    from pipeline.definitions import build_definitions
+
+    path = tmp_path / "medfilip.yaml"
+    path.write_text(f"home: {tmp_path / 'file-home'}\narchive:\n  root: {tmp_path / 'file-archive'}\n"
+                    "extractor:\n  backend: rules\n")
+    monkeypatch.setenv("MEDFILIP_ARCHIVE_ROOT", str(tmp_path / "env-archive"))
+    defs = build_definitions(load_settings(path))
+    storage, archive = defs.resources["storage"], defs.resources["archive"]
+    assert archive.image_root(storage) == tmp_path / "env-archive"  # environment over file
+    assert storage.layout().home == tmp_path / "file-home"
+    chosen = archive.model_copy(update={"root": str(tmp_path / "field-archive")})  # what run config does
+    assert chosen.image_root(storage) == tmp_path / "field-archive"
+    monkeypatch.setenv("MEDFILIP_ARCHIVE_ROOT", str(tmp_path / "later"))  # read once, never again
+    monkeypatch.setenv("MEDFILIP_HOME", str(tmp_path / "later-home"))
+    assert archive.image_root(storage) == tmp_path / "env-archive"
+    assert storage.layout().home == tmp_path / "file-home"

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from test_train_loop import PROMPTS, category_targets, tiny_config, write_fixture
 from training.distributed import init_distributed, shutdown_distributed
 from training.loop import train
-from training.model import create_model
+from medfilip_model.dual_encoder import create_model
 
 
 # SGD, the paper's optimiser: its update is linear in the gradient. (Adam divides by the root of the

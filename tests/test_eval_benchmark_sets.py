@@ -179,7 +179,7 @@ def test_paired_retrieval_recall_counts_only_the_own_report():
 
 
 def test_report_retrieval_runs_a_model_on_the_pairs(tmp_path):
-    from training.model import create_model, create_tokenizer
+    from medfilip_model.dual_encoder import create_model, create_tokenizer
 
     files = _mimic_archive(tmp_path)
     pairs = mimic_cxr_report_pairs(files["split"], files["reports"], files["images"])

@@ -16,7 +16,7 @@ from evaluation.datasets import (
     siim_pneumothorax, vinbigdata,
 )
 from evaluation.splits import label_fraction, patient_split
-from training.knowledge import load_knowledge
+from knowledge.base import load_knowledge
 
 REAL = Path(torchxrayvision.__file__).parent / "data"
 

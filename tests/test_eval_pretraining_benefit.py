@@ -39,16 +39,17 @@ def trained(tmp_path_factory) -> tuple[str, Path]:
 
 def _pretrain(tmp: Path) -> tuple[str, Path]:
     from corpus.generate import generate_corpus
-    from assets.ingestion import register_shards
+    from assets.partitions import register_shards
     from ingestion.layout import SHARDS
     from pipeline.definitions import defs
     from pipeline.demo import DEMO_OPS_CONFIG
-    from pipeline.resources import ArchiveResource, ExtractorResource, MLflowResource, StorageResource
+    from assets.resources import ArchiveResource, ExtractorResource, MLflowResource, StorageResource, TrainingResource
 
     archive = tmp / "archive"
     generate_corpus(archive, studies=1500, seed=21, image_size=96, eval_images=1200)
     resources = {"storage": StorageResource(home=str(tmp / "home")), "archive": ArchiveResource(root=str(archive)),
-                 "extractor": ExtractorResource(), "mlflow_tracking": MLflowResource()}
+                 "extractor": ExtractorResource(), "mlflow_tracking": MLflowResource(),
+                 "training": TrainingResource()}
     ingest = dg.define_asset_job("ingest", selection=dg.AssetSelection.groups("ingestion"))
     model = dg.define_asset_job("model", selection=dg.AssetSelection.groups("extraction", "knowledge", "training")
                                 | dg.AssetSelection.assets("prompts"))

@@ -17,8 +17,8 @@ from evaluation.retrieval import evaluate_retrieval, prompt_gallery, retrieval_m
 from evaluation.splits import patient_split
 from evaluation.segmentation import SegmentationConfig, build_segmenter, dice_iou, run_segmentation, train_segmenter
 from evaluation.zero_shot import evaluate_zero_shot, unseen_categories
-from training.knowledge import load_knowledge
-from training.model import create_model
+from knowledge.base import load_knowledge
+from medfilip_model.dual_encoder import create_model
 
 
 # One torch thread: small models run faster, and results do not depend on the core count.

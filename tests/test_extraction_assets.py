@@ -10,13 +10,14 @@ from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from assets.extraction import llm_extractions, prompts, report_labels, triplets
-from assets.ingestion import register_shards, reports
+from assets.ingestion import reports
+from assets.partitions import register_shards
 from common.storage import file_sha256
-from pipeline.resources import ArchiveResource, ExtractorResource, StorageResource
+from assets.resources import ArchiveResource, ExtractorResource, StorageResource
 from pipeline.sensors import prompt_change_sensor
-from pipeline.settings import PROMPTS_DIR
+from common.paths import PROMPTS_DIR
 from tests.archive_factory import build_archive
-from tests.openai_stub_server import StubServer
+from testkit.openai_stub import StubServer
 
 ALL = [prompts, reports, llm_extractions, triplets]
 CHEXPERT = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",

@@ -12,7 +12,7 @@ from extraction.backends import make_backend
 from extraction.extract import extract_reports
 from extraction.prompts import split_batch_answer
 from extraction.parse import parse_answer
-from tests.openai_stub_server import StubServer
+from testkit.openai_stub import StubServer
 
 KEY_ENV = "MEDFILIP_TEST_LLM_KEY"
 CATEGORIES = ["effusion", "pneumothorax", "atelectasis", "edema", "nodule", "mass", "fracture", "hernia",
@@ -80,7 +80,7 @@ def test_a_missing_or_doubtful_part_is_asked_again_alone(tmp_path, mode, alone):
 
 
 def test_batching_at_least_halves_the_tokens_per_report_at_equal_answers(tmp_path):
-    from tests.iu_gold import load_iu_texts
+    from testkit.iu_gold import load_iu_texts
 
     texts = list(load_iu_texts().values())[:48]
     with StubServer() as server:

@@ -19,7 +19,7 @@ import pytest
 from extraction.backends import make_backend
 from extraction.extract import extract_reports
 from extraction.prompts import default_prompt_dir
-from tests.openai_stub_server import StubServer
+from testkit.openai_stub import StubServer
 
 API_KEY_ENV = "MEDFILIP_TEST_LLM_KEY"
 REPO_ROOT = Path(__file__).resolve().parents[1]

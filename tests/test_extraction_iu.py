@@ -14,7 +14,7 @@ from extraction.labels import LabelMapError, labels_table, load_label_map, study
 from extraction.rules import RulesBackend
 from extraction.vocabulary import load_vocabulary
 from ingestion.reports import parse_report
-from tests.iu_gold import load_gold, load_iu_texts, rules_labels, score
+from testkit.iu_gold import load_gold, load_iu_texts, rules_labels, score
 
 
 @pytest.fixture(scope="module")

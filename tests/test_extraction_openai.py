@@ -9,7 +9,7 @@ import pytest
 
 from extraction.backends import make_backend
 from extraction.extract import extract_reports
-from tests.openai_stub_server import COMPLETION_TOKENS, StubServer
+from testkit.openai_stub import COMPLETION_TOKENS, StubServer
 
 API_KEY_ENV = "MEDFILIP_TEST_LLM_KEY"
 

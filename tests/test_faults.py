@@ -26,7 +26,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from assets.extraction import llm_extractions, triplets
-from assets.ingestion import cxr_images, dicom_index, register_shards, reports
+from assets.ingestion import cxr_images, dicom_index, reports
+from assets.partitions import register_shards
 from common.paths import REPO_ROOT
 from common.storage import write_table
 from extraction.backends import make_backend
@@ -35,11 +36,12 @@ from extraction.extract import UNREADABLE_ANSWER_ERROR, UNUSABLE_REPORT_ERROR, e
 from extraction.interface import EndpointUnavailable
 from ingestion.reports import REPORT_SCHEMA, report_row
 from ingestion.shards import index_shard
-from pipeline.resources import ArchiveResource, ExtractorResource, StorageResource
+from assets.resources import ArchiveResource, ExtractorResource, StorageResource
 from pipeline.run_health import HOST_TAG, PID_TAG, sweep_dead_runs
 from tests.archive_factory import build_archive
 from tests.dicom_factory import mimic_path, write_dicom
-from tests.openai_stub_server import StubServer
+from testkit.openai_stub import StubServer
+from tracking.store import resolve_tracking_uri
 
 KEY_ENV = "MEDFILIP_TEST_LLM_KEY"
 
@@ -129,15 +131,19 @@ def test_an_archive_without_pnn_folders_fails_and_a_missing_shard_is_only_empty(
 
 
 def test_an_llm_run_config_merges_onto_the_environment_never_falls_back_to_rules(home, tmp_path, monkeypatch):
+    from pipeline.definitions import build_definitions
+    from pipeline.settings import load_settings
+
     write_reports_shard(home, "p10", ["Mild cardiomegaly.", "No effusion."])
     with StubServer() as server, dg.instance_for_test() as instance:
         monkeypatch.setenv("MEDFILIP_EXTRACTOR", "openai")
         monkeypatch.setenv("MEDFILIP_LLM_BASE_URL", server.base_url)
         monkeypatch.setenv("MEDFILIP_LLM_MODEL", "stub-llm")
         monkeypatch.setenv("MEDFILIP_LLM_API_KEY_ENV", KEY_ENV)
+        resources = build_definitions(load_settings()).resources
         result = dg.materialize([llm_extractions], instance=instance, selection=["llm_extractions"],
-                                resources={"storage": StorageResource(home=str(home)),
-                                           "extractor": ExtractorResource(timeout_s=3.0)})
+                                resources={"storage": resources["storage"], "extractor": resources["extractor"]},
+                                run_config={"resources": {"extractor": {"config": {"timeout_s": 3.0}}}})
         assert result.success and len(server.requests) == 2
     table = pq.read_table(home / "data" / "llm_extractions" / "llm_extractions.parquet")
     assert set(table.column("backend").to_pylist()) == {"openai"}
@@ -353,18 +359,18 @@ def test_a_killed_cli_run_is_marked_failed_frees_its_pool_slot_and_ends_its_mlfl
                 time.sleep(0.1)
             assert run is not None and run.tags[PID_TAG] == str(child.pid) and run.tags[HOST_TAG] == socket.gethostname()
             assert instance.event_log_storage.get_concurrency_info("extraction_cache").claimed_slots
-            mlflow.set_tracking_uri(lay.mlflow_tracking_uri)
+            mlflow.set_tracking_uri(resolve_tracking_uri(None, lay.home))
             with mlflow.start_run(tags={"dagster.run_id": run.run_id}) as tracked:  # as the training asset tags its runs
                 pass
             mlflow.tracking.MlflowClient().update_run(tracked.info.run_id, status="RUNNING")
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
 
-            assert sweep_dead_runs(instance, lay.mlflow_tracking_uri) == [run.run_id]
+            assert sweep_dead_runs(instance, resolve_tracking_uri(None, lay.home)) == [run.run_id]
             assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
             assert not instance.event_log_storage.get_concurrency_info("extraction_cache").claimed_slots
             assert mlflow.get_run(tracked.info.run_id).info.status == "KILLED"
-            assert sweep_dead_runs(instance, lay.mlflow_tracking_uri) == []
+            assert sweep_dead_runs(instance, resolve_tracking_uri(None, lay.home)) == []
 
             # The re-run starts at once and asks only what the killed run had not committed.
             answered_before = len(server.answered)

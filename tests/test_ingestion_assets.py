@@ -5,9 +5,10 @@ import pytest
 import numpy as np
 import pyarrow.parquet as pq
 
-from assets.ingestion import cxr_images, dicom_index, register_shards, reports
+from assets.ingestion import cxr_images, dicom_index, reports
+from assets.partitions import register_shards
 from pipeline.definitions import defs
-from pipeline.resources import ArchiveResource, StorageResource
+from assets.resources import ArchiveResource, StorageResource
 from tests.archive_factory import build_archive
 from tests.dicom_factory import PATIENT_ID, PATIENT_NAME
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from training.knowledge import DEFAULT_KNOWLEDGE_PATH, NO_FINDING, load_knowledge, missing_descriptions
+from knowledge.base import DEFAULT_KNOWLEDGE_PATH, NO_FINDING, load_knowledge, missing_descriptions
 
 PAPER_CATEGORIES = [
     "effusion", "cardiomegaly", "pneumothorax", "nodule", "consolidation", "pneumonia", "atelectasis",

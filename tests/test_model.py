@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.model import (create_model, create_tokenizer, efficientnet_lite0_state_dict, encode_frozen_texts,
+from medfilip_model.dual_encoder import (create_model, create_tokenizer, efficientnet_lite0_state_dict, encode_frozen_texts,
                             list_configs, load_config)
 
 

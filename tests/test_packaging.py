@@ -51,8 +51,8 @@ import pipeline
 from common.paths import KNOWLEDGE_DIR, PROMPTS_DIR
 from extraction.prompts import default_prompt_dir, load_prompt
 from extraction.vocabulary import load_vocabulary
-from training.knowledge import load_knowledge
-from training.model import list_configs
+from knowledge.base import load_knowledge
+from medfilip_model.dual_encoder import list_configs
 print(json.dumps({"pipeline": pipeline.__file__, "knowledge": str(KNOWLEDGE_DIR), "prompts": str(PROMPTS_DIR),
                   "categories": len(load_vocabulary().category_names), "described": len(load_knowledge().to_arrow()),
                   "prompt": load_prompt(default_prompt_dir()).version, "configs": list_configs()}))

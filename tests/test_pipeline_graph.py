@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from assets.ingestion import register_shards
+from assets.partitions import register_shards
 from pipeline.definitions import defs
-from pipeline.resources import ArchiveResource, ExtractorResource, MLflowResource, StorageResource
+from assets.resources import ArchiveResource, ExtractorResource, MLflowResource, StorageResource, TrainingResource
 from corpus.generate import generate_corpus
 from ingestion.layout import SHARDS
 
@@ -28,7 +28,8 @@ def graph(tmp_path_factory):
     home, archive = tmp / "home", tmp / "archive"
     generate_corpus(archive, studies=30, seed=3, image_size=96, eval_images=24)
     resources = {"storage": StorageResource(home=str(home)), "archive": ArchiveResource(root=str(archive)),
-                 "extractor": ExtractorResource(), "mlflow_tracking": MLflowResource()}
+                 "extractor": ExtractorResource(), "mlflow_tracking": MLflowResource(),
+                 "training": TrainingResource()}
     graph_defs = dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, resources=resources)
     ingest = dg.define_asset_job("ingest", selection=dg.AssetSelection.groups("ingestion"))
     rest = dg.define_asset_job("rest", selection=dg.AssetSelection.groups("extraction", "knowledge", "training",
@@ -91,7 +92,7 @@ def test_pretrained_model_is_an_mlflow_run_with_lineage_and_a_registered_version
     assert lineage["checkpoint_sha256"] == meta["sha256"].value
 
     # One digest per dataset: MLflow's input, the Dagster metadata and `medfilip lineage` agree.
-    from pipeline.lineage import dataset_digests
+    from tracking.lineage import dataset_digests
 
     printed = dataset_digests(lineage["inputs"])
     assert inputs == {name: printed[name] for name in inputs}
@@ -125,8 +126,8 @@ model = mlflow.pyfunc.load_model("models:/medfilip/{meta['model_version'].value}
 text = model.predict(pd.DataFrame({{"text": ["small left effusion", "no pneumothorax"]}}))
 png = io.BytesIO(); Image.fromarray(np.full((80, 80), 128, np.uint8)).save(png, format="PNG")
 image = model.predict(pd.DataFrame({{"image": [png.getvalue()]}}))
-import training.model
-print(text.shape, image.shape, text.dtype, training.model.__file__)
+import medfilip_model.dual_encoder
+print(text.shape, image.shape, text.dtype, medfilip_model.dual_encoder.__file__)
 """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -134,7 +135,7 @@ print(text.shape, image.shape, text.dtype, training.model.__file__)
     assert done.returncode == 0, done.stderr[-3000:]
     module = done.stdout.strip().split()[-1]
     assert "(2, 64)" in done.stdout and "(1, 64)" in done.stdout and "float32" in done.stdout
-    assert "/code/training/model.py" in module, module  # the model's own copy, not the repository's
+    assert "/code/medfilip_model/dual_encoder.py" in module, module  # the model's own copy, not the repository's
     assert "cloudpickle" not in done.stderr and "type hint" not in done.stderr
 
 
@@ -247,17 +248,16 @@ def test_pretraining_comparisons_carry_seeds_intervals_and_verdicts(graph):
 
 def test_reference_preset_trains_on_the_generated_corpus_from_local_weight_files(graph, tmp_path, monkeypatch):
     """The `reference` preset end to end: report_labels -> training_texts (the published wording and
-    report filter) -> SSM -> pretrained_model, weights from files under $MEDFILIP_WEIGHTS (random
-    torchvision ResNet-50 and a CLIP dict with a narrow text tower, saved here). Runs last: it
-    rewrites the shared home's texts."""
+    report filter) -> SSM -> pretrained_model, weights from files under the storage resource's
+    weights_dir (training.weights_dir / MEDFILIP_WEIGHTS; random torchvision ResNet-50 and a CLIP
+    dict with a narrow text tower, saved here). Runs last: it rewrites the shared home's texts."""
     import torch
     import torchvision
     from open_clip.model import CLIP
 
-    from training.model import load_config
+    from medfilip_model.dual_encoder import load_config
 
     text = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
-    monkeypatch.setenv("MEDFILIP_WEIGHTS", str(tmp_path))
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "resnet50-0676ba61.pth")
     torch.save(CLIP(32, {"image_size": 64, "patch_size": 32, "width": 64, "layers": 1, "head_width": 32}, text,
                     quick_gelu=True).state_dict(), tmp_path / "ViT-B-32.pt")
@@ -272,7 +272,8 @@ def test_reference_preset_trains_on_the_generated_corpus_from_local_weight_files
                  "max_steps": 2, "device": "cpu"}
     result = defs_.resolve_job_def("reference_train").execute_in_process(
         instance=graph["instance"],
-        run_config={"ops": {"training_texts": {"config": {"val_fraction": 0.3, "wording": "reference",
+        run_config={"resources": {"storage": {"config": {"home": str(graph["home"]), "weights_dir": str(tmp_path)}}},
+                    "ops": {"training_texts": {"config": {"val_fraction": 0.3, "wording": "reference",
                                                           "report_filter": "reference"}},
                             "pretrained_model": {"config": {"preset": "reference",
                                                             "overrides_json": json.dumps(overrides)}}}})

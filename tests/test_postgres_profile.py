@@ -18,7 +18,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from pipeline.settings import REPO_ROOT
+from common.paths import REPO_ROOT
 from tests.servers import (PostgresUnavailable, deploy_instance, free_port, http_ok, postgres_bin_dir, running_postgres,
                            start_server, stop_server, wait_until)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.settings import PROMPTS_DIR, REPO_ROOT
-from tests.openai_stub_server import StubServer
+from common.paths import PROMPTS_DIR, REPO_ROOT
+from testkit.openai_stub import StubServer
 from tests.servers import free_port, http_ok, start_server, stop_server, wait_until
 from tests.test_ui import ASSET_NODES, LAUNCH_RUN, finished_status, graphql
 

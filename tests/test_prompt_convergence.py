@@ -10,7 +10,7 @@ import dagster as dg
 from assets.extraction import llm_extractions, prompts, report_labels, triplets
 from assets.ingestion import reports
 from common.paths import KNOWLEDGE_DIR
-from pipeline.resources import ArchiveResource, ExtractorResource, StorageResource
+from assets.resources import ArchiveResource, ExtractorResource, StorageResource
 from pipeline.sensors import prompt_change_sensor
 from tests.archive_factory import build_archive
 

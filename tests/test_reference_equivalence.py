@@ -28,13 +28,13 @@ from torch import nn
 
 from training.config import PRESETS, TrainConfig
 from training.distributed import init_distributed
-from training.knowledge import load_knowledge
+from knowledge.base import load_knowledge
 from training.loop import _Run, _StepTimer
 from training.data import make_loader
-from training.model import create_tokenizer, load_config
-from training.ssm import SSM, build_ssm, ssm_targets_fn
-from training.text_embedding import default_sentence_model_path, write_text_embeddings
-from training.texts import build_training_texts
+from medfilip_model.dual_encoder import create_tokenizer, load_config
+from knowledge.ssm import SSM, build_ssm, ssm_targets_fn
+from knowledge.embeddings import default_sentence_model_path, write_text_embeddings
+from knowledge.texts import build_training_texts
 
 # Labels as GPT-IE writes them: [severity, location, category], severity "no" for a negation.
 REPORTS = {

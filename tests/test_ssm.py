@@ -3,8 +3,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from training.knowledge import load_knowledge
-from training.ssm import (
+from knowledge.base import load_knowledge
+from knowledge.ssm import (
     SSM,
     VALUES_FILE,
     batch_targets,
@@ -16,8 +16,8 @@ from training.ssm import (
     plot_block_heatmap,
     run_checks,
 )
-from training.text_embedding import embed_texts
-from training.texts import compose_text
+from knowledge.embeddings import embed_texts
+from knowledge.texts import compose_text
 
 CATEGORIES = ["effusion", "pneumothorax", "edema", "nodule", "no finding"]
 

@@ -13,7 +13,7 @@ from training.data import Augmentation, CxrTextStream, TextTokens, build_split_i
 from training.config import TrainConfig
 from training.loop import train
 from training.optim import lr_factor
-from training.model import create_model, create_tokenizer
+from medfilip_model.dual_encoder import create_model, create_tokenizer
 
 CATEGORIES = ["effusion", "cardiomegaly", "pneumothorax", "no finding"]
 PROMPTS = {c: f"{c}. finding" for c in CATEGORIES[:3]}

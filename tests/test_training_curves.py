@@ -1,11 +1,7 @@
 """The training curves MLflow shows are readable: both axes labelled and every label inside the
 saved image (issue 16: training_curves.png cut its axis labels)."""
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-from training.tracking import curves_figure  # noqa: E402
+from tracking.training_runs import curves_figure
 
 
 def test_curves_have_labelled_axes_that_fit_in_the_figure():

@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from training.knowledge import NO_FINDING, load_knowledge
-from training.text_embedding import embed_texts, load_text_embeddings, model_digest, write_text_embeddings
-from training.texts import build_training_texts, compose_text
+from knowledge.base import NO_FINDING, load_knowledge
+from knowledge.embeddings import embed_texts, load_text_embeddings, model_digest, write_text_embeddings
+from knowledge.texts import build_training_texts, compose_text
 
 KB_YAML = """
 categories:
@@ -227,8 +227,8 @@ def test_drop_negated_keeps_present_findings_and_falls_back_to_no_finding(tmp_pa
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from training.knowledge import load_knowledge
-    from training.texts import build_training_texts
+    from knowledge.base import load_knowledge
+    from knowledge.texts import build_training_texts
 
     triplets = pa.table({"study_id": ["1", "1", "2"], "severity": ["small", "no", "no"],
                          "location": ["left", "na", "na"], "category": ["effusion", "edema", "effusion"],

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.settings import REPO_ROOT
+from common.paths import REPO_ROOT
 from tests.servers import Server, free_port, http_ok, run_in_own_group, start_server, stop_server, wait_until
 
 pytestmark = pytest.mark.slow  # > 30 s: see pyproject's markers

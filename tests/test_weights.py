@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.model import create_model, create_tokenizer, load_config
-from training.weights import WeightsMismatch, load_weights
+from medfilip_model.dual_encoder import create_model, create_tokenizer, load_config
+from medfilip_model.weights import WeightsMismatch, load_weights
 
 TEXT = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
 

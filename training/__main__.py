@@ -13,11 +13,11 @@ import logging
 import sys
 from pathlib import Path
 
-from training.config import PRESETS, TrainConfig
+from training.config import PRESETS, TrainConfig, resolve_train_config
 from training.distributed import init_distributed, shutdown_distributed
 from training.loop import train
 from training.pipes_reporting import pipes_callback
-from training.texts import zero_shot_prompts
+from knowledge.texts import zero_shot_prompts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_train_config(args.config, args.set)
     env = init_distributed(config.device)
     try:
-        from training.ssm import SSM, ssm_targets_fn
+        from knowledge.ssm import SSM, ssm_targets_fn
 
         targets_fn = ssm_targets_fn(SSM.load(args.ssm))
         prompts = _prompts(args, Path(args.texts))
@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
                     report(kind, step, metrics)
 
             result = train(config, args.images, args.texts, args.out, targets_fn, prompts=prompts,
-                           resume=args.resume, callback=callback if env.is_main else None, env=env)
+                           resume=args.resume, callback=callback if env.is_main else None, env=env,
+                           weights_dir=Path(args.weights_dir) if args.weights_dir else None)
         if env.is_main:
             print(json.dumps({"last": str(result.last_checkpoint), "best": str(result.best_checkpoint),
                               "steps": result.steps, "epochs": result.epochs_completed,
@@ -48,14 +49,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def load_train_config(config: str, overrides: list[str] | None = None) -> TrainConfig:
-    data = dict(PRESETS[config]) if config in PRESETS else json.loads(Path(config).read_text())
+    """CFG plus `--set key=value` items (values parsed as JSON where they are JSON)."""
+    values = {}
     for item in overrides or []:
         key, _, value = item.partition("=")
         try:
-            data[key] = json.loads(value)
+            values[key] = json.loads(value)
         except json.JSONDecodeError:
-            data[key] = value
-    return TrainConfig.model_validate(data)
+            values[key] = value
+    return resolve_train_config(config, values)
 
 
 def _prompts(args: argparse.Namespace, texts_dir: Path) -> dict[str, str] | None:
@@ -63,7 +65,7 @@ def _prompts(args: argparse.Namespace, texts_dir: Path) -> dict[str, str] | None
         return json.loads(Path(args.prompts).read_text())
     if args.no_zero_shot:
         return None
-    from training.knowledge import load_knowledge
+    from knowledge.base import load_knowledge
 
     kb = load_knowledge(args.knowledge) if args.knowledge else load_knowledge()
     return zero_shot_prompts(kb, texts_dir)
@@ -80,12 +82,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     parser.add_argument("--images", required=True, help="folder of cxr_images Parquet shards")
     parser.add_argument("--texts", required=True, help="folder with texts.parquet and image_texts.parquet")
-    parser.add_argument("--ssm", required=True, help="SSM folder (training.ssm)")
+    parser.add_argument("--ssm", required=True, help="SSM folder (knowledge.ssm)")
     parser.add_argument("--out", required=True, help="output folder (checkpoints/)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     parser.add_argument("--prompts", help="JSON {category: prompt} for the zero-shot AUC")
     parser.add_argument("--knowledge", help="knowledge base YAML for the default prompts")
     parser.add_argument("--no-zero-shot", action="store_true")
+    parser.add_argument("--weights-dir", help="folder where relative weight file names are looked up "
+                                              "(default ~/.cache/medfilip/weights)")
     return parser.parse_args(argv)
 
 

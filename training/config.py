@@ -15,8 +15,8 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: str = "demo"  # a name in training/model_configs or a JSON path
-    pretrained: str | None = None  # local file only, see training.model.create_model
+    model: str = "demo"  # a name in medfilip_model/configs or a JSON path
+    pretrained: str | None = None  # local file only, see medfilip_model.dual_encoder.create_model
     loss: Literal["ssm_scaled", "ssm_cosine", "infonce"] = "ssm_scaled"
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=1)  # global images per micro-step, all ranks together
@@ -57,7 +57,7 @@ class TrainConfig(BaseModel):
     # Upper bound of exp(logit_scale) after each step (as CLIP); None leaves it free (the published code).
     max_logit_scale: float | None = 100.0
     # Local weight files for the towers (override the model config's image_weights / text_weights);
-    # a relative path is looked up under $MEDFILIP_WEIGHTS (see training.weights).
+    # a relative path is looked up under $MEDFILIP_WEIGHTS (see medfilip_model.weights).
     image_weights: str | None = None
     text_weights: str | None = None
 
@@ -94,3 +94,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(model="demo", optimizer="adamw", lr=3e-3, weight_decay=1e-4, batch_size=64, epochs=8,
                  schedule="cosine", warmup_steps=10, loss="ssm_cosine", text_sampling="positive_first"),
 }
+
+
+def resolve_train_config(preset_or_path: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A preset name (or a TrainConfig JSON file) with field overrides on top, validated: the one
+    merge used by the `pretrained_model` asset and by `python -m training`."""
+    import json
+    from pathlib import Path
+
+    if preset_or_path in PRESETS:
+        data = dict(PRESETS[preset_or_path])
+    elif Path(preset_or_path).is_file():
+        data = json.loads(Path(preset_or_path).read_text())
+    else:
+        raise ValueError(f"training preset {preset_or_path!r} is unknown: use one of {', '.join(PRESETS)} "
+                         f"or a TrainConfig JSON file")
+    return TrainConfig.model_validate({**data, **(overrides or {})})

@@ -10,7 +10,7 @@ import torch
 
 from training.checkpoint import atomic_torch_save
 from training.distributed import DistEnv
-from training.model import MedFilipModel, encode_frozen_texts
+from medfilip_model.dual_encoder import MedFilipModel, encode_frozen_texts
 
 log = logging.getLogger("training")
 

@@ -30,10 +30,10 @@ from training.data import Augmentation, Batch, CxrTextStream, TextTokens, build_
 from training.distributed import DistEnv, all_reduce_mean, gather_features, gather_objects, init_distributed
 from training.frozen_text import load_or_encode_frozen_texts
 from training.loss import MedFilipLoss
-from training.model import MedFilipModel, create_model, create_tokenizer
+from medfilip_model.dual_encoder import MedFilipModel, create_model, create_tokenizer
 from training.optim import build_optimizer, build_scheduler
-from training.texts import IMAGE_TEXTS_FILE, TEXTS_FILE
-from training.zero_shot import TextCategories, mean_auc, per_class_auc, prompt_embeddings
+from knowledge.texts import IMAGE_TEXTS_FILE, TEXTS_FILE
+from medfilip_model.zero_shot import TextCategories, mean_auc, per_class_auc, prompt_embeddings
 
 log = logging.getLogger("training")
 
@@ -63,6 +63,7 @@ def train(
     resume: bool = False,
     callback: MetricsCallback | None = None,
     env: DistEnv | None = None,
+    weights_dir: Path | None = None,
 ) -> TrainResult:
     """Trains `config.model` on the train split, validating on the val split each epoch.
 
@@ -76,7 +77,8 @@ def train(
     if env.is_main:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
-    run = _Run(config, Path(images_dir), Path(texts_dir), targets_fn, prompts, env, out_dir / "frozen_text")
+    run = _Run(config, Path(images_dir), Path(texts_dir), targets_fn, prompts, env, out_dir / "frozen_text",
+               weights_dir)
 
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": -math.inf, "history": []}
     if resume and (checkpoint_dir / LAST).is_file():
@@ -114,7 +116,8 @@ class _Run:
     """One training run's objects: model (DDP-wrapped), optimiser, schedule, data, loss."""
 
     def __init__(self, config: TrainConfig, images_dir: Path, texts_dir: Path, targets_fn: TargetsFn,
-                 prompts: Mapping[str, str] | None, env: DistEnv, frozen_text_dir: Path | None = None):
+                 prompts: Mapping[str, str] | None, env: DistEnv, frozen_text_dir: Path | None = None,
+                 weights_dir: Path | None = None):
         self.config, self.env, self.targets_fn, self.prompts = config, env, targets_fn, prompts
         cuda = env.device.type == "cuda"
         self.amp_dtype = {"amp_fp16": torch.float16, "amp_bf16": torch.bfloat16}.get(config.precision) if cuda else None
@@ -122,7 +125,8 @@ class _Run:
             torch.backends.cudnn.benchmark = True
 
         self.model: MedFilipModel = create_model(config.model, config.pretrained, image_weights=config.image_weights,
-                                                 text_weights=config.text_weights).to(env.device)
+                                                 text_weights=config.text_weights,
+                                                 weights_dir=weights_dir).to(env.device)
         self.tokenizer = create_tokenizer(self.model.config)
         self.tokens = TextTokens(texts_dir / TEXTS_FILE, self.tokenizer)
         self.categories = TextCategories(texts_dir / TEXTS_FILE)
@@ -288,7 +292,7 @@ class _Run:
             with self._autocast():
                 prompt_features = prompt_embeddings(model.encode_text, self.tokenizer, self.prompts, self.env.device)
             scores = (torch.cat(features) @ prompt_features.float().T).cpu().numpy()
-            per_class = per_class_auc(scores, self.categories.labels(image_text_ids, categories), categories)
+            per_class = per_class_auc(self.categories.labels(image_text_ids, categories), scores, categories)
             metrics["zero_shot_mean_auc"] = mean_auc(per_class)
             metrics.update({f"auc/{name}": value for name, value in per_class.items()})
         self.ddp_model.train()

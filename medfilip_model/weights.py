@@ -16,7 +16,8 @@ A tensor of the source that is not loaded, and a tensor of the target part that 
 (left at its random initialisation), fail the load with the list of their names, unless a pattern
 of the model config's `weights_not_loaded` (fnmatch, in the model's `clip.` namespace without the
 prefix, e.g. `"text_projection"`, `"visual.head.*"`) names them. Relative file names are looked up
-under $MEDFILIP_WEIGHTS (default ~/.cache/medfilip/weights).
+under the `weights_dir` the caller passes (the `training.weights_dir` setting, MEDFILIP_WEIGHTS),
+default ~/.cache/medfilip/weights.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 Part = Literal["image", "text", "all"]
-WEIGHTS_ENV = "MEDFILIP_WEIGHTS"
+DEFAULT_WEIGHTS_DIR = Path.home() / ".cache" / "medfilip" / "weights"
 # Not weights: OpenAI's scalars, and the causal mask a TorchScript archive keeps with its buffers.
 _OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 _GRID_EMBEDDINGS = ("visual.positional_embedding", "visual.attnpool.positional_embedding")
@@ -61,20 +62,17 @@ class LoadReport:
                 f" {len(self.named_not_loaded)} not loaded as configured")
 
 
-def weights_dir() -> Path:
-    return Path(os.environ.get(WEIGHTS_ENV) or Path.home() / ".cache" / "medfilip" / "weights")
-
-
-def resolve_weights_file(name: str | os.PathLike) -> Path:
-    """An existing path, or a name under weights_dir(); a missing file is a one-line error."""
+def resolve_weights_file(name: str | os.PathLike, weights_dir: Path | None = None) -> Path:
+    """An existing path, or a name under `weights_dir`; a missing file is a one-line error."""
+    folder = Path(weights_dir) if weights_dir else DEFAULT_WEIGHTS_DIR
     path = Path(name).expanduser()
     if path.exists():
         return path
-    if not path.is_absolute() and (weights_dir() / path).exists():
-        return weights_dir() / path
+    if not path.is_absolute() and (folder / path).exists():
+        return folder / path
     raise FileNotFoundError(
-        f"weight file {str(name)!r} not found (looked in {weights_dir()}, set ${WEIGHTS_ENV} to the folder that"
-        f" holds it, or override image_weights/text_weights with null to start from random weights)")
+        f"weight file {str(name)!r} not found (looked in {folder}; set training.weights_dir / MEDFILIP_WEIGHTS to the"
+        f" folder that holds it, or override image_weights/text_weights with null to start from random weights)")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -119,10 +117,12 @@ def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
     raise WeightsMismatch(f"unknown weight layout (first keys: {sorted(keys)[:5]})")
 
 
-def load_weights(clip: nn.Module, path: str | os.PathLike, part: Part, not_loaded: Iterable[str] = ()) -> LoadReport:
-    """Loads `part` of the weight file at `path` into `clip` (the open_clip model inside
-    MedFilipModel); raises WeightsMismatch listing every tensor left out on either side."""
-    path = resolve_weights_file(path)
+def load_weights(clip: nn.Module, path: str | os.PathLike, part: Part, not_loaded: Iterable[str] = (),
+                 weights_dir: Path | None = None) -> LoadReport:
+    """Loads `part` of the weight file at `path` (or a name under `weights_dir`) into `clip` (the
+    open_clip model inside MedFilipModel); raises WeightsMismatch listing every tensor left out on
+    either side."""
+    path = resolve_weights_file(path, weights_dir)
     state = read_state_dict(path)
     layout = detect_layout(state)
     patterns = tuple(not_loaded)

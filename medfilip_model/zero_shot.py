@@ -1,5 +1,5 @@
-"""Zero-shot multi-label AUC for the per-epoch metric: one prompt per category
-("<category>. <description>", given by the caller), scores = cosine(image, prompt)."""
+"""Zero-shot scoring: one prompt per category ("<category>. <description>", given by the caller),
+scores = cosine(image, prompt), and the one per-class AUC that training and evaluation share."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,15 +43,25 @@ def prompt_embeddings(
     return torch.nn.functional.normalize(encode_text(tokens).float(), dim=-1)
 
 
-def per_class_auc(scores: np.ndarray, labels: np.ndarray, categories: Sequence[str]) -> dict[str, float]:
-    """ROC AUC per category; categories without both positives and negatives are left out."""
+def per_class_auc(labels: np.ndarray, scores: np.ndarray, categories: Sequence[str]) -> dict[str, float]:
+    """scikit-learn ROC AUC per category, from [N, C] 0/1 `labels` and [N, C] `scores` (higher = more
+    likely positive); a category without both positives and negatives has no AUC and is left out.
+    The one implementation: the per-epoch metric of training and every evaluation use it."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    if labels.ndim == 1:  # one class
+        labels, scores = labels[:, None], scores.reshape(-1, 1)
+    if labels.shape != scores.shape or labels.shape[1] != len(categories):
+        raise ValueError(f"labels {labels.shape} and scores {scores.shape} must both be [N, {len(categories)}]")
+    if labels.size and not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels must be 0/1")
     result = {}
     for j, category in enumerate(categories):
-        positives = int(labels[:, j].sum())
+        positives = int((labels[:, j] == 1).sum())
         if 0 < positives < len(labels):
             result[category] = float(roc_auc_score(labels[:, j], scores[:, j]))
     return result
 
 
 def mean_auc(per_class: Mapping[str, float]) -> float:
+    """The unweighted mean over the evaluable categories; NaN when there is none."""
     return float(np.mean(list(per_class.values()))) if per_class else float("nan")

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import torch
 
 from common.storage import atomic_path, write_bytes, write_table
+from common.plots import pyplot
 
 VALUES_FILE = "ssm_values.npy"
 INDEX_FILE = "ssm_index.parquet"
@@ -308,10 +309,7 @@ def run_checks(ssm: SSM, texts: pa.Table | None = None) -> dict[str, CheckResult
 
 def plot_block_heatmap(ssm: SSM, category: str, path: Path | str, max_labels: int = 40) -> Path:
     """PNG heatmap of one group's block, labelled with the text heads when they fit."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     members, block = ssm.block(category)
     n = len(members)

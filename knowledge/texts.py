@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.storage import write_table
-from training.knowledge import NO_FINDING, KnowledgeBase, canonical_category, category_prompts, missing_descriptions
+from knowledge.base import NO_FINDING, KnowledgeBase, canonical_category, category_prompts, missing_descriptions
 
 NOT_AVAILABLE = "na"
 NO_FINDING_LABEL = "No Finding"  # the CheXpert column of report_labels

@@ -48,7 +48,7 @@ def input_example() -> pd.DataFrame:
 
 class MedFilipEncoder(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from training.model import create_model, create_tokenizer
+        from medfilip_model.dual_encoder import create_model, create_tokenizer
 
         payload = torch.load(context.artifacts[WEIGHTS_ARTIFACT], map_location="cpu", weights_only=False)
         self.model = create_model(payload["model_config"])

@@ -36,7 +36,7 @@ def embed_texts(
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = _load_model(str(model_path or default_sentence_model_path()), device)
+    model = load_sentence_encoder(str(model_path or default_sentence_model_path()), device)
     dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else (
         model.get_sentence_embedding_dimension()
     )
@@ -148,14 +148,14 @@ def default_sentence_model_path() -> Path:
 
 
 @lru_cache(maxsize=2)
-def _load_model(model_path: str, device: str):
+def load_sentence_encoder(model_path: str, device: str):
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     if not Path(model_path).is_dir():
         raise FileNotFoundError(f"sentence model folder {model_path} does not exist")
     from sentence_transformers import SentenceTransformer
 
-    from training.model import quiet_hf_loading
+    from medfilip_model.dual_encoder import quiet_hf_loading
 
     with quiet_hf_loading():
         model = SentenceTransformer(model_path, device=device, local_files_only=True)

@@ -1,40 +1,41 @@
-"""Lineage: which materialisation of each upstream asset a model was built from.
+"""Lineage records: which materialisation of each upstream asset a model was built from.
 
-A lineage record lists, for every ancestor asset (and every partition of partitioned ones), the
-Dagster run id, time, recorded digests and the file the digest covers, so that months later
-`medfilip lineage` can print the chain and flag inputs whose current files no longer match.
+A record lists, for every ancestor (and every partition of partitioned ones), the Dagster run id,
+time, recorded digests and the files the digests cover, so that months later `medfilip lineage`
+can print the chain and flag inputs whose current files no longer match. The Dagster layer
+collects the entries (assets/lineage.py); this module defines them and reads them back.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
-import dagster as dg
+from common.errors import UserError
+from common.storage import file_sha256, write_text
+from tracking.digests import dataset_digests, entry_digest
 
-from common.storage import file_sha256
-from pipeline.errors import UserError
-
-# The chain behind a pre-trained model, nearest first.
-MODEL_ANCESTORS = (
-    "ssm", "text_embeddings", "training_texts", "knowledge_base", "triplets", "llm_extractions",
-    "prompts", "reports", "cxr_images", "dicom_index",
-)
 DIGEST_KEYS = ("sha256", "digest", "texts_sha256", "image_texts_sha256", "model_digest", "prompt_version")
 CONTEXT_KEYS = ("backend", "model", "model_name", "model_path", "archive_root", "image_size",
                 "separate_negations", "dagster/row_count")
 
 
-def collect_lineage(instance: dg.DagsterInstance, asset_keys: Iterable[str] = MODEL_ANCESTORS) -> list[dict]:
-    """One entry per asset (and partition): latest materialisation or observation."""
-    entries = []
-    for key in asset_keys:
-        records = _latest_per_partition(instance, dg.AssetKey(key))
-        for partition, record in sorted(records.items(), key=lambda kv: kv[0] or ""):
-            entries.append(_entry(key, partition, record))
-    return entries
+def lineage_entry(asset: str, partition: str | None, run_id: str, timestamp: float, metadata: dict,
+                  data_version: str | None = None) -> dict:
+    """One input of a record, from an asset event's metadata (plain values)."""
+    entry = {
+        "asset": asset,
+        "partition": partition,
+        "run_id": run_id,
+        "time": datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(),
+        "digests": {k: metadata[k] for k in DIGEST_KEYS if k in metadata},
+        "context": {k: metadata[k] for k in CONTEXT_KEYS if k in metadata},
+    }
+    if data_version:
+        entry["data_version"] = data_version
+    entry["files"] = recorded_files(metadata)
+    return entry
 
 
 def check_lineage(entries: list[dict]) -> list[dict]:
@@ -55,40 +56,7 @@ def check_lineage(entries: list[dict]) -> list[dict]:
 
 
 def write_lineage(path: Path, record: dict) -> Path:
-    from common.storage import write_text
-
     return write_text(path, json.dumps(record, indent=2, default=str))
-
-
-def _latest_per_partition(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str | None, object]:
-    latest: dict[str | None, object] = {}
-    for fetch in (instance.fetch_materializations, instance.fetch_observations):
-        result = fetch(dg.AssetRecordsFilter(asset_key=key), limit=1000, ascending=False)
-        for record in result.records:
-            latest.setdefault(record.partition_key, record)
-        if latest:
-            break
-    return latest
-
-
-def _entry(key: str, partition: str | None, record) -> dict:
-    event = record.event_log_entry
-    dagster_event = event.dagster_event
-    data = dagster_event.event_specific_data
-    asset_event = getattr(data, "materialization", None) or getattr(data, "asset_observation", None)
-    metadata = {k: v.value for k, v in (asset_event.metadata if asset_event else {}).items()}
-    entry = {
-        "asset": key,
-        "partition": partition,
-        "run_id": event.run_id,
-        "time": datetime.fromtimestamp(event.timestamp, tz=timezone.utc).isoformat(),
-        "digests": {k: metadata[k] for k in DIGEST_KEYS if k in metadata},
-        "context": {k: metadata[k] for k in CONTEXT_KEYS if k in metadata},
-    }
-    if asset_event is not None and getattr(asset_event, "data_version", None):
-        entry["data_version"] = asset_event.data_version
-    entry["files"] = recorded_files(metadata)
-    return entry
 
 
 def recorded_files(metadata: dict) -> dict[str, str]:
@@ -103,13 +71,13 @@ def recorded_files(metadata: dict) -> dict[str, str]:
     return files
 
 
-def resolve_lineage(reference: str) -> dict:
+def resolve_lineage(reference: str, tracking_uri: str, registered_model: str = "medfilip") -> dict:
     """The lineage record of a checkpoint path, a file of the registered model in MLflow's
     artifact store, an MLflow run id or a registered model version. A reference that is none
     of these is a UserError naming what exists."""
     path = Path(reference).expanduser()
     if path.exists():
-        return _lineage_beside(path)
+        return _lineage_beside(path, tracking_uri)
     if _looks_like_path(reference):
         raise UserError(f"{reference} does not exist",
                         "give an existing checkpoint (or lineage.json), a model version, or an MLflow run id")
@@ -117,17 +85,14 @@ def resolve_lineage(reference: str) -> dict:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from pipeline.settings import USER_MLFLOW_TRACKING_URI, layout
+    from tracking.store import use_tracking_uri
 
-    from pipeline.quiet import quiet_mlflow
-
-    quiet_mlflow()
-    store = USER_MLFLOW_TRACKING_URI or layout().mlflow_tracking_uri
-    mlflow.set_tracking_uri(store)
+    store = tracking_uri
+    use_tracking_uri(store)
     client = MlflowClient()
     name, _, version = reference.removeprefix("models:/").rpartition("/")
     if reference.isdigit() or (name and version.isdigit()):
-        name, version = (name or REGISTERED_MODEL, version if name else reference)
+        name, version = (name or registered_model, version if name else reference)
         try:
             run_id = client.get_model_version(name, version).run_id
         except MlflowException as exc:
@@ -140,21 +105,18 @@ def resolve_lineage(reference: str) -> dict:
     try:
         client.get_run(reference)
     except MlflowException as exc:
-        existing = _model_versions(client, REGISTERED_MODEL)
+        existing = _model_versions(client, registered_model)
         raise UserError(f"{reference!r} is not a path, a model version or an MLflow run id in {store}",
                         "give a checkpoint path, an MLflow run id, or a model version"
                         + (f" ({', '.join(existing)})" if existing else "")) from exc
     return _run_lineage(reference, f"MLflow run {reference}")
 
 
-REGISTERED_MODEL = "medfilip"
-
-
 def _looks_like_path(reference: str) -> bool:
     return "/" in reference or "\\" in reference or Path(reference).suffix in (".pt", ".json", ".pth")
 
 
-def _lineage_beside(path: Path) -> dict:
+def _lineage_beside(path: Path, tracking_uri: str) -> dict:
     """lineage.json next to a checkpoint (or one folder up); for a file inside MLflow's artifact
     store, the record of the run that logged the model (its MLmodel file names the run)."""
     path = path.resolve()
@@ -170,11 +132,9 @@ def _lineage_beside(path: Path) -> dict:
 
             run_id = (yaml.safe_load(mlmodel.read_text()) or {}).get("run_id")
             if run_id:
-                import mlflow
+                from tracking.store import use_tracking_uri
 
-                from pipeline.settings import USER_MLFLOW_TRACKING_URI, layout
-
-                mlflow.set_tracking_uri(USER_MLFLOW_TRACKING_URI or layout().mlflow_tracking_uri)
+                use_tracking_uri(tracking_uri)
                 return _run_lineage(run_id, f"the model logged by run {run_id}")
     raise UserError(f"no lineage.json beside {path}, and it is not inside a logged MLflow model",
                     "give the checkpoint that pretrained_model wrote (its metadata `path`), "
@@ -203,19 +163,7 @@ def _model_versions(client, name: str) -> list[str]:
     return [str(v) for v in sorted(int(v.version) for v in versions)]
 
 
-def dataset_digests(entries: list[dict]) -> dict[str, str]:
-    """Per asset the one digest that MLflow's dataset inputs and the Dagster metadata show."""
-    from training.tracking import dataset_digest
-
-    by_asset: dict[str, list[dict]] = {}
-    for entry in entries:
-        by_asset.setdefault(entry["asset"], []).append(entry)
-    return {asset: dataset_digest(group) for asset, group in by_asset.items()}
-
-
 def format_lineage(record: dict) -> str:
-    from training.tracking import entry_digest
-
     lines = [f"checkpoint  {record['checkpoint']}",
              f"  sha256    {record['checkpoint_sha256']}",
              f"  mlflow    run {record['mlflow_run_id']}   dagster run {record['dagster_run_id']}"]

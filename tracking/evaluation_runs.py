@@ -25,19 +25,6 @@ def finite_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}
 
 
-def dataset_digest(data: Any) -> str:
-    """16 hex over an evaluation set's image ids, categories and labels: what was scored."""
-    import hashlib
-
-    import numpy as np
-
-    digest = hashlib.sha256()
-    digest.update("\n".join(map(str, data.image_ids)).encode())
-    digest.update(b"\0" + "\n".join(map(str, data.categories)).encode())
-    digest.update(b"\0" + np.ascontiguousarray(data.labels).tobytes())
-    return digest.hexdigest()[:16]
-
-
 def log_evaluation(name: str, results: Mapping[str, Any], summary: Mapping[str, Any], out_dir: Path, *,
                    experiment_id: str, parent_run_id: str, tags: Mapping[str, str] | None = None,
                    roc: Mapping | None = None, examples: Any = None, params: Mapping[str, Any] | None = None,
@@ -48,7 +35,7 @@ def log_evaluation(name: str, results: Mapping[str, Any], summary: Mapping[str, 
     import mlflow
     from mlflow.data.meta_dataset import MetaDataset
 
-    from training.tracking import local_source
+    from tracking.store import local_source
 
     out_dir.mkdir(parents=True, exist_ok=True)
     record = EvaluationRecord(run_id="", table=markdown_table(results), metrics=finite_metrics(summary))

@@ -2,6 +2,6 @@
 
 from mlflow.models import set_model
 
-from training.mlflow_model import MedFilipEncoder
+from medfilip_model.mlflow_model import MedFilipEncoder
 
 set_model(MedFilipEncoder())

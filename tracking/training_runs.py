@@ -7,12 +7,9 @@ import json
 from pathlib import Path
 from typing import Callable, Mapping
 
-from training.mlflow_model import WEIGHTS_ARTIFACT, input_example, model_signature, save_weights
-
-# Each lineage entry's own digest, in this order of preference: the file's sha256 is what the
-# Dagster metadata, `medfilip lineage` and the MLflow dataset all show.
-PRIMARY_DIGEST_KEYS = ("sha256", "digest", "texts_sha256", "model_digest", "prompt_version")
-
+from medfilip_model.mlflow_model import WEIGHTS_ARTIFACT, input_example, model_signature, save_weights
+from tracking.digests import dataset_digest, entries_by_asset
+from tracking.store import local_source
 
 def metrics_logger(log: Callable[[str], None] | None = None) -> Callable[[str, int, Mapping], None]:
     """A training callback that logs every numeric metric to the active MLflow run, and one line
@@ -29,42 +26,18 @@ def metrics_logger(log: Callable[[str], None] | None = None) -> Callable[[str, i
     return callback
 
 
-def entry_digest(entry: Mapping) -> str:
-    """One lineage entry's digest (16 hex), as `medfilip lineage` prints it."""
-    digests = entry.get("digests", {})
-    value = next((digests[k] for k in PRIMARY_DIGEST_KEYS if digests.get(k)), entry.get("data_version", ""))
-    return str(value)[:16]
-
-
-def dataset_digest(entries: list[Mapping]) -> str:
-    """The digest of one dataset: its entry's digest, or for a partitioned asset a hash over its
-    partitions' digests. The same function serves MLflow, Dagster metadata and lineage."""
-    if len(entries) == 1:
-        return entry_digest(entries[0])
-    lines = sorted(f"{e.get('partition') or ''}:{entry_digest(e)}" for e in entries)
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
-
-
-TRAINING_INPUTS = ("cxr_images", "training_texts", "ssm")
-
-
-def input_digests(lineage: list[dict], assets: tuple[str, ...] = TRAINING_INPUTS) -> dict[str, str]:
-    """The dataset digest of each training input present in `lineage`."""
-    by_asset: dict[str, list[dict]] = {}
-    for entry in lineage:
-        by_asset.setdefault(entry["asset"], []).append(entry)
+def input_digests(lineage: list[dict], assets: tuple[str, ...]) -> dict[str, str]:
+    """The dataset digest of each of `assets` present in `lineage`."""
+    by_asset = entries_by_asset(lineage)
     return {asset: dataset_digest(by_asset[asset]) for asset in assets if by_asset.get(asset)}
 
 
-def log_inputs(lineage: list[dict], assets: tuple[str, ...] = TRAINING_INPUTS,
-               context: str = "training") -> dict[str, str]:
-    """Each input asset as an MLflow dataset with its digest and location; returns the digests."""
+def log_inputs(lineage: list[dict], assets: tuple[str, ...], context: str = "training") -> dict[str, str]:
+    """Each of `assets` as an MLflow dataset with its digest and location; returns the digests."""
     import mlflow
     from mlflow.data.meta_dataset import MetaDataset
 
-    by_asset: dict[str, list[dict]] = {}
-    for entry in lineage:
-        by_asset.setdefault(entry["asset"], []).append(entry)
+    by_asset = entries_by_asset(lineage)
     logged = {}
     for asset in assets:
         entries = by_asset.get(asset, [])
@@ -77,53 +50,19 @@ def log_inputs(lineage: list[dict], assets: tuple[str, ...] = TRAINING_INPUTS,
     return logged
 
 
-def local_source(path: str):
-    """A dataset source for a local folder, built directly: letting MLflow guess the kind from
-    the string warns that two of its registered sources match."""
-    from mlflow.data.dataset_source import DatasetSource
-
-    class LocalFolderSource(DatasetSource):
-        def __init__(self, uri: str) -> None:
-            self.uri = uri
-
-        @staticmethod
-        def _get_source_type() -> str:
-            return "local"
-
-        def load(self, dst_path=None) -> str:
-            return self.uri
-
-        @staticmethod
-        def _can_resolve(raw_source) -> bool:
-            return False
-
-        @classmethod
-        def _resolve(cls, raw_source):
-            return cls(str(raw_source))
-
-        def to_dict(self) -> dict:
-            return {"uri": self.uri}
-
-        @classmethod
-        def from_dict(cls, source_dict: dict):
-            return cls(source_dict["uri"])
-
-    return LocalFolderSource(path)
-
-
 def register_model(checkpoint: Path, out_dir: Path, sha: str, registered_name: str) -> str:
     """Log the encoder as an MLflow pyfunc in the active run and register it; returns the version.
 
-    Logged from code with a signature and an input example, and with `training/` and `common/`
-    as code paths: it loads wherever MLflow and torch are, no repository or pickle needed."""
+    Logged from code with a signature and an input example, and with `medfilip_model/` and `common/` as
+    code paths: it loads wherever MLflow and torch are, no repository, trainer or pickle needed."""
     import mlflow
 
     import common
-    import training
-    from training import mlflow_model_code
+    import medfilip_model
+    from medfilip_model import mlflow_model_code
 
     weights = save_weights(checkpoint, out_dir / "model_weights.pt")
-    packages = [str(Path(package.__file__).parent) for package in (training, common)]
+    packages = [str(Path(package.__file__).parent) for package in (medfilip_model, common)]
     info = mlflow.pyfunc.log_model(
         name="model", python_model=str(Path(mlflow_model_code.__file__)), artifacts={WEIGHTS_ARTIFACT: str(weights)},
         code_paths=packages, signature=model_signature(), input_example=input_example(),
@@ -155,8 +94,9 @@ def run_fingerprint(train_config: dict, lineage: list[dict]) -> str:
 def curves_figure(history: list[dict]):
     if not history:
         return None
-    import matplotlib.pyplot as plt
+    from common.plots import pyplot
 
+    plt = pyplot()
     epochs = [h.get("epoch", i) for i, h in enumerate(history)]
     fig, (loss_ax, auc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
     for key in ("train_loss", "val_loss"):
