@@ -22,7 +22,9 @@ from pydicom.encaps import get_frame
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000, JPEG2000Lossless
 
+from ingestion.dicom_index import pixel_data_problem
 from ingestion.dicom_read import read_dicom
+from ingestion.failures import FileProblem, concerning
 
 _LOW_PCT, _HIGH_PCT = 0.5, 99.5
 _REDUCING_GAP = 2.0  # PIL box-reduces first while the source is over twice the target
@@ -47,15 +49,22 @@ def decode_dicom(path: Path | str, size: int, pad_to_square: bool = False, fast:
     (benchmarks/ingest.py prints the agreement). Never for `pad_to_square` (the image's edge
     against black is a step no low band reproduces)."""
     ds = read_dicom(path)
+    # The index's checks again: a file changed since, or decoded without an index, fails
+    # with the same precise reason (FileProblem), not somewhere inside a LUT.
+    problem = pixel_data_problem(ds)
+    if problem:
+        raise FileProblem(problem)
     # A level is only of use under a linear display mapping: where the header rules one out,
     # decoding the level first would only add to the full decode that follows.
-    reduced = (_reduced_j2k_pixels(ds, size) if fast and reduce_jpeg2000 and not pad_to_square
-               and _luts_may_be_linear(ds) else None)
+    with concerning("PixelData"):
+        reduced = (_reduced_j2k_pixels(ds, size) if fast and reduce_jpeg2000 and not pad_to_square
+                   and _luts_may_be_linear(ds) else None)
     if reduced is not None:
         arr, levels = reduced
     else:
-        native = _native_pixels(ds) if fast else None
-        arr, levels = (native if native is not None else ds.pixel_array), 0
+        with concerning("PixelData"):
+            native = _native_pixels(ds) if fast else None
+            arr, levels = (native if native is not None else ds.pixel_array), 0
         if arr.ndim == 3:  # multi-frame: the first frame is the radiograph
             arr = arr[0]
     # Resizing first pays off where PIL would box-reduce (a whole factor > 1 at the reducing gap)
@@ -68,7 +77,8 @@ def decode_dicom(path: Path | str, size: int, pad_to_square: bool = False, fast:
         if linear is not None:
             return _resize_then_map(arr, *linear, size, pad_to_square)
     if levels:  # a reduced decode whose display mapping is not linear: decode in full after all
-        arr = ds.pixel_array
+        with concerning("PixelData"):
+            arr = ds.pixel_array
     return resize_uint8(display_uint8(arr, ds, sampled=fast), size, pad_to_square)
 
 

@@ -21,7 +21,8 @@ from PIL import Image
 from common.parallel import ordered_map
 from common.storage import atomic_path, previous_output, write_table
 from ingestion.decode import decode_dicom, decode_jpeg
-from ingestion.dicom_index import QUARANTINE_SCHEMA, quarantine_row
+from ingestion.dicom_index import QUARANTINE_SCHEMA, file_identifiers, quarantine_row
+from ingestion.failures import describe_failure
 
 T = TypeVar("T")
 
@@ -199,8 +200,9 @@ def decode_task(task: DecodeTask) -> tuple[DecodeTask, np.ndarray | None, str | 
         if task.source_format == "jpg":
             return task, decode_jpeg(task.path, task.size, task.pad_to_square), None
         return task, decode_dicom(task.path, task.size, task.pad_to_square, reduce_jpeg2000=task.reduce_jpeg2000), None
-    except Exception as exc:
-        return task, None, f"decode failed ({type(exc).__name__}): {exc}"
+    except Exception as exc:  # the reason names the element concerned and never an identifier value
+        identifiers = file_identifiers(Path(task.path)) if task.source_format != "jpg" else ()
+        return task, None, f"decode failed: {describe_failure(exc, identifiers)}"
 
 
 def image_record(task: DecodeTask, pixels: np.ndarray) -> dict:

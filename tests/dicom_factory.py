@@ -75,3 +75,19 @@ def write_report(root: Path, subject: int, study: int, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def set_raw_element(path: Path, keyword: str, vr: str, value: bytes) -> Path:
+    """Rewrite one element of a DICOM file with exactly these value bytes under this VR, as a
+    faulty modality would (pydicom validates values it is given, not bytes it is handed)."""
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.tag import Tag
+
+    ds = pydicom.dcmread(path)
+    tag = Tag(tag_for_keyword(keyword))
+    padded = value + (b" " if len(value) % 2 else b"")
+    ds._dict[tag] = RawDataElement(tag, vr, len(padded), padded, 0, False, True)
+    ds.save_as(path)
+    return path
