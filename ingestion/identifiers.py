@@ -111,6 +111,20 @@ class IdentifierSignatures:
     ids: dict[tuple[str, ...], str] = field(default_factory=dict)  # token run -> kind
     dates: set[datetime.date] = field(default_factory=set)
 
+    # Lookups by one token, built on first use: a cell's tokens then meet only the signatures
+    # they could complete, not every signature of the shard (reports run to a thousand tokens).
+    _names_by_token: dict[str, list[tuple[frozenset[str], str]]] | None = field(default=None, init=False, repr=False)
+    _ids_by_token: dict[str, list[tuple[tuple[str, ...], str]]] | None = field(default=None, init=False, repr=False)
+
+    def lookups(self) -> tuple[dict[str, list[tuple[frozenset[str], str]]], dict[str, list[tuple[tuple[str, ...], str]]]]:
+        if self._names_by_token is None or self._ids_by_token is None:
+            self._names_by_token, self._ids_by_token = {}, {}
+            for parts, kind in self.names.items():
+                self._names_by_token.setdefault(min(parts), []).append((parts, kind))
+            for run, kind in self.ids.items():
+                self._ids_by_token.setdefault(run[0], []).append((run, kind))
+        return self._names_by_token, self._ids_by_token
+
     def __bool__(self) -> bool:
         return bool(self.names or self.whole or self.ids or self.dates)
 
@@ -207,11 +221,11 @@ def cell_leaks(value: str, signatures: IdentifierSignatures, whole_cell: bool = 
         if re.fullmatch(r"\d{8}", stripped) and parse_dicom_date(stripped) in signatures.dates:
             kinds.add("birth_date")
     tokens = [t.lower() for t in _TOKEN_RE.findall(value)]
-    if signatures.names:
-        present = set(tokens)
-        kinds.update(kind for parts, kind in signatures.names.items() if parts <= present)
-    if signatures.ids and tokens:
-        kinds.update(kind for run, kind in signatures.ids.items() if _contains_run(tokens, run))
+    present = set(tokens)
+    names_by_token, ids_by_token = signatures.lookups()
+    for token in present:
+        kinds.update(kind for parts, kind in names_by_token.get(token, ()) if parts <= present)
+        kinds.update(kind for run, kind in ids_by_token.get(token, ()) if _contains_run(tokens, run))
     if signatures.dates and any(d in signatures.dates for d in written_dates(value)):
         kinds.add("birth_date")
     return kinds
