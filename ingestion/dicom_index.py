@@ -452,30 +452,38 @@ class _FirstSeen:
         return None
 
 
-def split_duplicates(rows: list[dict], taken_ids: Mapping[str, str] | None = None) -> tuple[list[dict], list[dict]]:
+def split_duplicates(rows: list[dict], taken_ids: Mapping[str, str] | None = None,
+                     held_ids: Mapping[str, str] | None = None) -> tuple[list[dict], list[dict]]:
     """Keep the first row (in path order) of each SOPInstanceUID and of each Pixel Data hash; the
     others come back as quarantine rows naming the file they duplicate. Two files with one UID
     would make joins ambiguous; the same pixels twice would leak one image across splits.
     Likewise for a dicom_id given twice (two studies' 1.dcm under the id rule "stem"), here at
-    indexing rather than when training finds two images under one id; `taken_ids` (dicom_id ->
-    source_path, from other shards' indexes: see `index_ids`) holds ids given before."""
+    indexing rather than when training finds two images under one id. `taken_ids` (dicom_id ->
+    source_path, from other shards' indexes: see `index_ids`) holds ids given elsewhere;
+    `held_ids` (the same, from this shard's previous index) keeps an id with the file that
+    had it, whatever the path order of a file arriving later with the same id."""
     kept, duplicates = [], []
     seen = _FirstSeen()
+    present = {row["source_path"] for row in rows}
+    held = {i: source for i, source in (held_ids or {}).items() if source in present}
     ids: dict[str, str] = {}
     for row in rows:
-        reason = seen.duplicate_reason(row.get("sop_instance_uid"), row.get("pixel_sha256"), row["source_path"])
-        first = ids.get(row["dicom_id"])
-        other = (taken_ids or {}).get(row["dicom_id"])
-        if reason is None and first is not None:
+        dicom_id, source = row["dicom_id"], row["source_path"]
+        # The id first: a file refused for its id must not claim its UID and pixels either.
+        first = held.get(dicom_id) if held.get(dicom_id, source) != source else ids.get(dicom_id)
+        other = (taken_ids or {}).get(dicom_id)
+        if first is not None:
             reason = _id_collision(row, first)
-        elif reason is None and other is not None and other != row["source_path"]:
+        elif other is not None and other != source:
             reason = f"{_id_collision(row, other)} (another shard)"
+        else:
+            reason = seen.duplicate_reason(row.get("sop_instance_uid"), row.get("pixel_sha256"), source)
         if reason is None:
             kept.append(row)
-            ids[row["dicom_id"]] = row["source_path"]
+            ids[dicom_id] = source
         else:
-            duplicates.append(quarantine_row(row["source_path"], row["shard"], "index", reason,
-                                             row["file_sha256"], row["file_size"]))
+            duplicates.append(quarantine_row(source, row["shard"], "index", reason, row["file_sha256"],
+                                             row["file_size"]))
     return kept, duplicates
 
 
@@ -487,14 +495,19 @@ def _id_collision(row: dict, first: str) -> str:
             f"so the id rule must be {better} (see ingestion.dicom_index.detect_id_rule)")
 
 
-def index_ids(index_paths: Iterable[Path]) -> dict[str, str]:
-    """dicom_id -> source_path of every row of the given (other shards') index files, for
-    `index_shard(taken_ids=...)`: an id given in one shard is never given again in another."""
+def index_ids(index_paths: Iterable[Path], id_rule: str | None = None) -> dict[str, str]:
+    """dicom_id -> source_path of every row of the given index files (rows made under `id_rule`
+    only, when given), for `index_shard(taken_ids=...)`: an id given in one shard is never given
+    again in another. Index files without the columns (older indexes) add nothing."""
     taken: dict[str, str] = {}
     for path in index_paths:
-        table = pq.read_table(path, columns=["dicom_id", "source_path"])
-        for dicom_id, source in zip(table.column("dicom_id").to_pylist(), table.column("source_path").to_pylist()):
-            taken.setdefault(dicom_id, source)
+        try:
+            table = pq.read_table(path, columns=["dicom_id", "source_path", "id_rule"])
+        except (OSError, KeyError, pa.ArrowException):  # absent, or written before id rules
+            continue
+        for dicom_id, source, rule in zip(*(table.column(c).to_pylist() for c in table.column_names)):
+            if id_rule is None or rule == id_rule:
+                taken.setdefault(dicom_id, source)
     return taken
 
 

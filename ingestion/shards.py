@@ -12,8 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from common.storage import previous_output, write_table
-from ingestion.dicom_index import (INDEX_SCHEMA, QUARANTINE_SCHEMA, check_options, index_dicom, quarantine_row,
-                                   split_duplicates)
+from ingestion.dicom_index import (INDEX_SCHEMA, QUARANTINE_SCHEMA, check_options, index_dicom, index_ids,
+                                   quarantine_row, split_duplicates)
 from ingestion.failures import describe_failure
 from ingestion.identifiers import patient_key
 from ingestion.jpg_index import index_jpg_shard
@@ -98,7 +98,9 @@ def index_shard(
                 quarantined.append(outcome.quarantine)
             if progress:
                 progress(count)
-    rows, duplicates = split_duplicates(rows, taken_ids)
+    # Ids given by the previous run stay with their files, even under reread_all.
+    held = index_ids([index_path], id_rule) if source_format != "jpg" else {}
+    rows, duplicates = split_duplicates(rows, taken_ids, held)
     index = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA.with_metadata({_REUSE_KEY: settings}))
     quarantine = pa.Table.from_pylist(quarantined + duplicates, schema=QUARANTINE_SCHEMA)
     write_table(index, index_path)
