@@ -19,7 +19,8 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.encaps import get_frame
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space, get_decoder
+from pydicom.pixels import (apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space, get_decoder,
+                            pixel_array)
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000, JPEG2000Lossless
 
 from ingestion.dicom_index import COLOUR_PHOTOMETRIC, FRAME_TAKEN, pixel_data_problem
@@ -72,9 +73,7 @@ def decode_dicom(path: Path | str, size: int, pad_to_square: bool = False, fast:
     else:
         with concerning("PixelData"):
             native = _native_pixels(ds) if fast else None
-            arr, levels = (native if native is not None else ds.pixel_array), 0
-        if arr.ndim == 3:  # multi-frame: the first frame is the radiograph
-            arr = arr[0]
+            arr, levels = (native if native is not None else frame_pixels(ds)), 0
     # Resizing first pays off where PIL would box-reduce (a whole factor > 1 at the reducing gap)
     # or on a reduced J2K level; otherwise the 8-bit lookup path is cheaper (no float image).
     shrinks = not pad_to_square and max(arr.shape) / size / _REDUCING_GAP >= 2
@@ -88,6 +87,14 @@ def decode_dicom(path: Path | str, size: int, pad_to_square: bool = False, fast:
         with concerning("PixelData"):
             arr = ds.pixel_array
     return resize_uint8(display_uint8(arr, ds, sampled=fast), size, pad_to_square)
+
+
+def frame_pixels(ds: pydicom.Dataset, frame: int = FRAME_TAKEN) -> np.ndarray:
+    """The stored values of one frame: a multi-frame file (the index let through only frames
+    that are views of one image) decodes that frame alone, not all of them."""
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        return pixel_array(ds, index=frame)
+    return ds.pixel_array
 
 
 def colour_luminance(ds: pydicom.Dataset, frame: int = FRAME_TAKEN) -> np.ndarray:
