@@ -84,7 +84,8 @@ def index_shard(
                     continue
                 outcome = index_dicom(path, root, shard, salt, colour=colour, id_rule=id_rule)
             except OSError as exc:  # unreadable file (permissions, vanished): still recorded
-                reason = f"cannot read: {describe_failure(exc, ())}"
+                # The quoted path goes: it is the row's source_path, and its folders may name the patient.
+                reason = f"cannot read: {describe_failure(exc, None)}"
                 quarantined.append(quarantine_row(relative_to_root(path, root), shard, "index", reason, None, None))
                 continue
             except Exception as exc:  # index_dicom quarantines what it can; nothing else may end the shard

@@ -155,3 +155,21 @@ def test_failure_descriptions_cut_identifiers_and_unknown_quoted_values():
     # The header could not be read, so the identifiers are unknown: every quoted value goes.
     assert describe_failure(EOFError("unexpected end reading 'QUIXOTE^ALONSO' at 0x80"), None) == (
         "EOFError: unexpected end reading '…' at 0x80")
+
+
+def test_an_unreadable_file_is_recorded_without_its_path_in_the_reason(shard, tmp_path, monkeypatch):
+    import ingestion.dicom_index as dicom_index
+
+    real = dicom_index.file_sha256
+
+    def refuse(path):
+        if Path(path).stem == "good0002":  # as a file without read permission would
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(dicom_index, "file_sha256", refuse)
+    out = tmp_path / "out"
+    result = index_shard(shard, "p10", SALT, out / "index.parquet", out / "quarantine.parquet")
+    reasons = {Path(r["source_path"]).stem: r["reason"] for r in result.quarantine.to_pylist()}
+    assert reasons["good0002"] == "cannot read: PermissionError: [Errno 13] Permission denied: '…'"
+    assert "good0001" in result.index.column("dicom_id").to_pylist()
