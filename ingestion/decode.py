@@ -19,10 +19,13 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.encaps import get_frame
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import (apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space, get_decoder,
+                            pixel_array)
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000, JPEG2000Lossless
 
+from ingestion.dicom_index import COLOUR_PHOTOMETRIC, FRAME_TAKEN, pixel_data_problem
 from ingestion.dicom_read import read_dicom
+from ingestion.failures import FileProblem, concerning
 
 _LOW_PCT, _HIGH_PCT = 0.5, 99.5
 _REDUCING_GAP = 2.0  # PIL box-reduces first while the source is over twice the target
@@ -34,10 +37,11 @@ _J2K_SYNTAXES = (JPEG2000Lossless, JPEG2000)
 # second level (224 px from MIMIC-CXR's size) lowers agreement with the full decode from 99.5%
 # to 99.0% of pixels within one grey level for little more speed.
 _MAX_J2K_LEVELS = 1
+_BT601_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # R, G, B weights of Y (ITU-R BT.601)
 
 
 def decode_dicom(path: Path | str, size: int, pad_to_square: bool = False, fast: bool = True,
-                 reduce_jpeg2000: bool = False) -> np.ndarray:
+                 reduce_jpeg2000: bool = False, colour: str = "quarantine") -> np.ndarray:
     """Decode one radiograph to a `size` x `size` uint8 array, bright = dense (MONOCHROME2).
     `fast=False` runs every step at full resolution (the reference the fast path is tested on).
     `reduce_jpeg2000` decodes JPEG 2000 one resolution level down when that level is still
@@ -45,19 +49,31 @@ def decode_dicom(path: Path | str, size: int, pad_to_square: bool = False, fast:
     the full path takes. At 448 px from MIMIC-CXR-size images >= 99.9% of pixels are within one
     grey level of the full decode, but on smaller sources or targets about 99.5-99.8% only
     (benchmarks/ingest.py prints the agreement). Never for `pad_to_square` (the image's edge
-    against black is a step no low band reproduces)."""
+    against black is a step no low band reproduces). `colour="grey"` decodes colour images
+    (RGB, YBR_*, PALETTE COLOR) to their luminance; by default they fail as at indexing."""
     ds = read_dicom(path)
+    # The index's checks again: a file changed since, or decoded without an index, fails
+    # with the same precise reason (FileProblem), not somewhere inside a LUT.
+    problem = pixel_data_problem(ds, colour=colour)
+    if problem:
+        raise FileProblem(problem)
+    if str(ds.PhotometricInterpretation).strip() in COLOUR_PHOTOMETRIC:
+        with concerning("PixelData"):
+            luma = colour_luminance(ds)
+        # No modality or VOI LUT applies to colour pixels: the stretch alone sets the contrast.
+        low, high = np.percentile(_percentile_sample(luma) if fast else luma, [_LOW_PCT, _HIGH_PCT]).astype(float)
+        return resize_uint8(to_uint8(_stretch(luma, low, high, ds)), size, pad_to_square)
     # A level is only of use under a linear display mapping: where the header rules one out,
     # decoding the level first would only add to the full decode that follows.
-    reduced = (_reduced_j2k_pixels(ds, size) if fast and reduce_jpeg2000 and not pad_to_square
-               and _luts_may_be_linear(ds) else None)
+    with concerning("PixelData"):
+        reduced = (_reduced_j2k_pixels(ds, size) if fast and reduce_jpeg2000 and not pad_to_square
+                   and _luts_may_be_linear(ds) else None)
     if reduced is not None:
         arr, levels = reduced
     else:
-        native = _native_pixels(ds) if fast else None
-        arr, levels = (native if native is not None else ds.pixel_array), 0
-        if arr.ndim == 3:  # multi-frame: the first frame is the radiograph
-            arr = arr[0]
+        with concerning("PixelData"):
+            native = _native_pixels(ds) if fast else None
+            arr, levels = (native if native is not None else frame_pixels(ds)), 0
     # Resizing first pays off where PIL would box-reduce (a whole factor > 1 at the reducing gap)
     # or on a reduced J2K level; otherwise the 8-bit lookup path is cheaper (no float image).
     shrinks = not pad_to_square and max(arr.shape) / size / _REDUCING_GAP >= 2
@@ -68,8 +84,32 @@ def decode_dicom(path: Path | str, size: int, pad_to_square: bool = False, fast:
         if linear is not None:
             return _resize_then_map(arr, *linear, size, pad_to_square)
     if levels:  # a reduced decode whose display mapping is not linear: decode in full after all
-        arr = ds.pixel_array
+        with concerning("PixelData"):
+            arr = ds.pixel_array
     return resize_uint8(display_uint8(arr, ds, sampled=fast), size, pad_to_square)
+
+
+def frame_pixels(ds: pydicom.Dataset, frame: int = FRAME_TAKEN) -> np.ndarray:
+    """The stored values of one frame: a multi-frame file (the index let through only frames
+    that are views of one image) decodes that frame alone, not all of them."""
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        return pixel_array(ds, index=frame)
+    return ds.pixel_array
+
+
+def colour_luminance(ds: pydicom.Dataset, frame: int = FRAME_TAKEN) -> np.ndarray:
+    """ITU-R BT.601 luma (float32, in the stored value range) of one frame of a colour image,
+    after its colour space is applied: YBR_* converted to RGB by pydicom (or by the JPEG and
+    JPEG 2000 decoders themselves), PALETTE COLOR looked up in its palette."""
+    photometric = str(ds.PhotometricInterpretation).strip()
+    arr, meta = get_decoder(ds.file_meta.TransferSyntaxUID).as_array(ds, index=frame, as_rgb=True)
+    if photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+    else:
+        decoded_as = str(meta.get("photometric_interpretation", photometric))
+        if decoded_as != "RGB":  # a YBR the decoder returned as stored
+            arr = convert_color_space(arr, decoded_as, "RGB")
+    return np.asarray(arr, dtype=np.float32) @ _BT601_LUMA
 
 
 def decode_jpeg(path: Path | str, size: int, pad_to_square: bool = False) -> np.ndarray:

@@ -21,7 +21,8 @@ from PIL import Image
 from common.parallel import ordered_map
 from common.storage import atomic_path, previous_output, write_table
 from ingestion.decode import decode_dicom, decode_jpeg
-from ingestion.dicom_index import QUARANTINE_SCHEMA, quarantine_row
+from ingestion.dicom_index import QUARANTINE_SCHEMA, check_options, file_identifiers, quarantine_row
+from ingestion.failures import describe_failure
 
 T = TypeVar("T")
 
@@ -67,6 +68,7 @@ class DecodeTask:
     pad_to_square: bool
     meta: tuple  # (dicom_id, study_id, patient_key, view_position, file_sha256)
     reduce_jpeg2000: bool = False
+    colour: str = "quarantine"
 
 
 def build_cxr_images(
@@ -82,14 +84,20 @@ def build_cxr_images(
     sample_count: int = 8,
     reduce_jpeg2000: bool = False,
     reuse: bool = True,
+    colour: str = "quarantine",
 ) -> ImagesResult:
     """Decode every indexed image of one shard; undecodable ones go to the quarantine file.
     With `reuse`, an image whose file (sha256) and decode settings are those of a row already in
     `out_path` is copied from there instead of decoded: a shard re-run because new studies
-    arrived decodes only the new files, and the output is byte-identical to a full decode."""
+    arrived decodes only the new files, and the output is byte-identical to a full decode.
+    `colour="grey"` decodes colour images to luminance (index them with the same setting)."""
+    check_options(colour)
     start = time.perf_counter()
-    settings = json.dumps({"size": size, "pad_to_square": pad_to_square, "reduce_jpeg2000": reduce_jpeg2000,
-                           "decoder": DECODER_VERSION}, sort_keys=True).encode()
+    options = {"size": size, "pad_to_square": pad_to_square, "reduce_jpeg2000": reduce_jpeg2000,
+               "decoder": DECODER_VERSION}
+    if colour != "quarantine":  # only then: outputs written before the setting existed stay reusable
+        options["colour"] = colour
+    settings = json.dumps(options, sort_keys=True).encode()
     records = index.to_pylist()
     keys = [(rec["dicom_id"], rec["file_sha256"]) for rec in records]
     stored = _reusable_keys(out_path, settings, keys) if reuse else set()
@@ -102,6 +110,7 @@ def build_cxr_images(
             pad_to_square=pad_to_square,
             meta=(rec["dicom_id"], rec["study_id"], rec["patient_key"], rec["view_position"], rec["file_sha256"]),
             reduce_jpeg2000=reduce_jpeg2000,
+            colour=colour,
         )
         for rec, key in zip(records, keys) if key not in stored
     )
@@ -198,9 +207,11 @@ def decode_task(task: DecodeTask) -> tuple[DecodeTask, np.ndarray | None, str | 
     try:
         if task.source_format == "jpg":
             return task, decode_jpeg(task.path, task.size, task.pad_to_square), None
-        return task, decode_dicom(task.path, task.size, task.pad_to_square, reduce_jpeg2000=task.reduce_jpeg2000), None
-    except Exception as exc:
-        return task, None, f"decode failed ({type(exc).__name__}): {exc}"
+        return task, decode_dicom(task.path, task.size, task.pad_to_square, reduce_jpeg2000=task.reduce_jpeg2000,
+                                  colour=task.colour), None
+    except Exception as exc:  # the reason names the element concerned and never an identifier value
+        identifiers = file_identifiers(Path(task.path)) if task.source_format != "jpg" else ()
+        return task, None, f"decode failed: {describe_failure(exc, identifiers)}"
 
 
 def image_record(task: DecodeTask, pixels: np.ndarray) -> dict:

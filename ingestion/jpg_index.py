@@ -66,6 +66,10 @@ def index_jpg_shard(root: Path, shard: str, salt: bytes, metadata_csv: Path | No
                 "file_sha256": sha,
                 "file_size": size,
                 "pixel_sha256": sha,  # the JPEG file is the pixels
+                "number_of_frames": 1,
+                "frame_index": 0,
+                "converted_to_grey": False,  # MIMIC-CXR-JPG is grey already
+                "id_rule": "stem",  # MIMIC's own dicom_ids, which its metadata CSV is keyed by
             }
         )
     return rows, quarantined

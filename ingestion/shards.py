@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
 from common.storage import previous_output, write_table
-from ingestion.dicom_index import INDEX_SCHEMA, QUARANTINE_SCHEMA, index_dicom, quarantine_row, split_duplicates
+from ingestion.dicom_index import (INDEX_SCHEMA, QUARANTINE_SCHEMA, check_options, index_dicom, index_ids,
+                                   quarantine_row, split_duplicates)
+from ingestion.failures import describe_failure
 from ingestion.identifiers import patient_key
 from ingestion.jpg_index import index_jpg_shard
 from ingestion.layout import iter_shard_files, parse_report_path, relative_to_root
@@ -23,7 +25,7 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 
 # Bump when index_dicom writes other values for the same file: older index rows are then
 # never reused (see `index_shard`).
-INDEXER_VERSION = "1"
+INDEXER_VERSION = "2"
 _REUSE_KEY = b"medfilip.index_settings"
 
 
@@ -31,7 +33,8 @@ _REUSE_KEY = b"medfilip.index_settings"
 class IndexResult:
     index: pa.Table
     quarantine: pa.Table
-    identifier_values: set[str] = field(default_factory=set)  # in memory only, never written
+    # (keyword, value) of the identifiers seen, for identifier_signatures; in memory only, never written
+    identifier_values: set[tuple[str, str]] = field(default_factory=set)
     seconds: float = 0.0
     reused: int = 0  # rows taken from the previous index: file unchanged (size and mtime)
 
@@ -46,21 +49,31 @@ def index_shard(
     metadata_csv: Path | None = None,
     progress: Callable[[int], None] | None = None,
     reuse: bool = True,
+    colour: str = "quarantine",
+    id_rule: str = "stem",
+    taken_ids: Mapping[str, str] | None = None,
 ) -> IndexResult:
     """Index every image file of one shard and write index + quarantine Parquet atomically.
     With `reuse`, a file whose size and modification time are those of its row in the previous
-    index (written with the same salt and indexer) keeps that row without being read: a shard
-    re-run because a study arrived reads the new files only, not the shard's gigabytes again.
-    Identifier values are collected from the files read; reused rows were checked when their
-    files were read. Quarantined files are always read again (they may have been repaired)."""
+    index (written with the same salt, indexer and options) keeps that row without being read:
+    a shard re-run because a study arrived reads the new files only, not the shard's gigabytes
+    again. Identifier values are collected from the files read; reused rows were checked when
+    their files were read. Quarantined files are always read again (they may have been repaired).
+    No file's content can fail the shard: whatever one file raises is its quarantine row; only
+    the archive itself (a folder that cannot be listed) raises.
+    `colour` ("quarantine" or "grey") and `id_rule` (ID_RULES; the archive's recorded rule, see
+    `detect_id_rule`) go to `index_dicom`; `taken_ids` (dicom_id -> source_path of the other
+    shards, `index_ids`) quarantines a file whose id another shard already gave."""
+    check_options(colour, id_rule)
     start = time.perf_counter()
-    settings = json.dumps({"indexer": INDEXER_VERSION, "salt": hashlib.sha256(salt).hexdigest()[:16]}).encode()
+    settings = json.dumps({"indexer": INDEXER_VERSION, "salt": hashlib.sha256(salt).hexdigest()[:16],
+                           "colour": colour, "id_rule": id_rule}).encode()
     reused = 0
+    identifiers: set[tuple[str, str]] = set()
     if source_format == "jpg":
         rows, quarantined = index_jpg_shard(root, shard, salt, metadata_csv)
-        identifiers: set[str] = set()
     else:
-        rows, quarantined, identifiers = [], [], set()
+        rows, quarantined = [], []
         previous = _previous_rows(index_path, settings) if reuse else {}
         for count, path in enumerate(iter_shard_files(root, shard, DICOM_SUFFIXES), 1):
             try:
@@ -69,9 +82,14 @@ def index_shard(
                     rows.append(old)
                     reused += 1
                     continue
-                outcome = index_dicom(path, root, shard, salt)
+                outcome = index_dicom(path, root, shard, salt, colour=colour, id_rule=id_rule)
             except OSError as exc:  # unreadable file (permissions, vanished): still recorded
-                reason = f"cannot read: {exc}"
+                # The quoted path goes: it is the row's source_path, and its folders may name the patient.
+                reason = f"cannot read: {describe_failure(exc, None)}"
+                quarantined.append(quarantine_row(relative_to_root(path, root), shard, "index", reason, None, None))
+                continue
+            except Exception as exc:  # index_dicom quarantines what it can; nothing else may end the shard
+                reason = f"indexing failed: {describe_failure(exc, None)}"
                 quarantined.append(quarantine_row(relative_to_root(path, root), shard, "index", reason, None, None))
                 continue
             identifiers.update(outcome.identifiers)
@@ -81,7 +99,9 @@ def index_shard(
                 quarantined.append(outcome.quarantine)
             if progress:
                 progress(count)
-    rows, duplicates = split_duplicates(rows)
+    # Ids given by the previous run stay with their files, even under reread_all.
+    held = index_ids([index_path], id_rule) if source_format != "jpg" else {}
+    rows, duplicates = split_duplicates(rows, taken_ids, held)
     index = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA.with_metadata({_REUSE_KEY: settings}))
     quarantine = pa.Table.from_pylist(quarantined + duplicates, schema=QUARANTINE_SCHEMA)
     write_table(index, index_path)

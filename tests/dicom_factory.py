@@ -75,3 +75,58 @@ def write_report(root: Path, subject: int, study: int, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def set_raw_element(path: Path, keyword: str, vr: str, value: bytes) -> Path:
+    """Rewrite one element of a DICOM file with exactly these value bytes under this VR, as a
+    faulty modality would (pydicom validates values it is given, not bytes it is handed)."""
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.tag import Tag
+
+    ds = pydicom.dcmread(path)
+    tag = Tag(tag_for_keyword(keyword))
+    padded = value + (b" " if len(value) % 2 else b"")
+    ds._dict[tag] = RawDataElement(tag, vr, len(padded), padded, 0, False, True)
+    ds.save_as(path)
+    return path
+
+
+def write_rgb_dicom(path: Path, rgb: np.ndarray) -> Path:
+    """An 8-bit RGB secondary capture (rows x columns x 3 uint8), written with pydicom."""
+    from pydicom.uid import SecondaryCaptureImageStorage
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.ViewPosition = "OT", "PA"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = PATIENT_NAME, PATIENT_ID, BIRTH_DATE
+    ds.Rows, ds.Columns = rgb.shape[:2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def chest_dx_copy(source: Path | str, dest: Path) -> Path:
+    """A copy of a real DICOM file (e.g. one of pydicom's test files) re-tagged as a chest DX
+    of its own study: new UIDs, this factory's patient, its pixels and transfer syntax kept."""
+    import pydicom
+    from pydicom.uid import DigitalXRayImageStorageForPresentation
+
+    ds = pydicom.dcmread(source)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", "PA"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = PATIENT_NAME, PATIENT_ID, BIRTH_DATE
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(dest)
+    return dest

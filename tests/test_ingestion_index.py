@@ -42,7 +42,7 @@ def test_index_rows_carry_ids_geometry_and_normalised_views(tmp_path):
 
 def test_identifiers_never_reach_parquet(tmp_path):
     result, out = run_index(tmp_path)
-    assert PATIENT_ID in result.identifier_values  # they were seen...
+    assert ("PatientID", PATIENT_ID) in result.identifier_values  # they were seen...
     for path in out.glob("*.parquet"):
         raw = path.read_bytes()
         text = pq.read_table(path).to_pandas().to_string() if pq.read_table(path).num_rows else ""
@@ -58,7 +58,8 @@ def test_a_rerun_reads_only_files_that_are_new_or_changed(tmp_path, monkeypatch)
     first, out = run_index(tmp_path)
     read = []
     real_index_dicom = shards.index_dicom
-    monkeypatch.setattr(shards, "index_dicom", lambda path, *a: read.append(path.name) or real_index_dicom(path, *a))
+    monkeypatch.setattr(shards, "index_dicom",
+                        lambda path, *a, **k: read.append(path.name) or real_index_dicom(path, *a, **k))
     root, index_path, quarantine_path = tmp_path / "archive", out / "index.parquet", out / "quarantine.parquet"
 
     again = index_shard(root, "p10", SALT, index_path, quarantine_path)

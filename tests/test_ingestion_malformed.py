@@ -1,0 +1,175 @@
+"""Real-world archives: whatever one file's header holds, that file is quarantined with a
+precise reason and the rest of its shard is indexed and decoded."""
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate, get_frame
+
+from ingestion.decode import decode_dicom
+from ingestion.failures import FileProblem, describe_failure
+from ingestion.images import build_cxr_images
+from ingestion.shards import index_shard
+from tests.dicom_factory import (BIRTH_DATE, PATIENT_ID, PATIENT_NAME, chest_like, mimic_path, set_raw_element,
+                                 write_dicom)
+
+SALT = b"salt"
+
+# name -> (how the file is spoiled, the start of its quarantine reason)
+MALFORMED = {
+    "frames_1a": (lambda p: set_raw_element(p, "NumberOfFrames", "IS", b"1A"),
+                  "NumberOfFrames: ValueError: invalid literal for int() with base 10: '1A'"),
+    "rows_zero": (lambda p: set_raw_element(p, "Rows", "US", b"\x00\x00"),
+                  "Rows 0: an image size must be between 1 and 65535"),
+    "columns_two_values": (lambda p: set_raw_element(p, "Columns", "US", b"\x70\x00\x70\x00"),
+                           "Columns: ValueError: 2 values where one is expected"),
+    "bits_allocated_12": (lambda p: set_raw_element(p, "BitsAllocated", "US", b"\x0c\x00"),
+                          "BitsAllocated 12: pydicom decodes 1, 8, 16, 32 bits only"),
+    "photometric_unknown": (lambda p: set_raw_element(p, "PhotometricInterpretation", "CS", b"HSV"),
+                            "PhotometricInterpretation 'HSV', expected one of"),
+    "window_garbage": (lambda p: set_raw_element(p, "WindowCenter", "DS", b"abc"),
+                       "WindowCenter: ValueError: could not convert string to float: 'abc'"),
+    # BitsStored under another VR than the dictionary's, holding text: a wrong VR and value at once.
+    "bad_vr": (lambda p: set_raw_element(p, "BitsStored", "LO", b"twelve"),
+               "BitsStored: ValueError: invalid literal for int() with base 10: 'twelve'"),
+    "truncated_native": (lambda p: p.write_bytes(p.read_bytes()[:-5000]), "truncated Pixel Data: "),
+}
+
+
+def _truncate_jpeg2000(path: Path) -> None:
+    """A real JPEG 2000 radiograph whose codestream lost its second half (a broken transfer)."""
+    ds = pydicom.dcmread(get_testdata_file("RG1_J2KR.dcm"))
+    frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    ds.PixelData = encapsulate([frame[: len(frame) // 2]])
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = PATIENT_NAME, PATIENT_ID, BIRTH_DATE
+    ds.save_as(path)
+
+
+@pytest.fixture()
+def shard(tmp_path: Path) -> Path:
+    """Shard p10: two good images, every malformed file above and a truncated JPEG 2000 file."""
+    root = tmp_path / "archive"
+    write_dicom(mimic_path(root, 10000001, 50000001, "good0001"), chest_like(seed=1))
+    write_dicom(mimic_path(root, 10000001, 50000001, "good0002"), chest_like(seed=2), view="AP", window=(1500, 3000))
+    for number, (name, (spoil, _)) in enumerate(MALFORMED.items(), 3):
+        path = mimic_path(root, 10000000 + number, 50000000 + number, name)
+        spoil(write_dicom(path, chest_like(seed=number), window=(1500, 3000)))
+    truncated = mimic_path(root, 10000099, 50000099, "truncated_j2k")
+    truncated.parent.mkdir(parents=True)
+    _truncate_jpeg2000(truncated)
+    return root
+
+
+def test_each_malformed_file_is_quarantined_and_the_good_files_index_and_decode(shard, tmp_path):
+    out = tmp_path / "out"
+    result = index_shard(shard, "p10", SALT, out / "index.parquet", out / "quarantine.parquet")
+    reasons = {Path(r["source_path"]).stem: r["reason"] for r in result.quarantine.to_pylist()}
+    assert set(reasons) == set(MALFORMED)
+    for name, (_, expected) in MALFORMED.items():
+        assert reasons[name].startswith(expected), (name, reasons[name])
+    # The JPEG 2000 stream is cut inside its tiles: only decoding finds out, and says so.
+    assert sorted(result.index.column("dicom_id").to_pylist()) == ["good0001", "good0002", "truncated_j2k"]
+
+    images = build_cxr_images(result.index, shard, out / "images.parquet", out / "decode_quarantine.parquet", size=32)
+    decode_reasons = {Path(r["source_path"]).stem: r["reason"]
+                      for r in pq.read_table(out / "decode_quarantine.parquet").to_pylist()}
+    assert images.images == 2 and list(decode_reasons) == ["truncated_j2k"]
+    assert decode_reasons["truncated_j2k"].startswith("decode failed: PixelData: RuntimeError: Unable to decode")
+    assert 2 + len(MALFORMED) + 1 == images.images + len(decode_reasons) + result.quarantine.num_rows
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_decoding_a_malformed_file_directly_fails_with_the_index_reason(tmp_path, name):
+    spoil, expected = MALFORMED[name]
+    path = write_dicom(tmp_path / f"{name}.dcm", window=(1500, 3000))
+    spoil(path)
+    with pytest.raises(FileProblem) as raised:
+        decode_dicom(path, 32)
+    assert describe_failure(raised.value, ()).startswith(expected)
+
+
+def test_an_exception_escaping_the_indexer_is_one_files_quarantine_row(shard, tmp_path, monkeypatch):
+    import ingestion.shards as shards
+
+    real = shards.index_dicom
+
+    def flaky(path, *args, **kwargs):
+        if path.stem == "good0002":
+            raise RuntimeError("indexer bug")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(shards, "index_dicom", flaky)
+    out = tmp_path / "out"
+    result = index_shard(shard, "p10", SALT, out / "index.parquet", out / "quarantine.parquet")
+    reasons = {Path(r["source_path"]).stem: r["reason"] for r in result.quarantine.to_pylist()}
+    assert reasons["good0002"] == "indexing failed: RuntimeError: indexer bug"
+    assert "good0001" in result.index.column("dicom_id").to_pylist()
+
+
+# --- no reason quotes an identifier ---------------------------------------------------------
+
+IDENTIFIERS = (PATIENT_NAME, PATIENT_ID, BIRTH_DATE, "QUIXOTE", "ALONSO")
+
+
+@pytest.mark.parametrize("keyword, vr, planted, expected", [
+    # pydicom's own message would quote the value, which is the patient's surname
+    ("WindowCenter", "DS", b"QUIXOTE", "WindowCenter: ValueError: (message withheld: it quotes a patient identifier)"),
+    ("NumberOfFrames", "IS", PATIENT_ID.encode(), "NumberOfFrames: ValueError: (message withheld"),
+    # our own reason would quote the value, which is the patient ID
+    ("PhotometricInterpretation", "CS", PATIENT_ID.encode(), "PhotometricInterpretation: (message withheld"),
+])
+def test_a_reason_that_would_quote_an_identifier_keeps_only_the_element_and_the_type(tmp_path, keyword, vr, planted,
+                                                                                        expected):
+    root = tmp_path / "archive"
+    write_dicom(mimic_path(root, 10000001, 50000001, "good0001"), chest_like(seed=1))
+    spoilt = set_raw_element(write_dicom(mimic_path(root, 10000002, 50000002, "spoilt"), chest_like(seed=2),
+                                         window=(1500, 3000)), keyword, vr, planted)
+    out = tmp_path / "out"
+    result = index_shard(root, "p10", SALT, out / "index.parquet", out / "quarantine.parquet")
+    [reason] = result.quarantine.column("reason").to_pylist()
+    assert reason.startswith(expected)
+    assert not any(secret.lower() in reason.lower() for secret in IDENTIFIERS)
+    # The decode stage, reading the file without the index's verdict, withholds it as well.
+    from ingestion.images import DecodeTask, decode_task
+
+    task = DecodeTask(str(spoilt), "spoilt.dcm", "dicom", 32, False, ("spoilt", "s", "k", "PA", "sha"))
+    _, pixels, error = decode_task(task)
+    assert pixels is None and error.startswith(f"decode failed: {expected}")
+    assert not any(secret.lower() in error.lower() for secret in IDENTIFIERS)
+
+
+def test_failure_descriptions_cut_identifiers_and_unknown_quoted_values():
+    from ingestion.failures import HeaderProblem
+
+    pairs = [("PatientName", PATIENT_NAME), ("PatientID", PATIENT_ID), ("PatientBirthDate", BIRTH_DATE)]
+    for message in (f"bad value {PATIENT_NAME!r}", "no such patient alonso", f"id {PATIENT_ID} unknown",
+                    "born 1947-09-23", "born 23 Sep 1947"):
+        assert describe_failure(ValueError(message), pairs) == "ValueError: (message withheld: it quotes a patient identifier)"
+    assert describe_failure(ValueError("Rows must be positive"), pairs) == "ValueError: Rows must be positive"
+    # An identifier element's own failure never shows its message, whatever it says.
+    assert describe_failure(HeaderProblem("PatientBirthDate", ValueError("bad")), ()) == (
+        "PatientBirthDate: ValueError: (message withheld: it quotes a patient identifier)")
+    # The header could not be read, so the identifiers are unknown: every quoted value goes.
+    assert describe_failure(EOFError("unexpected end reading 'QUIXOTE^ALONSO' at 0x80"), None) == (
+        "EOFError: unexpected end reading '…' at 0x80")
+
+
+def test_an_unreadable_file_is_recorded_without_its_path_in_the_reason(shard, tmp_path, monkeypatch):
+    import ingestion.dicom_index as dicom_index
+
+    real = dicom_index.file_sha256
+
+    def refuse(path):
+        if Path(path).stem == "good0002":  # as a file without read permission would
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(dicom_index, "file_sha256", refuse)
+    out = tmp_path / "out"
+    result = index_shard(shard, "p10", SALT, out / "index.parquet", out / "quarantine.parquet")
+    reasons = {Path(r["source_path"]).stem: r["reason"] for r in result.quarantine.to_pylist()}
+    assert reasons["good0002"] == "cannot read: PermissionError: [Errno 13] Permission denied: '…'"
+    assert "good0001" in result.index.column("dicom_id").to_pylist()
