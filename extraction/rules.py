@@ -69,7 +69,8 @@ UNCERTAIN_BEFORE = [
     "possibility of", "worrisome for", "consider", "considered", "question", "uncertain",
     # "may"/"could"/"might" hedge whatever verb follows ("may indicate", "could obscure")
     "may", "could", "either", "cannot entirely exclude", "cannot completely exclude",
-    "difficult to exclude", "difficult to completely exclude", "suspicion for", "suspicion of", "suggestion of", "favor",
+    "difficult to exclude", "difficult to completely exclude", "suspicion for",
+    "correlate clinically for", "correlate clinically with", "suspicion of", "suggestion of", "favor",
     "favored", "favoring",
     # XXXX (de-identification) hiding the verb's hedge: "opacity XXXX represents scar"
     "xxxx represent", "xxxx represents", "xxxx representing", "appearance xxxx",
@@ -104,9 +105,14 @@ SCOPE_TERMINATORS = [
 # A verb closes a preceding negation: "No effusion is seen and the heart is enlarged".
 VERBS = ["is", "are", "was", "were", "has", "have", "had", "appears", "appear", "remains",
          "remain", "demonstrates", "demonstrate", "shows", "show", "measures", "there's"]
+# A word that, standing before a finding's modifiers, names another category: "calcified right
+# midlung nodule" is a calcified nodule (its own category: not a lung lesion under `chexpert`).
+QUALIFIED_CATEGORIES = {("calcified", "nodule"): "calcified nodule"}
 # Words that offer findings as alternatives: "A or B", "A and/or B", "A/B", "A versus B".
 ALTERNATIVE_WORDS = {"or", "/", "versus", "vs"}
 ALTERNATIVE_GAP = 6  # at most this many items between two alternatives
+# Words that join the findings of one list ("effusion and pneumothorax are not seen").
+LIST_WORDS = {"and", "or", "nor", ","}
 # Words that end the run of modifiers belonging to one mention.
 MODIFIER_BREAKS = [",", "and", "or", "with", "/", "nor", "to", "versus", "vs"]
 # Severity words that, after a comma, start a new affirmed finding ("No effusion, small
@@ -238,7 +244,7 @@ class RuleExtractor:
             findings.append(RuleFinding(
                 severity=NEGATED_SEVERITY if negated else severity,
                 location=location,
-                category=mention.category,
+                category=_qualified(items, mention),
                 uncertain=uncertain,
                 sentence=sentence,
             ))
@@ -365,6 +371,8 @@ class RuleExtractor:
                 return False
             if item.has("neg_before") or item.has("unc_before"):
                 return False  # the next trigger starts its own scope
+            if item.has("category") and items[k - 1].roles["token"][0] not in LIST_WORDS:
+                return False  # "opacity representing atelectasis versus scar": not the opacity
         return False
 
     # --- modifiers ------------------------------------------------------------------
@@ -399,13 +407,26 @@ def _leading_severity(phrase: str, vocab: Vocabulary) -> str | None:
     return None
 
 
+def _qualified(items: list[_Item], mention: _Mention) -> str:
+    for k in range(mention.index - 1, -1, -1):
+        item = items[k]
+        if item.has("category"):
+            return QUALIFIED_CATEGORIES.get((item.roles["token"][0], mention.category), mention.category)
+        if _breaks_modifiers(item) or item.has("verb"):
+            break
+    return mention.category
+
+
 def _mark_masked_hedges(items: list[_Item]) -> list[_Item]:
     """XXXX right after a comma or a finding hides the word that links it to the next one
     ("opacity, XXXX atelectasis", "opacities XXXX due to atelectasis"), most often a hedge
-    (likely, possibly, representing): the guideline labels such mentions uncertain."""
-    for k in range(1, len(items)):
-        before = items[k - 1]
-        if items[k].roles["token"] == ["xxxx"] and (before.roles["token"] == [","] or before.has("category")):
+    (likely, possibly, representing): the guideline labels such mentions uncertain. Followed
+    by a list word ("emphysema, XXXX and irregular markings") it hides a finding instead."""
+    for k in range(1, len(items) - 1):
+        before, after = items[k - 1], items[k + 1]
+        if (items[k].roles["token"] == ["xxxx"] and not after.has("break")
+                and after.roles["token"] not in (["xxxx"], [","])
+                and (before.roles["token"] == [","] or before.has("category"))):
             items[k].roles.setdefault("unc_before", []).append("xxxx")
     return items
 
