@@ -33,8 +33,8 @@ LEGACY_CSV = DATA / "iu_gold_labels.csv"
 CLASSES = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
            "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening",
            "Hernia")
-CHEXPERT_CLASSES = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Lesion",
-                    "Lung Opacity", "Edema", "Consolidation", "Pneumonia", "Atelectasis",
+CHEXPERT_CLASSES = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity",
+                    "Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis",
                     "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices")
 CONVENTIONS = {"chestxray14": CLASSES, "chexpert": CHEXPERT_CLASSES}
 SPLITS = ("dev", "heldout")
