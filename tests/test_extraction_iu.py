@@ -172,14 +172,18 @@ def test_labels_table_has_a_row_per_study_and_maps_name_vocabulary_categories(tm
         load_label_map("chestxray14", broken, vocabulary)
 
 
-# Measured on the 600 dev reports (python benchmarks/extract.py --quality), micro-F1 per
-# convention and policy; each floor sits a little under its figure so that a change that makes
-# real reports worse fails here. The held-out set is never read by tests.
+# Micro-F1 on the 600 dev reports the rules are tuned on, measured with `python
+# benchmarks/extract.py --quality`: chestxray14 0.998 / 0.997 and chexpert 0.983 / 0.987
+# (uncertain as positive / negative). The floors sit at what the same path measured on the 300
+# held-out reports nobody tuned on (chestxray14 1.000 / 0.970, chexpert 0.967 / 0.957, rounded
+# down), i.e. at the level of unseen reports: a change that makes real reports worse than that
+# fails here, while dev's near-perfect figure (the rules were written on it) is not required to
+# hold exactly. The held-out set is never read by tests.
 DEV_FLOORS = {
-    ("chestxray14", "uncertain as negative"): 0.96,  # measured 0.997
-    ("chestxray14", "uncertain as positive"): 0.96,  # measured 0.998
-    ("chexpert", "uncertain as negative"): 0.90,  # measured 0.934
-    ("chexpert", "uncertain as positive"): 0.88,  # measured 0.916
+    ("chestxray14", "uncertain as negative"): 0.97,
+    ("chestxray14", "uncertain as positive"): 0.97,
+    ("chexpert", "uncertain as negative"): 0.95,
+    ("chexpert", "uncertain as positive"): 0.95,
 }
 
 
