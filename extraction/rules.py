@@ -11,8 +11,10 @@ start a new finding ("No focal consolidation, pneumothorax or large pleural effu
 Pseudo-triggers ("no change", "not excluded") are matched first, as longer phrases, so they
 never act as negations. Findings offered as alternatives ("atelectasis or scarring",
 "atelectasis and/or airspace disease", "infiltrate/atelectasis") and "borderline" ones are
-uncertain; a nodule the same sentence calls a granuloma is not reported as a nodule. These
-follow docs/labelling_guideline.md, which the IU gold standard is labelled by.
+uncertain, and so is everything a differential names or XXXX links to what came before
+("opacity, XXXX atelectasis"). It names what the report says (a patchy opacity is an opacity,
+hyperinflation is hyperinflation); knowledge/label_maps.yaml decides per convention what counts
+as which label. These follow docs/labelling_guideline.md, which the IU gold sets are labelled by.
 
 It answers in the JSON shape the LLM prompt asks for, so both backends share the parser.
 """
