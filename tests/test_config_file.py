@@ -66,7 +66,7 @@ def test_a_settings_file_points_the_pipeline_at_a_mimic_cxr_jpg_archive(tmp_path
     assert index.num_rows == expected_images > 0
     assert all(p.endswith(".jpg") for p in index.column("source_path").to_pylist())
 
-    done = medfilip("run", "reports", "--partition", shard, cwd=work, env=clean_env)
+    done = medfilip("run", "reports", "--partition", shard, "--json", cwd=work, env=clean_env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["rows"]["reports"] == len(list((reports / "files" / shard).rglob("*.txt")))
 
