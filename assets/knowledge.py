@@ -65,7 +65,7 @@ class TrainingTextsConfig(dg.Config):
           kinds={"duckdb", "parquet"}, code_version="1", automation_condition=DERIVED_FROM_EXTRACTION)
 def training_texts(context: dg.AssetExecutionContext, config: TrainingTextsConfig,
                    storage: StorageResource) -> dg.MaterializeResult:
-    """Per image its list of texts "<severity> <location> <category>. <description>", each
+    """Per image its list of texts "{severity} {location} {category}. {description}", each
     distinct text with a stable text_id; images without a triplet get the "no finding" text;
     train/validation split by patient."""
     images = decoded_images(storage)
