@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Optional
 
 import dagster as dg
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from assets.metadata import counts, first_reasons, md_table, preview
+from assets.ingestion_checks import leak_check, leaks_in, quarantine_rate_check
+from assets.metadata import counts, md_table, preview
 from assets.partitions import shard_partitions
 from assets.resources import ArchiveResource, StorageResource
 from common.storage import file_sha256
 from ingestion.dicom_index import choose_id_rule, header_identifiers, index_ids
-from ingestion.identifiers import IdentifierSignatures, describe_leaks, find_leaks, identifier_signatures
+from ingestion.identifiers import identifier_signatures
 from ingestion.images import DECODER_VERSION, build_cxr_images, contact_sheet_markdown
 from ingestion.layout import archive_problem, has_shard, shard_problem
 from ingestion.shards import index_shard, reports_shard
@@ -156,48 +156,6 @@ def other_shard_indexes(context: dg.AssetExecutionContext, storage: StorageResou
     shards = context.instance.get_dynamic_partitions(shard_partitions.name)
     return [storage.asset_path("dicom_index", f"{other}.parquet") for other in shards
             if not (other.startswith(shard) or shard.startswith(other))]
-
-
-def leaks_in(storage: StorageResource, paths: list[Path], signatures: IdentifierSignatures) -> list[dict]:
-    """find_leaks per file, each hit naming its file by its path in the data root
-    (data/dicom_index/p10.parquet, data/quarantine/index/p10.parquet: one basename, two tables)."""
-    return [dict(hit, file=shown_path(storage, path)) for path in paths for hit in find_leaks([path], signatures)]
-
-
-def shown_path(storage: StorageResource, path: Path) -> str:
-    """`path` as a person reads it: relative to the data root when inside it."""
-    home = storage.layout().home
-    return str(path.relative_to(home)) if path.is_relative_to(home) else str(path)
-
-
-def leak_check(shard: str, leaks: list[dict], checked: int) -> dg.AssetCheckResult:
-    """Kind, file, column and row of each leak, and the fix when the archive's folder names are
-    the source; never a value."""
-    return dg.AssetCheckResult(
-        check_name="no_identifier_leaks", passed=not leaks,
-        description=f"shard {shard}: {describe_leaks(leaks)}" if leaks else None,
-        metadata={"identifier_values_checked": checked, "leaks": md_table(leaks)})
-
-
-def quarantine_rate_check(shard: str, quarantine: pa.Table, total: int, limit: float, floor: int,
-                          storage: StorageResource, quarantine_path: Path) -> dg.AssetCheckResult:
-    """Fails above `limit`; a shard of fewer than `floor` files fails only when none of them is
-    usable and warns otherwise (two new files, one broken, is no broken copy of the archive)."""
-    quarantined = quarantine.num_rows
-    rate = quarantined / total if total else 0.0
-    metadata = {"rate": round(rate, 4), "limit": limit, "min_files": floor, "quarantined": quarantined,
-                "files": total}
-    if rate <= limit:
-        return dg.AssetCheckResult(check_name="quarantine_rate", passed=True, metadata=metadata)
-    description = (f"shard {shard}: {quarantined} of {total} files quarantined ({rate:.0%} > max_quarantine_rate "
-                   f"{limit:g}); first reasons: {first_reasons(quarantine)}; all in {shown_path(storage, quarantine_path)}")
-    small = total < floor and quarantined < total
-    if small:
-        description += (f"; a warning only: fewer than {floor} files (quarantine_rate_min_files), "
-                        "and some are usable")
-    return dg.AssetCheckResult(check_name="quarantine_rate", passed=False, description=description,
-                               severity=dg.AssetCheckSeverity.WARN if small else dg.AssetCheckSeverity.ERROR,
-                               metadata=metadata)
 
 
 @dg.asset(

@@ -82,32 +82,37 @@ def materialise(target: str, partitions: Sequence[str] | None = None,
         result = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False,
                                         run_config=run_config,
                                         tags={"medfilip/launched_by": "cli", **process_tags()})
-        summary["runs"].append({"partition": key, "run_id": result.run_id, "success": result.success})
-        summary["succeeded" if result.success else "failed"] += 1
-        for event in result.get_asset_materialization_events():
-            mat = event.materialization
-            name = mat.asset_key.to_user_string()
-            values = {k: v.value for k, v in mat.metadata.items() if isinstance(v.value, (int, float, str))
-                      and not (isinstance(v.value, str) and len(v.value) > 200)}
-            summary["assets"][name] = values
-            if "dagster/row_count" in values:
-                summary["rows"][name] = summary["rows"].get(name, 0) + int(values["dagster/row_count"])
-        checks = [event.event_specific_data for event in result.all_events
-                  if event.event_type_value == "ASSET_CHECK_EVALUATION" and not event.event_specific_data.passed]
-        summary["failed_checks"] += [{"partition": key, "asset": check.asset_key.to_user_string(),
-                                      "check": check.check_name, "severity": check.severity.value,
-                                      "description": check.description or ""} for check in checks]
-        failures = [(event.step_key, event.event_specific_data.error) for event in result.all_events
-                    if event.event_type_value == "STEP_FAILURE"]
-        if not result.success and not failures:  # the run failed outside any step
-            failures = [(None, event.event_specific_data.error if event.event_specific_data else None)
-                        for event in result.all_events if event.event_type_value == "RUN_FAILURE"][:1]
-        for step, error in failures:
-            blocking = [c for c in summary["failed_checks"] if c["partition"] == key and c["asset"] == step
-                        and c["severity"] == "ERROR"]
-            summary["failures"].append({"partition": key, "step": step or target, "run_id": result.run_id,
-                                        **failure_cause(error, blocking, defs, step)})
+        add_run(summary, key, result, defs)
     return summary
+
+
+def add_run(summary: dict, key: str | None, result: dg.ExecuteInProcessResult, defs: dg.Definitions) -> None:
+    """One run's counts, scalar metadata, failed checks and failures into the summary."""
+    summary["runs"].append({"partition": key, "run_id": result.run_id, "success": result.success})
+    summary["succeeded" if result.success else "failed"] += 1
+    for event in result.get_asset_materialization_events():
+        mat = event.materialization
+        name = mat.asset_key.to_user_string()
+        values = {k: v.value for k, v in mat.metadata.items() if isinstance(v.value, (int, float, str))
+                  and not (isinstance(v.value, str) and len(v.value) > 200)}
+        summary["assets"][name] = values
+        if "dagster/row_count" in values:
+            summary["rows"][name] = summary["rows"].get(name, 0) + int(values["dagster/row_count"])
+    checks = [event.event_specific_data for event in result.all_events
+              if event.event_type_value == "ASSET_CHECK_EVALUATION" and not event.event_specific_data.passed]
+    summary["failed_checks"] += [{"partition": key, "asset": check.asset_key.to_user_string(),
+                                  "check": check.check_name, "severity": check.severity.value,
+                                  "description": check.description or ""} for check in checks]
+    failures = [(event.step_key, event.event_specific_data.error) for event in result.all_events
+                if event.event_type_value == "STEP_FAILURE"]
+    if not result.success and not failures:  # the run failed outside any step
+        failures = [(None, event.event_specific_data.error if event.event_specific_data else None)
+                    for event in result.all_events if event.event_type_value == "RUN_FAILURE"][:1]
+    for step, error in failures:
+        blocking = [c for c in summary["failed_checks"] if c["partition"] == key and c["asset"] == step
+                    and c["severity"] == "ERROR"]
+        summary["failures"].append({"partition": key, "step": step or summary["target"], "run_id": result.run_id,
+                                    **failure_cause(error, blocking, defs, step)})
 
 
 def shards_to_run(defs: dg.Definitions, digits: int) -> list[str]:
