@@ -182,6 +182,9 @@ def ssm(context: dg.AssetExecutionContext, config: SSMConfig, storage: StorageRe
         },
         check_results=[
             dg.AssetCheckResult(check_name=name, passed=bool(checks[name][0]),
+                                description=None if checks[name][0] else
+                                f"SSM in {out_dir / 'ssm.json'} is not {name.replace('_', ' ')}: " + ", ".join(
+                                    f"{k} {v}" for k, v in checks[name][1].items() if isinstance(v, (int, float, str))),
                                 metadata={k: v for k, v in checks[name][1].items() if isinstance(v, (int, float, str, bool))})
             for name in SSM_CHECKS
         ],

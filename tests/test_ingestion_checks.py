@@ -99,3 +99,21 @@ def test_the_limit_and_the_floor_are_settings_and_run_config_wins(home, tmp_path
                             quarantine_rate_min_files=4)
         assert not overridden.success
         assert "(25% > max_quarantine_rate 0.2)" in check(overridden, "quarantine_rate").description
+
+
+def test_a_category_without_description_is_named_by_the_failed_check(home):
+    """Outside ingestion too, a failed check says what failed and where."""
+    import pyarrow as pa
+
+    from assets.checks import every_triplet_category_described
+    from assets.knowledge import knowledge_base
+    from common.storage import write_table
+
+    write_table(pa.table({"category": ["effusion", "flibbertigibbet"]}), home / "data" / "triplets" / "triplets.parquet")
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([knowledge_base, every_triplet_category_described], instance=instance,
+                                resources={"storage": StorageResource(home=str(home))})
+    described = check(result, "every_triplet_category_described")
+    assert not described.passed
+    assert described.description == ("1 categories used by triplets have no visual description in the knowledge "
+                                      "base: flibbertigibbet; add them to knowledge/descriptions.yaml")
