@@ -176,8 +176,8 @@ def our_frame(stack: Sequence[str]) -> str:
 
 
 def rebuild_hint(message: str, defs: dg.Definitions, step: str | None) -> str:
-    """For an unreadable output file of another asset (a corrupt Parquet file in the data root),
-    the command that writes it again."""
+    """For a missing or unreadable output file of another asset (a corrupt Parquet file in the
+    data root), the command that writes it."""
     data = defs.resources["storage"].layout().data
     match = re.search(re.escape(str(data)) + r"/([\w]+)/([\w.-]+)\.parquet", message)
     if not match or match.group(1) == step:
@@ -187,7 +187,7 @@ def rebuild_hint(message: str, defs: dg.Definitions, step: str | None) -> str:
     if asset not in keys:
         return ""
     partitioned = defs.resolve_asset_graph().get(dg.AssetKey(asset)).partitions_def is not None
-    return f"rewrite it: medfilip run {asset}" + (f" --partition {stem}" if partitioned else "")
+    return f"materialise it: medfilip run {asset}" + (f" --partition {stem}" if partitioned else "")
 
 
 def resolve_job(defs: dg.Definitions, target: str,
@@ -212,7 +212,7 @@ def resolve_job(defs: dg.Definitions, target: str,
         raise SystemExit(f"unknown target {target!r}: not a job ({sorted(job_names)}), "
                          f"asset ({sorted(keys)}) or group ({sorted(groups)})")
     job = dg.define_asset_job(f"medfilip_run__{target}", selection=selection)
-    return dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, resources=defs.resources, jobs=[job],
+    return dg.Definitions(assets=defs.assets, resources=defs.resources, jobs=[job],
                           loggers=loggers).resolve_job_def(job.name)
 
 

@@ -167,7 +167,7 @@ def test_a_corrupt_upstream_parquet_file_is_named_with_the_command_that_rewrites
     line = failed_run(medfilip("run", "cxr_images", "--partition", "p11", cwd=work, env=env), "cxr_images [p11]")
     assert line.startswith(f"FAILED cxr_images [p11]: ArrowInvalid: Could not open Parquet input source '{index}'"), line
     assert "(raised at assets/ingestion.py:" in line
-    assert line.endswith("; rewrite it: medfilip run dicom_index --partition p11"), line
+    assert line.endswith("; materialise it: medfilip run dicom_index --partition p11"), line
 
 
 def test_an_exception_inside_a_library_names_its_type_message_and_where(user, tmp_path):
