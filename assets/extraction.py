@@ -110,10 +110,16 @@ def llm_extractions(
         },
         check_results=[
             dg.AssetCheckResult(check_name="parse_failure_rate", passed=parse_rate <= config.max_parse_failure_rate,
+                                description=None if parse_rate <= config.max_parse_failure_rate else
+                                f"{total.parse_errors} of {answered} answers of {backend.name} ({backend.model or 'rules'}) "
+                                f"could not be parsed ({parse_rate:.1%} > max_parse_failure_rate "
+                                f"{config.max_parse_failure_rate:g}); rows with parse_error in {out_path}",
                                 metadata={"rate": round(parse_rate, 4), "parse_errors": total.parse_errors,
                                           "answers": answered, "limit": config.max_parse_failure_rate}),
             dg.AssetCheckResult(check_name="no_backend_errors", passed=not failed,
                                 severity=dg.AssetCheckSeverity.WARN,
+                                description=f"{len(failed)} reports got no answer from {backend.name}; first: study "
+                                            f"{failed[0]['study_id']}: {failed[0]['error'][:200]}" if failed else None,
                                 metadata={"errors": len(failed), "examples": md_table(failed[:10])}),
         ],
     )
@@ -172,10 +178,18 @@ def triplets(context: dg.AssetExecutionContext, config: TripletsConfig, storage:
         },
         check_results=[
             dg.AssetCheckResult(check_name="share_of_reports_with_triplets", passed=summary.share_with_triplets >= config.min_share_with_triplets,
+                                description=None if summary.share_with_triplets >= config.min_share_with_triplets else
+                                f"only {with_triplets} of {summary.answered} answered reports gave a triplet "
+                                f"({summary.share_with_triplets:.0%} < min_share_with_triplets "
+                                f"{config.min_share_with_triplets:g}); rejects and their reasons in {rejects_path}",
                                 metadata={"share": round(summary.share_with_triplets, 4), "reports_with_triplets": with_triplets,
                                           "answered_reports": summary.answered, "minimum": config.min_share_with_triplets}),
             dg.AssetCheckResult(check_name="categories_in_vocabulary", passed=summary.outside_rate <= config.max_reject_rate,
                                 severity=dg.AssetCheckSeverity.WARN,
+                                description=None if summary.outside_rate <= config.max_reject_rate else
+                                f"{len(outside)} of {findings} findings name a category outside the vocabulary "
+                                f"({summary.outside_rate:.1%} > max_reject_rate {config.max_reject_rate:g}), e.g. "
+                                f"{', '.join(sorted({str(o['raw_category']) for o in outside})[:5])}",
                                 metadata={"outside_vocabulary": len(outside), "findings": findings,
                                           "rate": round(summary.outside_rate, 4),
                                           "examples": md_table(outside[:10], ["study_id", "raw_category", "sentence"])}),
