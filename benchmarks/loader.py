@@ -7,7 +7,7 @@ Data: a corpus from the project's generator (`--seed-studies` studies, `--source
 run through the project's own ingestion (`build_cxr_images` at each `--sizes`, row groups of 64
 as `ImagesConfig`) and texts (rules extraction, `build_training_texts`). Its distinct images are
 then written again under new ids until the table holds `--images` rows, in the ingestion's
-Parquet schema and compression; a row group never holds one image twice (copies are a whole
+Parquet schema and write options; a row group never holds one image twice (copies are a whole
 number of row groups apart), so compression is that of distinct images.
 
 Measured, each as one epoch through torch's DataLoader with `w` worker processes:
@@ -145,7 +145,7 @@ def prepare(root: Path, images: int, sizes: list[int], seed_studies: int, source
 def write_copies(seed: pa.Table, copies: int, images: int, out_dir: Path) -> None:
     """`images` rows: copy c of seed row i is `<dicom_id>-<c>`; copies follow each other whole, so
     that two copies of one image are `len(seed)` >= 64 rows apart, never in one row group."""
-    from ingestion.images import IMAGE_SCHEMA, PIXEL_COMPRESSION, PIXEL_COMPRESSION_LEVEL
+    from ingestion.images import IMAGE_SCHEMA, WRITE_OPTIONS
 
     ids = seed.column("dicom_id").to_pylist()
     table = pa.concat_tables([seed.set_column(0, "dicom_id", pa.array([f"{d}-{c:03d}" for d in ids]))
@@ -154,8 +154,7 @@ def write_copies(seed: pa.Table, copies: int, images: int, out_dir: Path) -> Non
     per_shard = -(-images // SHARDS)
     for shard in range(SHARDS):
         part = table.slice(shard * per_shard, per_shard)
-        with pq.ParquetWriter(out_dir / f"p{10 + shard}.parquet", IMAGE_SCHEMA, compression=PIXEL_COMPRESSION,
-                              compression_level=PIXEL_COMPRESSION_LEVEL) as writer:
+        with pq.ParquetWriter(out_dir / f"p{10 + shard}.parquet", IMAGE_SCHEMA, **WRITE_OPTIONS) as writer:
             writer.write_table(part.cast(IMAGE_SCHEMA), row_group_size=64)
 
 
