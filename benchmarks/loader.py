@@ -16,6 +16,8 @@ Measured, each as one epoch through torch's DataLoader with `w` worker processes
   receives it, before it goes to the device;
 - bare: the same row groups dealt to the same workers, each one's `pixels` column read, every
   image `torch.frombuffer` and every 32 of them stacked; nothing else;
+- in both, the consumer reads one byte of every page of a batch's pixels, as the copy to the
+  device would (a batch in shared memory pays its page faults where it is first read);
 - device: what the loop does with a batch on arrival (uint8 to float, the augmentation, batched
   in `Batch.images`), on one CPU thread and on CUDA when there is one.
 Ours and bare take turns `--repeat` times; a figure is the median of the repeats and the
@@ -187,10 +189,18 @@ def timed_epoch(loader) -> tuple[int, float, float]:
     batches = iter(loader)
     for batch in batches:
         count += len(batch)
+        _touch(batch if isinstance(batch, torch.Tensor) else getattr(batch, "pixels", getattr(batch, "images", None)))
     seconds = time.perf_counter() - start
     del batches, batch
     gc.collect()  # the workers exit and are waited for: their CPU time is then counted
     return count, seconds, _cpu_seconds() - cpu_before
+
+
+def _touch(pixels: torch.Tensor) -> None:
+    """Read one byte per page, as the copy to the device would: a batch arriving in shared
+    memory costs its page faults where it is first read, in the bare loop as in ours."""
+    flat = pixels.view(-1) if pixels.is_contiguous() else pixels.reshape(-1)
+    int(flat[::4096].sum())
 
 
 def _cpu_seconds() -> float:
