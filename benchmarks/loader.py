@@ -189,7 +189,7 @@ def timed_epoch(loader) -> tuple[int, float, float]:
     batches = iter(loader)
     for batch in batches:
         count += len(batch)
-        _touch(batch if isinstance(batch, torch.Tensor) else getattr(batch, "pixels", getattr(batch, "images", None)))
+        _touch(batch if isinstance(batch, torch.Tensor) else batch.pixels if hasattr(batch, "pixels") else batch.images)
     seconds = time.perf_counter() - start
     del batches, batch
     gc.collect()  # the workers exit and are waited for: their CPU time is then counted
