@@ -55,10 +55,10 @@ class ImagesConfig(dg.Config):
     workers: int = 2
     row_group_size: int = 64
     pad_to_square: bool = False
-    # Decode JPEG 2000 one resolution level down: 3x faster; at 448 px from MIMIC-CXR-size images
-    # 99.99% of pixels within one grey level of the full decode, but 99.5-99.8% on smaller sources
-    # or targets (benchmarks/ingest.py), so off unless speed matters more.
-    reduce_jpeg2000: bool = False
+    # Decode JPEG 2000 one resolution level down where that keeps >= 99.9% of pixels within one
+    # grey level of the full decode (448 px from MIMIC-CXR-size images: 3x faster; smaller
+    # sources and 224 px decode in full, see ingestion.decode.j2k_level_for). False: always in full.
+    reduce_jpeg2000: bool = True
 
 
 @dg.asset(
