@@ -25,15 +25,11 @@ which count words), one report per request against K in (4, 8, 16) reports per r
 to the one-per-request run; and how much of each request is the stable prefix (the system prompt)
 that providers' prompt caching serves.
 
-medspaCy, evaluated as the engine instead of our triggers and not adopted (2026-12-03, by
-hand, in a separate virtual environment so it is no dependency): medspacy 1.3.1 / spaCy 3.7.5,
-PyRuSH sentences, every knowledge/vocabulary.yaml synonym (and plural) as a TargetRule, the
-default ConText rules, uncertain = is_uncertain or is_hypothetical, then the same label map
-and scoring. Micro-F1 (macro) dev 0.92 (0.91) / 0.77 (0.74) and test 0.90 (0.89) / 0.76 (0.77),
-uncertain as positive / negative, against the rules backend's 0.95 (0.93) / 0.90 (0.87) and
-0.92 (0.90) / 0.88 (0.87); about 57 reports per CPU second against about 2,600. Its default
-uncertainty triggers miss the guideline's alternatives ("A or B", "A/B"), and it cannot read
-organ statements ("heart size is normal").
+Every run writes its figures to benchmarks/results/extract_speed.json, extract_quality.json or
+extract_tokens.json (testkit/results.py), from which the README copies them.
+
+medspaCy was evaluated as the engine instead of our triggers and not adopted (2026-12-03); that
+comparison ran by hand, from no committed script, so its figures are not quoted here.
 """
 
 from __future__ import annotations
@@ -63,23 +59,30 @@ from testkit.iu_gold import (  # noqa: E402
     score,
 )
 from testkit.openai_stub import StubServer  # noqa: E402
+from testkit.results import load_average, write_result  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reports", type=int, default=10_000)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--llm-reports", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--quality", action="store_true", help="F1 on the IU gold standard")
     parser.add_argument("--tokens", action="store_true", help="tokens per report, K reports per request")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    load = load_average()
     if args.quality:
-        quality()
+        write_result("extract_quality", args, quality(), started_load=load)
         return
     if args.tokens:
-        tokens(args.llm_reports)
+        write_result("extract_tokens", args, tokens(args.llm_reports), started_load=load)
         return
+    figures: dict[str, float] = {}
     iu = load_iu_reports()
     texts = [f"{iu[i % len(iu)]} [copy {i}]" for i in range(args.reports)]
     table = reports_table(texts)
@@ -97,6 +100,9 @@ def main() -> None:
               f"extractor alone {2000 / pure:,.0f} reports/s")
         print(f"no-change re-run ({args.reports} reports): {warm.stats.wall_s:.2f} s, "
               f"calls={warm.stats.calls}, cache hits={warm.stats.cache_hits}")
+        figures.update(rules_cold_reports_per_s=args.reports / cold.stats.wall_s,
+                       rules_extractor_reports_per_s=2000 / pure, rerun_s=warm.stats.wall_s,
+                       rerun_calls=warm.stats.calls, rerun_cache_hits=warm.stats.cache_hits)
 
         os.environ["MEDFILIP_BENCH_KEY"] = "bench"
         llm_table = reports_table(texts[:args.llm_reports])
@@ -110,12 +116,15 @@ def main() -> None:
                 print(f"openai (stub, {args.latency_ms:.0f} ms latency) concurrency {concurrency}: "
                       f"{args.llm_reports} reports in {result.stats.wall_s:.2f} s "
                       f"({args.llm_reports / result.stats.wall_s:.1f} reports/s), calls={result.stats.calls}")
+                figures[f"openai_stub_concurrency_{concurrency}_reports_per_s"] = args.llm_reports / result.stats.wall_s
             rerun = extract_reports(llm_table, backend, Path(tmp) / f"llm{args.concurrency}.duckdb")
         print(f"speed-up concurrency {args.concurrency} vs 1: {timings[1] / timings[args.concurrency]:.1f}x; "
               f"openai re-run calls={rerun.stats.calls}")
+        figures.update(openai_speedup=timings[1] / timings[args.concurrency], openai_rerun_calls=rerun.stats.calls)
+    write_result("extract_speed", args, figures, started_load=load)
 
 
-def tokens(n_reports: int) -> None:
+def tokens(n_reports: int) -> dict[str, float]:
     from extraction.parse import parse_answer
     from extraction.prompts import default_prompt_dir, load_prompt
 
@@ -124,6 +133,7 @@ def tokens(n_reports: int) -> None:
     os.environ["MEDFILIP_BENCH_KEY"] = "bench"
     prefix_words = len(load_prompt(default_prompt_dir()).system.split())
     rows, baseline, base_answers = [], None, None
+    figures: dict[str, float] = {"system_prompt_words": prefix_words}
     with tempfile.TemporaryDirectory() as tmp, StubServer() as server:
         for k in (1, 4, 8, 16):
             before = len(server.requests)
@@ -136,6 +146,8 @@ def tokens(n_reports: int) -> None:
             per_report = (result.stats.prompt_tokens + result.stats.completion_tokens) / len(texts)
             baseline = baseline or per_report
             base_answers = base_answers or answers
+            figures.update({f"k{k}_tokens_per_report": per_report, f"k{k}_vs_one_per_request": per_report / baseline,
+                            f"k{k}_answers_equal": int(answers == base_answers)})
             rows.append({"reports per request": k, "requests": requests,
                          "prompt tokens / report": f"{result.stats.prompt_tokens / len(texts):.0f}",
                          "completion tokens / report": f"{result.stats.completion_tokens / len(texts):.0f}",
@@ -144,21 +156,28 @@ def tokens(n_reports: int) -> None:
                          "answers equal": "yes" if answers == base_answers else "NO"})
     print(f"{len(texts)} IU reports, stub usage counts (words); stable prefix = system prompt, {prefix_words} words")
     print(markdown_table(rows, list(rows[0])))
+    return figures
 
 
 def load_iu_reports() -> list[str]:
     return list(load_iu_texts().values())
 
 
-def quality() -> None:
+def quality() -> dict[str, float]:
     gold = load_gold()
     texts = load_iu_texts(set(gold))
     rules = make_backend({"kind": "rules"})
     labellers = {"rules": rules_labels(rules, texts), "keyword": keyword_labels(texts)}
+    figures: dict[str, float] = {}
     for split in ("dev", "test"):
         part = load_gold(split)
         for policy in POLICIES:
             scores = {name: score(part, predicted, policy) for name, predicted in labellers.items()}
+            key = f"{split}_{policy.replace(' ', '_')}"
+            for name, result in scores.items():
+                figures[f"{key}_{name}_micro_f1"] = result.micro[2]
+                figures[f"{key}_{name}_macro_f1"] = result.macro_f1
+                figures.update({f"{key}_{name}_f1_{label}": result.prf(label)[2] for label in CLASSES})
             print(f"\n## {split} ({len(part)} reports), {policy}\n")
             columns = ["class", "gold +"] + [f"{n} {m}" for n in scores for m in ("P", "R", "F1")]
             rows = []
@@ -177,6 +196,9 @@ def quality() -> None:
     # for the core when other work shares the machine.
     print(f"\nrules backend, complete() only, one thread: {len(all_texts)} IU reports, "
           f"{len(all_texts) / cpu:,.0f} reports per CPU second ({len(all_texts) / wall:,.0f} per wall second)")
+    figures.update(rules_reports=len(all_texts), rules_reports_per_cpu_s=len(all_texts) / cpu,
+                   rules_reports_per_wall_s=len(all_texts) / wall)
+    return figures
 
 
 # The baseline: a finding is named by one of a few words; "no"-type words up to six words

@@ -35,10 +35,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from common.tables import markdown_table  # noqa: E402
+from testkit.results import load_average, write_result  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, nargs="+", default=[500, 5000])
     parser.add_argument("--size", type=int, default=448)
     parser.add_argument("--workers", type=int, default=2)
@@ -48,7 +49,12 @@ def main() -> None:
     parser.add_argument("--codec", choices=["uncompressed", "jpeg2000"], default="uncompressed")
     parser.add_argument("--seed-images", type=int, default=12,
                         help="seeds rescaled/re-encoded when --source-size or --codec differ from the corpus")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    load = load_average()
     width, _, height = args.source_size.partition("x")
     source = (int(width), int(height or width))
 
@@ -80,6 +86,14 @@ def main() -> None:
                         best[mode, workers] = run
             results.extend(best.values())
         print_table(results)
+    figures = {}
+    for r in results:
+        key = f"n{r['images']}_{r['mode']}_x{r['workers']}"
+        bare = next(b for b in results if b["images"] == r["images"] and b["mode"] == "bare")["images_per_s"]
+        figures.update({f"{key}_images_per_s": r["images_per_s"], f"{key}_vs_bare": r["images_per_s"] / bare,
+                        f"{key}_decoded": r["decoded"], f"{key}_peak_rss_mb": r["peak_rss_mb"],
+                        f"{key}_peak_worker_rss_mb": r["peak_worker_rss_mb"]})
+    write_result(f"ingest_{args.source_size}_{args.codec}", args, figures, started_load=load)
 
 
 def print_agreement(seeds: list[Path], size: int) -> None:

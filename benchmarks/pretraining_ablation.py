@@ -23,6 +23,7 @@ from evaluation.datasets import generated_eval_sets
 from evaluation.encode import as_float, image_tensor
 from evaluation.finetune import FinetuneConfig, run_finetune
 from evaluation.segmentation import SegmentationConfig, build_segmenter, run_segmentation
+from testkit.results import evaluation_figures, load_average, write_result
 
 SEGMENTATION_VARIANTS = {
     "default (enc lr 0.1x, BN re-estimated)": {},
@@ -37,8 +38,9 @@ FINETUNE_VARIANTS = {
 }
 
 
-def main() -> None:
-    args = _parse()
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    load = load_average()
     torch.set_num_threads(args.threads)
     config = torch.load(args.checkpoint, map_location="cpu", weights_only=False)["model_config"]
     sets = {name: data.subset(range(min(args.max_images, len(data))))
@@ -66,6 +68,12 @@ def main() -> None:
         from evaluation.report import write_json
 
         write_json(out, args.json)
+    figures = {f"feature_std.{init}.{i}": v for init, level in out.get("feature_scale", {}).items()
+               for i, v in enumerate(level)}
+    for name, report in out.items():
+        if name != "feature_scale":
+            figures.update(evaluation_figures(report, f"{name}: "))
+    write_result(f"pretraining_ablation_{args.only or 'all'}", args, figures, started_load=load)
 
 
 def feature_scale(data, model_config: dict, checkpoint: str, count: int = 64) -> dict[str, list[float]]:
@@ -95,7 +103,7 @@ def _print_comparison(name: str, report: dict, seconds: float, cpu_seconds: floa
               f"({low:+.3f} to {high:+.3f}) {c['verdict']}   [{seconds:.0f} s wall, {cpu_seconds:.0f} s CPU]", flush=True)
 
 
-def _parse() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--eval-root", required=True, help="the generated corpus's eval/ folder")
@@ -107,7 +115,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--only", choices=("segmentation", "finetune"))
     parser.add_argument("--variants", nargs="*", help="names of the variants to run (default: all)")
     parser.add_argument("--json")
-    return parser.parse_args()
+    return parser
 
 
 if __name__ == "__main__":
