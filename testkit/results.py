@@ -2,7 +2,7 @@
 the README and docs quote.
 
 Keys: `command` (the command line, from the repository root, that reproduces the run), `commit`
-(git HEAD, "+dirty" when tracked files differed from it), `date` (UTC), `cpu` (model, cores and
+(git HEAD, "+dirty" when tracked files other than Markdown differed from it), `date` (UTC), `cpu` (model, cores and
 the load average before and after: a load above the core count means other jobs shared the
 machine), `args` (the parsed arguments) and `figures` (a flat map of named numbers).
 `tests/test_benchmark_results.py` checks every file: the keys, and that the command's script
@@ -129,7 +129,7 @@ def git_commit() -> str:
 
     try:
         head = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results", ":!*.md")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return head + ("+dirty" if dirty else "")
