@@ -111,6 +111,19 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace, scratch: Path, test) 
     return {**row, "scores": scores}
 
 
+def ssm_spread(ssm: SSM) -> dict[str, float]:
+    """How soft the targets are: SSM values between different texts of one block (across blocks
+    the SSM is zero). Near 1 with a small spread, the targets are close to hard category labels."""
+    values = []
+    for offset, size in zip(ssm.block_offset, ssm.block_size):
+        block = np.asarray(ssm.values[offset:offset + size * size], dtype=np.float64).reshape(size, size)
+        values.append(block[~np.eye(size, dtype=bool)])
+    within = np.concatenate(values) if values else np.zeros(0)
+    return {"texts": len(ssm.text_ids), "blocks": len(ssm.block_size), "within_block_pairs": int(within.size),
+            "within_block_mean": float(within.mean()), "within_block_sd": float(within.std()),
+            "within_block_min": float(within.min()), "within_block_q10": float(np.quantile(within, 0.1))}
+
+
 def held_out_set(scratch: Path, count: int, sizes: set[int]) -> dict:
     write_eval_sets(scratch / "eval", seed=11, count=count, image_size=max(sizes))
     data = generated_eval_sets(scratch / "eval")["nih"]
@@ -160,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     comparisons = compare(runs, test["data"].labels, args.n_boot)
     plot_curves(runs, RESULTS_DIR / f"{name}_curves.png")
     figures: dict[str, float] = {"test_images": len(test["data"])}
+    for name in ("ssm", "ssm_reference"):
+        figures.update({f"{name}.{k}": v for k, v in ssm_spread(SSM.load(args.data / name)).items()})
     for run in runs:
         key = f"{run['arm']}.seed{run['seed']}"
         figures.update({f"{key}.test_auc": run["test_auc"], f"{key}.final_logit_scale": run["final_logit_scale"],
