@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     comparisons = compare(runs, test["data"].labels, args.n_boot)
     plot_curves(runs, RESULTS_DIR / f"{name}_curves.png")
     figures: dict[str, float] = {"test_images": len(test["data"])}
-    for name in ("ssm", "ssm_reference"):
-        figures.update({f"{name}.{k}": v for k, v in ssm_spread(SSM.load(args.data / name)).items()})
+    for folder in ("ssm", "ssm_reference"):
+        figures.update({f"{folder}.{k}": v for k, v in ssm_spread(SSM.load(args.data / folder)).items()})
     for run in runs:
         key = f"{run['arm']}.seed{run['seed']}"
         figures.update({f"{key}.test_auc": run["test_auc"], f"{key}.final_logit_scale": run["final_logit_scale"],
