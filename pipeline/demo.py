@@ -101,8 +101,12 @@ def demo_figures(summaries: list[dict], timings: dict[str, float]) -> dict[str, 
     for summary in summaries:
         figures.update({f"rows.{name}": count for name, count in summary["rows"].items()})
         for name in FIGURE_ASSETS:
-            figures.update({f"{name}.{key}": value for key, value in summary["assets"].get(name, {}).items()
-                            if isinstance(value, (int, float)) and not isinstance(value, bool)})
+            for key, value in summary["assets"].get(name, {}).items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    figures[f"{name}.{key}"] = value
+                elif isinstance(value, str) and key.endswith("_ci") and "–" in value:  # "0.888–0.916"
+                    low, high = value.split("–")
+                    figures.update({f"{name}.{key}_low": float(low), f"{name}.{key}_high": float(high)})
     return figures
 
 
