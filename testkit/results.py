@@ -84,11 +84,11 @@ def evaluation_figures(report: Mapping[str, Any], prefix: str = "") -> dict[str,
         figures.update({f"{prefix}{direction}_{k}": v for k, v in report.get(direction, {}).items() if "@" in k})
     for arm in report.get("arms", []):
         name = "_".join(str(arm[k]) for k in ("mode", "init", "fraction") if k in arm)
-        for metric in ("mean_auc", "mean_dice", "mean_iou"):
+        for metric in ("mean_auc", "mean_dice", "mean_iou", "mean_dice_with_mask", "empty_predicted_without_mask"):
             if metric in arm:
                 figures.update({f"{prefix}{name}_{metric}": arm[metric], f"{prefix}{name}_{metric}_sd": arm[f"{metric}_sd"]})
     for c in report.get("comparisons", []):
-        name = "_".join(str(c[k]) for k in ("mode", "fraction") if k in c) + f"_vs_{c['baseline_init']}"
+        name = "_".join(str(c[k]) for k in ("mode", "fraction", "subset") if k in c) + f"_vs_{c['baseline_init']}"
         difference = c["difference"]
         figures.update({f"{prefix}{name}_difference": difference["mean"], f"{prefix}{name}_ci_low": difference["ci"][0],
                         f"{prefix}{name}_ci_high": difference["ci"][1],

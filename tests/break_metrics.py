@@ -36,6 +36,7 @@ MUTATIONS = [
     ("fine-tune test rows off by one", "evaluation/finetune.py", "return scores[split[\"val\"]], scores[split[\"test\"]]", "return scores[split[\"val\"]], scores[(split[\"test\"] + 1) % len(scores)]"),
     ("predicted probabilities inverted (full fine-tune, segmentation)", "evaluation/encode.py", "out = [torch.sigmoid(net(", "out = [torch.sigmoid(-net("),
     ("Dice off by one", "evaluation/segmentation.py", "dice = np.where(total > 0, 2 * inter / total, 1.0)", "dice = np.where(total > 0, 2 * inter / (total + 1), 1.0)"),
+    ("Dice subsets: with / without a mask swapped", "evaluation/segmentation.py", "out.update(mean_dice_with_mask=mean(dice[with_mask]), empty_predicted_without_mask=mean(dice[~with_mask]),", "out.update(mean_dice_with_mask=mean(dice[~with_mask]), empty_predicted_without_mask=mean(dice[with_mask]),"),
     ("IoU off by one", "evaluation/segmentation.py", "iou = np.where(union > 0, inter / union, 1.0)", "iou = np.where(union > 0, inter / (union + 1), 1.0)"),
 ]
 

@@ -25,7 +25,7 @@ from evaluation.encode import image_tensor
 from evaluation.finetune import FinetuneConfig, run_finetune
 from evaluation.metrics import classification_report, rank_auc
 from evaluation.retrieval import evaluate_retrieval, prompt_gallery, with_no_finding
-from evaluation.segmentation import dice_iou, predict_masks
+from evaluation.segmentation import dice_iou, predict_masks, summarise
 from evaluation.zero_shot import evaluate_zero_shot
 from knowledge.base import NO_FINDING, category_prompts, load_knowledge
 from medfilip_model.zero_shot import TextCategories, per_class_auc, prompt_embeddings
@@ -307,6 +307,18 @@ def test_dice_of_a_mask_offset_by_k_pixels(dy, dx, dice, iou):
     dices, ious = dice_iou(predicted, truth)
     assert dices[0] == pytest.approx(dice, abs=1e-12) and ious[0] == pytest.approx(iou, abs=1e-12)
     assert dices[1] == 1.0 and ious[1] == 1.0
+
+
+def test_dice_split_into_images_with_and_without_a_mask():
+    """Four test images: two mask-free (one predicted empty: Dice 1; one with a false speck: 0)
+    and two with a mask (Dice 0.75 and 1). Mean 2.75 / 4; with a mask 1.75 / 2; mask-free images
+    predicted empty 1 / 2."""
+    dice = np.array([1.0, 0.0, 0.75, 1.0])
+    summary = summarise(dice, dice, n_boot=10, seed=0, with_mask=np.array([False, False, True, True]))
+    assert summary["mean_dice"] == pytest.approx(0.6875, abs=1e-12)
+    assert summary["mean_dice_with_mask"] == pytest.approx(0.875, abs=1e-12)
+    assert summary["empty_predicted_without_mask"] == pytest.approx(0.5, abs=1e-12)
+    assert summary["test_images_with_mask"] == 2
 
 
 def test_image_tensor_keeps_the_stripes_where_they_were_drawn():
