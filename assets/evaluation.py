@@ -127,7 +127,7 @@ def segmentation_eval(context: dg.AssetExecutionContext, config: EvalConfig, sto
                       archive: ArchiveResource, mlflow_tracking: MLflowResource) -> dg.MaterializeResult:
     """U-Net decoder on the pre-trained image encoder, trained on pneumothorax masks (SIIM
     layout): Dice and IoU per image and mean with CIs, against the same net without pre-training."""
-    from evaluation.segmentation import SegmentationConfig, run_segmentation
+    from evaluation.segmentation import SUBSET_METRICS, SegmentationConfig, run_segmentation
 
     model_info = latest_model(context)
     siim = config.model_copy(update={"dataset": "siim"}) if config.dataset != "siim" else config
@@ -135,8 +135,10 @@ def segmentation_eval(context: dg.AssetExecutionContext, config: EvalConfig, sto
     report = run_segmentation(data, model_info["model_config"], model_info["checkpoint"], seeds=seed_list(config),
                               config=SegmentationConfig(epochs=config.epochs, seed=config.seed), n_boot=config.n_boot)
     summary = {f"{metric}_{arm['init']}{suffix}": arm[f"{metric}{suffix}"] for arm in report["arms"]
-               for metric in ("mean_dice", "mean_iou") for suffix in ("", "_sd")}
-    verdicts = {f"dice_vs_{c['baseline_init']}": c for c in report["comparisons"]}
+               for metric in ("mean_dice", "mean_iou", *SUBSET_METRICS) for suffix in ("", "_sd")}
+    # "dice_vs_random" (all test images), "dice_with_mask_vs_random", "dice_without_mask_vs_random"
+    verdicts = {f"dice{'' if c['subset'] == 'all' else '_' + c['subset']}_vs_{c['baseline_init']}": c
+                for c in report["comparisons"]}
     return record_evaluation(context, "segmentation_eval", {"segmentation": {data.name: report}}, summary,
                              model_info, mlflow_tracking, storage, examples=data, config=siim, data=data,
                              comparisons=verdicts)

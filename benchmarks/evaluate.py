@@ -26,10 +26,12 @@ from evaluation.retrieval import evaluate_retrieval, prompt_gallery, with_no_fin
 from evaluation.segmentation import SegmentationConfig, run_segmentation
 from evaluation.zero_shot import evaluate_zero_shot, unseen_categories
 from knowledge.base import load_knowledge
+from testkit.results import evaluation_figures, load_average, write_result
 
 
-def main() -> None:
-    args = _parse()
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    load = load_average()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
@@ -43,6 +45,11 @@ def main() -> None:
           + f", total {time.perf_counter() - started:.1f}")
     if args.json:
         write_json({**results, "timings_s": timings}, args.json)
+    figures = {f"wall_s.{task}": seconds for task, seconds in timings.items()}
+    for task, by_set in results.items():
+        for name, report in by_set.items():
+            figures.update(evaluation_figures(report, f"{task}.{name}."))
+    write_result("evaluate", args, figures, started_load=load)
 
 
 def run_all(args: argparse.Namespace, eval_root: Path) -> tuple[dict, dict]:
@@ -80,7 +87,7 @@ def run_all(args: argparse.Namespace, eval_root: Path) -> tuple[dict, dict]:
     return results, timings
 
 
-def _parse() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="training.loop checkpoint (its model_config is used)")
     parser.add_argument("--config", default="tiny", help="model config when no checkpoint is given")
@@ -95,7 +102,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the results here")
-    return parser.parse_args()
+    return parser
 
 
 if __name__ == "__main__":

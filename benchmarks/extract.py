@@ -62,10 +62,11 @@ from testkit.iu_gold import (  # noqa: E402
     score,
 )
 from testkit.openai_stub import StubServer  # noqa: E402
+from testkit.results import load_average, write_result  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reports", type=int, default=10_000)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--llm-reports", type=int, default=64)
@@ -74,9 +75,14 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", choices=SPLITS, default=list(SPLITS),
                         help="with --quality: which IU gold sets (tune on dev; held-out is only measured)")
     parser.add_argument("--tokens", action="store_true", help="tokens per report, K reports per request")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    load = load_average()
     if args.quality:
-        quality(args.sets)
+        write_result("extract_quality", args, quality(args.sets), started_load=load)
         return
     if args.tokens:
         tokens(args.llm_reports)
@@ -157,12 +163,12 @@ COMPARATORS = ("medspacy", "negspacy")
 BINARY_RULE = {"chestxray14": "uncertain as negative", "chexpert": None}
 
 
-def quality(sets: list[str]) -> None:
+def quality(sets: list[str]) -> dict[str, float]:
     rules = make_backend({"kind": "rules"})
     golds = {(c, s): load_gold(c, s) for c in CONVENTIONS for s in SPLITS if s in sets}
     texts = load_iu_texts({rid for gold in golds.values() for rid in gold})
     comparators, speeds = load_comparators()
-    summary = []
+    summary, figures = [], {}
     for (convention, split), gold in golds.items():
         classes = CONVENTIONS[convention]
         part = {rid: texts[rid] for rid in gold}
@@ -176,6 +182,9 @@ def quality(sets: list[str]) -> None:
             print(class_table(scores, classes))
             summary.append({"convention": convention, "set": split, "policy": policy + rule,
                             **{name: f"{s.micro[2]:.3f} / {s.macro_f1:.3f}" for name, s in scores.items()}})
+            key = f"{convention}_{split}_uncertain_{policy.split()[-1]}"
+            for name, s in scores.items():
+                figures.update({f"{key}_{name}_micro_f1": s.micro[2], f"{key}_{name}_macro_f1": s.macro_f1})
             if rule and split == "heldout":
                 print(target_check(scores))
     print("\n## Summary: micro-F1 / macro-F1\n")
@@ -184,7 +193,8 @@ def quality(sets: list[str]) -> None:
         if name not in comparators:
             print(f"\n{name}: no results in {COMPARATORS_OUT}; run benchmarks/comparators/run.sh "
                   f"(benchmarks/comparators/README.md)")
-    print("\n" + speed_line(rules, list(load_iu_texts().values()), speeds))
+    print("\n" + speed_line(rules, list(load_iu_texts().values()), speeds, figures))
+    return figures
 
 
 def class_table(scores: dict, classes: tuple[str, ...]) -> str:
@@ -223,7 +233,7 @@ def load_comparators() -> tuple[dict[str, dict], dict[str, str]]:
     return found, speeds
 
 
-def speed_line(rules, texts: list[str], speeds: dict[str, str]) -> str:
+def speed_line(rules, texts: list[str], speeds: dict[str, str], figures: dict[str, float]) -> str:
     # CPU time of this one thread is the one-core figure; wall time also counts waiting for the
     # core when other work shares the machine. The keyword baseline, timed in the same process,
     # gives a ratio that does not depend on how loaded the machine is.
@@ -234,6 +244,8 @@ def speed_line(rules, texts: list[str], speeds: dict[str, str]) -> str:
     keyword_cpu = time.process_time()
     keyword_labels(dict(enumerate(texts)), "chestxray14")
     keyword_cpu = time.process_time() - keyword_cpu
+    figures.update(rules_reports_per_cpu_s=len(texts) / cpu, rules_reports_per_wall_s=len(texts) / wall,
+                   keyword_reports_per_cpu_s=len(texts) / keyword_cpu)
     others = "; ".join(speeds.values())
     return (f"rules backend, complete() only, one thread: {len(texts)} IU reports, "
             f"{len(texts) / cpu:,.0f} reports per CPU second ({len(texts) / wall:,.0f} per wall second); "

@@ -39,11 +39,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from common.tables import markdown_table  # noqa: E402
-from testkit.result_file import write_result  # noqa: E402
+from testkit.results import flat_numbers, load_average, write_result  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, nargs="+", default=[500, 5000])
     parser.add_argument("--size", type=int, default=448)
     parser.add_argument("--workers", type=int, default=2)
@@ -53,7 +53,12 @@ def main() -> None:
     parser.add_argument("--codec", choices=["uncompressed", "jpeg2000"], default="uncompressed")
     parser.add_argument("--seed-images", type=int, default=12,
                         help="seeds rescaled/re-encoded when --source-size or --codec differ from the corpus")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    load = load_average()
     width, _, height = args.source_size.partition("x")
     source = (int(width), int(height or width))
 
@@ -85,10 +90,10 @@ def main() -> None:
                         best[mode, workers] = run
             results.extend(best.values())
         rows = print_table(results)
-    path = write_result(f"ingest_{args.source_size}_{args.codec}", vars(args), {
-        f"{r['mode'].replace(' ', '_')}_{r['images']}": {k: r[k] for k in ("img/s", "ratio vs bare", "cpu ms / image", "cpu ratio vs bare")}
-        for r in rows}, note="best of the repeats per mode (wall); CPU ms per image of the same run")
-    print(f"saved {path.relative_to(REPO)}")
+    # Best of the repeats per mode (wall); CPU ms per image of the same run.
+    figures = flat_numbers({f"{r['mode'].replace(' ', '_')}_{r['images']}": {
+        k: r[k] for k in ("img/s", "ratio vs bare", "cpu ms / image", "cpu ratio vs bare")} for r in rows})
+    write_result(f"ingest_{args.source_size}_{args.codec}", args, figures, started_load=load)
 
 
 def print_agreement(seeds: list[Path], size: int) -> None:

@@ -50,14 +50,14 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info  # noqa: E402
 
 from common.tables import markdown_table  # noqa: E402
-from testkit.result_file import write_result  # noqa: E402
+from testkit.results import load_average, write_result  # noqa: E402
 
 BATCH = 32  # the paper preset's batch
 SALT = b"loader-benchmark"
 SHARDS = 8  # the table is split over shards as ingestion writes it (one file per shard)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448])
@@ -66,7 +66,12 @@ def main() -> None:
     parser.add_argument("--seed-studies", type=int, default=100)
     parser.add_argument("--source-size", type=int, default=512)
     parser.add_argument("--data", type=Path, help="keep the generated data here (reused when present)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    load = load_average()
     torch.set_num_threads(1)  # as in a loader worker; the device figure says its own threads
     root = args.data or Path(tempfile.mkdtemp(prefix="medfilip-loader-"))
     try:
@@ -79,9 +84,9 @@ def main() -> None:
         if args.data is None:
             shutil.rmtree(root, ignore_errors=True)
     print(markdown_table(runs))
-    path = write_result("loader", vars(args) | {"data": str(args.data) if args.data else None}, figures, runs=runs,
-                        note="figures are medians of interleaved repeats; absolute images/s depend on how busy "
-                             "the machine was (see cpu), ratios much less")
+    # Figures are medians of interleaved repeats: absolute images/s depend on how busy the machine
+    # was (the record's cpu load), the ratios much less.
+    path = write_result("loader", args, figures, started_load=load)
     print(f"\n{path.relative_to(REPO)}:")
     for key, value in figures.items():
         print(f"  {key}: {value}")

@@ -33,16 +33,24 @@ IMAGE_ID_COLUMNS = ["dicom_id", "study_id", "patient_key", "view_position"]
 DEMO_SALT = b"prepare-demo-data"  # fixed: patient keys (and so the split) are stable across runs
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--studies", type=int, default=1500)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--image-size", type=int, default=128, help="corpus and cxr_images side in pixels")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    args = parser.parse_args(argv)
-    report = prepare_demo_data(args.out, args.studies, args.image_size, args.seed, args.workers)
+    parser.add_argument("--workers", type=int, help="decode processes (default: the CPU count)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from testkit.results import flat_numbers, load_average, write_result
+
+    args = build_parser().parse_args(argv)
+    load = load_average()
+    report = prepare_demo_data(args.out, args.studies, args.image_size, args.seed, args.workers or os.cpu_count() or 1)
     print(json.dumps(report, indent=1))
+    write_result("prepare_demo_data", args, flat_numbers(report), started_load=load)
     return 0
 
 

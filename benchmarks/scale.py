@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from common.tables import markdown_table  # noqa: E402
+from testkit.results import flat_numbers, load_average, write_result  # noqa: E402
 
 STAGES = ("dicom_index", "cxr_images", "reports", "llm_extractions", "triplets", "report_labels",
           "knowledge_base", "training_texts", "text_embeddings", "ssm", "pretrained_model")
@@ -40,14 +41,19 @@ IMAGES_PER_STUDY = 1.5  # the generator's mix of frontal and lateral views (meas
 ONE_EPOCH = {"pretrained_model": {"config": {"overrides_json": json.dumps({"epochs": 1})}}}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, nargs="+", default=[5000, 50000])
     parser.add_argument("--root", type=Path, help="where the homes go (default: a temp folder, removed)")
     parser.add_argument("--keep", action="store_true", help="keep the homes")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
                         help="run only these (their inputs must be in the homes already: --root of a kept run)")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    load = load_average()
     root = args.root or Path(tempfile.mkdtemp(prefix="medfilip-scale-"))
     results: dict[int, dict] = {}
     try:
@@ -61,6 +67,8 @@ def main() -> None:
         if not args.keep and args.root is None:
             shutil.rmtree(root, ignore_errors=True)
     print_tables(results)
+    write_result("scale", args, flat_numbers({f"n{count}": result for count, result in results.items()}),
+                 started_load=load)
 
 
 def run_scale(home: Path, count: int, stages: list[str]) -> dict:

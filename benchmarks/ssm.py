@@ -26,6 +26,7 @@ from knowledge.base import load_knowledge
 from knowledge.ssm import SSM, batch_targets, build_ssm, run_checks
 from knowledge.embeddings import embed_texts
 from knowledge.texts import compose_text
+from testkit.results import flat_numbers, load_average, write_result
 
 SIDES = ["na", "left", "right", "bilateral"]
 ZONES = ["na", "lower", "upper", "mid", "basilar", "apical", "perihilar", "retrocardiac"]
@@ -35,14 +36,19 @@ SEVERITIES = ["na", "small", "mild", "moderate", "large", "minimal", "trace", "s
               "stable", "persistent", "layering", "loculated", "subsegmental", "patchy", "diffuse", "focal"]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--reports", type=int, default=227_000)
     parser.add_argument("--triplets-per-report", type=float, default=5.3)
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    load = load_average()
     torch.set_num_threads(2)
     figures = {
         "per_batch": bench_per_batch(args.batch_size, n_texts=150 if args.quick else 600, steps=3 if args.quick else 10),
@@ -56,6 +62,7 @@ def main() -> None:
     print(json.dumps(figures, indent=2))
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2))
+    write_result("ssm_quick" if args.quick else "ssm", args, flat_numbers(figures), started_load=load)
 
 
 def bench_per_batch(batch_size: int, n_texts: int, steps: int) -> dict:

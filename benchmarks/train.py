@@ -60,13 +60,14 @@ from training.loop import train  # noqa: E402
 from training.loss import MedFilipLoss  # noqa: E402
 from medfilip_model.dual_encoder import MedFilipModel, create_model, create_tokenizer  # noqa: E402
 from knowledge.ssm import SSM, batch_targets, group_names, ssm_targets_fn  # noqa: E402
+from testkit.results import flat_numbers, load_average, write_result  # noqa: E402
 
-CLIP_TEXT_MODEL = str(Path(__file__).resolve().parents[1] / "training" / "model_configs" / "demo_cliptext.json")
+CLIP_TEXT_MODEL = "demo_cliptext"  # medfilip_model/configs/demo_cliptext.json
 TOWERS = {"minilm_frozen": "demo", "clip_random": CLIP_TEXT_MODEL}
 NEGATION_SSM = {"paper": "ssm", "separated": "ssm_separated"}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     speed = sub.add_parser("speed", help="our step vs the reference step, same model and batches")
@@ -90,22 +91,39 @@ def main(argv: list[str] | None = None) -> int:
     ablation.add_argument("--reference-model", default=CLIP_TEXT_MODEL,
                           help="model of the `reference` row: the demo CLIP tower by default (CPU); "
                                "`reference` for ResNet-50 + CLIP ViT-B/32 (GPU)")
-    args = parser.parse_args(argv)
+    ablation.add_argument("--tag", help="results file benchmarks/results/train_ablation_TAG.json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    load = load_average()
     torch.manual_seed(0)
     if args.command == "speed":
         if args.loop_only:
             config = _without_weight_files(load_train_config(args.preset, args.set))
-            print(json.dumps({"preset": args.preset, "model": config.model, "batch": config.batch_size,
-                              "threads": torch.get_num_threads(), "steps_measured": args.steps - args.warmup,
-                              "train_loop_images_per_s": _loop_images_per_s(
-                                  args.data, config, args.steps, args.warmup, args.texts, args.ssm)}, indent=1))
+            figures = {"batch": config.batch_size, "threads": torch.get_num_threads(),
+                       "steps_measured": args.steps - args.warmup,
+                       "train_loop_images_per_s": _loop_images_per_s(
+                           args.data, config, args.steps, args.warmup, args.texts, args.ssm)}
+            print(json.dumps({"preset": args.preset, "model": config.model, **figures}, indent=1))
         else:
-            print(json.dumps(compare_step_time(args.data, args.preset, args.steps, args.warmup, args.set,
-                                               args.texts, args.ssm), indent=1))
+            result = compare_step_time(args.data, args.preset, args.steps, args.warmup, args.set, args.texts, args.ssm)
+            print(json.dumps(result, indent=1))
+            figures = flat_numbers(result)
+        write_result(f"train_speed_{args.preset}" + ("_loop" if args.loop_only else ""), args, figures,
+                     started_load=load)
     else:
         rows = run_ablation(args.data, args.epochs, args.max_steps, args.out, args.only, args.text_sampling,
                             args.reference_model)
         print(format_table(rows))
+        figures = {}
+        for row in rows:
+            name = f"{row['tower']}/{row['loss']}/{row['negation']}"
+            figures.update({f"{name}.zero_shot_auc": row["zero_shot_auc"], f"{name}.steps": row["steps"],
+                            f"{name}.wall_min": row["wall_min"], f"{name}.cpu_min": row["cpu_min"],
+                            **{f"{name}.auc_epoch_{i + 1}": a for i, a in enumerate(row["auc_by_epoch"])}})
+        write_result("train_ablation" + (f"_{args.tag}" if args.tag else ""), args, figures, started_load=load)
     return 0
 
 

@@ -15,6 +15,10 @@ added beside it, and nothing re-initialises the encoder; `encoder_lr_scale=0` (o
 
 Dice per image = 2|P∩G| / (|P|+|G|), with 1 when both are empty (the SIIM convention, so a
 correct "no pneumothorax" counts); IoU likewise. Means over test images, with bootstrap CIs.
+Under that rule a mask-free image scores 1 or 0: one false-positive pixel costs it all. On the
+SIIM layout two thirds of the images are mask-free, so the mean over all images mostly counts
+empty predictions. Every comparison is therefore also made on the images WITH a mask (how well
+the pneumothorax is outlined) and on those WITHOUT (the share predicted empty) apart.
 """
 from __future__ import annotations
 
@@ -112,7 +116,7 @@ def run_segmentation(
     images = image_tensor(data, size)
     masks = torch.from_numpy(np.stack([data.mask(i, size) for i in range(len(data))]))[:, None]
     runs, splits = [], {}
-    dice_by_init: dict[str, list[tuple[int, np.ndarray]]] = {}
+    dice_by_init: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
     for seed in seeds:
         seeded = replace(config, seed=seed)
         split = patient_split(data.labels, data.patient_ids, split_fractions, seed=seed)
@@ -122,9 +126,11 @@ def run_segmentation(
             net = build_segmenter(init, model_config, checkpoint, config.decoder_width).to(device)
             train_segmenter(net, images[split["train"]], masks[split["train"]], seeded, device)
             predicted = predict_masks(net, images[split["test"]], device) >= config.threshold
-            dice, iou = dice_iou(predicted, masks[split["test"]].numpy().astype(bool))
-            runs.append({"seed": seed, "init": init, **summarise(dice, iou, n_boot, seed)})
-            dice_by_init.setdefault(init, []).append((seed, dice))
+            truth = masks[split["test"]].numpy().astype(bool)
+            dice, iou = dice_iou(predicted, truth)
+            with_mask = truth.reshape(len(truth), -1).any(axis=1)
+            runs.append({"seed": seed, "init": init, **summarise(dice, iou, n_boot, seed, with_mask)})
+            dice_by_init.setdefault(init, []).append((seed, dice, with_mask))
     return {"dataset": data.name, "seeds": seeds, "splits": splits, "image_size": size,
             "empty_mask_rule": "Dice = IoU = 1 when prediction and truth are both empty", "runs": runs,
             "arms": _arms(runs), "comparisons": _comparisons(dice_by_init, n_boot)}
@@ -137,7 +143,7 @@ def _arms(runs: list[dict]) -> list[dict]:
     arms = []
     for init, group in grouped.items():
         arm = {"init": init}
-        for metric in ("mean_dice", "mean_iou"):
+        for metric in ("mean_dice", "mean_iou", *SUBSET_METRICS):
             values = [r[metric] for r in group]
             arm[metric] = float(np.mean(values))
             arm[f"{metric}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
@@ -146,7 +152,18 @@ def _arms(runs: list[dict]) -> list[dict]:
     return arms
 
 
-def _comparisons(dice_by_init: dict[str, list[tuple[int, np.ndarray]]], n_boot: int) -> list[dict]:
+# subset -> (which test images, metric name); "all" is the headline SIIM mean Dice.
+SUBSETS = {
+    "all": (lambda with_mask: np.ones_like(with_mask), "mean Dice (test)"),
+    "with_mask": (lambda with_mask: with_mask, "mean Dice on test images with a mask"),
+    "without_mask": (lambda with_mask: ~with_mask, "share of mask-free test images predicted empty"),
+}
+SUBSET_METRICS = ("mean_dice_with_mask", "empty_predicted_without_mask")
+
+
+def _comparisons(dice_by_init: dict[str, list[tuple[int, np.ndarray, np.ndarray]]], n_boot: int) -> list[dict]:
+    """Pre-trained against each baseline, paired on each seed's test images: on all of them and
+    on those with / without a mask apart (a subset empty in some seed is left out)."""
     if "pretrained" not in dice_by_init:
         return []
     candidate = dice_by_init["pretrained"]
@@ -154,10 +171,17 @@ def _comparisons(dice_by_init: dict[str, list[tuple[int, np.ndarray]]], n_boot: 
     for baseline_init, baseline in dice_by_init.items():
         if baseline_init == "pretrained":
             continue
-        pairs = [PairedSeed(seed, cand, base) for (seed, cand), (_, base) in zip(candidate, baseline)]
-        result = paired_comparison(pairs, mean_value_statistic, n_boot=n_boot, seed=pairs[0].seed)
-        comparisons.append({"candidate_init": "pretrained", "baseline_init": baseline_init,
-                            "metric": "mean Dice (test)", **result})
+        for subset, (select, metric) in SUBSETS.items():
+            pairs = []
+            for (seed, cand, with_mask), (_, base, _) in zip(candidate, baseline):
+                rows = select(with_mask).astype(bool)
+                if rows.any():
+                    pairs.append(PairedSeed(seed, cand[rows], base[rows]))
+            if len(pairs) < len(candidate):
+                continue
+            result = paired_comparison(pairs, mean_value_statistic, n_boot=n_boot, seed=pairs[0].seed)
+            comparisons.append({"candidate_init": "pretrained", "baseline_init": baseline_init, "subset": subset,
+                                "metric": metric, **result})
     return comparisons
 
 
@@ -212,13 +236,19 @@ def dice_iou(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.n
     return dice, iou
 
 
-def summarise(dice: np.ndarray, iou: np.ndarray, n_boot: int, seed: int) -> dict:
+def summarise(dice: np.ndarray, iou: np.ndarray, n_boot: int, seed: int, with_mask: np.ndarray | None = None) -> dict:
+    """Means with bootstrap CIs; with `with_mask` (per test image) also the mean Dice of the images
+    with a mask and, for the mask-free ones, the share predicted empty (their Dice is 1 or 0)."""
     rows = np.random.default_rng(seed).integers(0, len(dice), size=(n_boot, len(dice))) if len(dice) else None
     ci = lambda v: tuple(float(q) for q in np.quantile(v[rows].mean(1), [0.025, 0.975])) if rows is not None else (  # noqa: E731
         float("nan"), float("nan"))
-    return {"mean_dice": float(dice.mean()) if len(dice) else float("nan"), "mean_dice_ci": ci(dice),
-            "mean_iou": float(iou.mean()) if len(iou) else float("nan"), "mean_iou_ci": ci(iou),
-            "dice_per_image": dice.tolist(), "test_images": int(len(dice))}
+    mean = lambda v: float(v.mean()) if len(v) else float("nan")  # noqa: E731
+    out = {"mean_dice": mean(dice), "mean_dice_ci": ci(dice), "mean_iou": mean(iou), "mean_iou_ci": ci(iou),
+           "dice_per_image": dice.tolist(), "test_images": int(len(dice))}
+    if with_mask is not None:
+        out.update(mean_dice_with_mask=mean(dice[with_mask]), empty_predicted_without_mask=mean(dice[~with_mask]),
+                   test_images_with_mask=int(with_mask.sum()))
+    return out
 
 
 def _soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:

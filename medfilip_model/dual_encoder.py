@@ -9,6 +9,7 @@ config format (`embed_dim`, `vision_cfg`, `text_cfg`) plus keys of ours:
   `text_weights` (a CLIP state dict file) for the text tower; `weights_not_loaded`: fnmatch
   patterns of tensors deliberately not loaded (any other one not loaded fails the load);
 - `quick_gelu`: the OpenAI models' activation (needed for their weights);
+- `init_logit_scale`: log of the starting logit scale (open_clip's meaning; default log(1/0.07));
 - `lock_text`: freeze the text transformer (only its projection trains); it then stays in eval
   mode, so dropout never fires in it, and its output is a pure function of the text: the training
   loop encodes each distinct text once (`frozen_text_features`) and trains `project_text` on top.
@@ -49,9 +50,11 @@ class MedFilipModel(nn.Module):
         else:
             clip_class = CLIP
         with quiet_hf_loading(), _clip_text_models_without_pooler_flag():
+            # `init_logit_scale` (log of the scale, as open_clip): CLIP's log(1/0.07) by default.
+            extra = {"init_logit_scale": float(config["init_logit_scale"])} if "init_logit_scale" in config else {}
             self.clip = clip_class(
                 embed_dim=config["embed_dim"], vision_cfg=config["vision_cfg"], text_cfg=text_cfg,
-                quick_gelu=bool(config.get("quick_gelu", False)),
+                quick_gelu=bool(config.get("quick_gelu", False)), **extra,
             )
         if clip_class is CustomTextCLIP and text_cfg.get("hf_model_pretrained", True):
             from medfilip_model.weights import check_hf_text_weights

@@ -196,6 +196,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.runner import current_definitions, mlflow_uri
 
     print_demo_summary(lay, summaries, timings, sensor, mlflow_uri(current_definitions()))
+    from pipeline.demo import SUMMARY_FILE, demo_figures
+
+    (lay.home / SUMMARY_FILE).write_text(json.dumps(demo_figures(summaries, timings), indent=1) + "\n")
     return 0 if all(s["failed"] == 0 for s in summaries) else 1
 
 

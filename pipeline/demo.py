@@ -90,6 +90,26 @@ def print_demo_summary(lay: Layout, summaries: list[dict], timings: dict[str, fl
     print("Audit the model: .venv/bin/medfilip lineage " + json.dumps(str(model.get("path", "<checkpoint>"))))
 
 
+SUMMARY_FILE = "demo_summary.json"  # in the data root: what benchmarks/demo.py records
+FIGURE_ASSETS = ("pretrained_model", "zero_shot_eval", "retrieval_eval", "finetune_eval", "segmentation_eval")
+
+
+def demo_figures(summaries: list[dict], timings: dict[str, float]) -> dict[str, float]:
+    """The numbers the summary prints, flat: seconds per step, rows per asset, and every numeric
+    metadata entry of the model and the evaluations (AUCs, arms, differences and their intervals)."""
+    figures = {f"seconds.{step}": round(seconds, 1) for step, seconds in timings.items()}
+    for summary in summaries:
+        figures.update({f"rows.{name}": count for name, count in summary["rows"].items()})
+        for name in FIGURE_ASSETS:
+            for key, value in summary["assets"].get(name, {}).items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    figures[f"{name}.{key}"] = value
+                elif isinstance(value, str) and key.endswith("_ci") and "–" in value:  # "0.888–0.916"
+                    low, high = value.split("–")
+                    figures.update({f"{name}.{key}_low": float(low), f"{name}.{key}_high": float(high)})
+    return figures
+
+
 def format_ci(text: str | None) -> str:
     """"0.685–0.731" as recorded, or an older "(0.6846..., 0.7314...)" -> "0.685–0.731"."""
     from assets.metadata import format_interval

@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 
+# One closing line when a plain run skipped tests for a missing service (tests/servers.py).
+from tests.servers import pytest_terminal_summary  # noqa: F401
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 # An empty settings file: a medfilip.yaml in the folder the suite runs from (a developer's own,

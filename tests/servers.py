@@ -3,6 +3,11 @@
 Every server runs in its own process group (`start_new_session=True`) so that stopping it
 also stops whatever it spawned (dagster dev starts a webserver, a daemon and code servers):
 a test that fails half-way must never leave a process behind holding a port.
+
+A test that needs a service this machine lacks (redis-server, PostgreSQL, chromium, or their
+Python clients) calls `require_services`: a plain run skips it, saying what to install, and the
+session ends with one line counting those skips; under CI=true (as .ci/run sets it) it FAILS,
+so CI can never pass with the distributed-engine, PostgreSQL or browser tests quietly skipped.
 """
 
 from __future__ import annotations
@@ -22,9 +27,43 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from glob import glob
 from pathlib import Path
-from typing import TypeVar
+from typing import Mapping, NoReturn, Sequence, TypeVar
+
+import pytest
 
 T = TypeVar("T")
+
+MISSING_SERVICE = "missing service"
+SERVICE_INSTALL = "apt-get install chromium postgresql redis-server; pip install -e '.[test,deploy]'"
+
+
+def in_ci(environ: Mapping[str, str] = os.environ) -> bool:
+    """CI=true (GitHub Actions, GitLab, .ci/run) or CI=1."""
+    return environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+def require_services(missing: Sequence[str], environ: Mapping[str, str] = os.environ) -> None:
+    """Nothing when `missing` is empty; else skip the test, or fail it under CI=true. Each entry
+    names what is missing and how to install it, e.g. "redis-server (apt-get install redis-server)"."""
+    if missing:
+        service_unavailable(", ".join(missing), environ)
+
+
+def service_unavailable(reason: str, environ: Mapping[str, str] = os.environ) -> NoReturn:
+    message = f"{MISSING_SERVICE}: {reason}"
+    if in_ci(environ):
+        pytest.fail(f"{message}. CI=true: tests that need a service must run, not skip", pytrace=False)
+    pytest.skip(message)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001 (pytest's signature)
+    """One line at the end of a plain run that skipped service tests: how many, and the fix."""
+    skipped = [report for report in terminalreporter.stats.get("skipped", [])
+               if MISSING_SERVICE in str(getattr(report, "longrepr", ""))]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} tests skipped for a missing service (redis-server, PostgreSQL, chromium): "
+            f"{SERVICE_INSTALL} (CI=true makes them fail instead)", yellow=True)
 
 
 @dataclass
@@ -263,7 +302,7 @@ def running_redis(timeout_s: float = 30.0) -> Iterator[str]:
     fresh temp folder; yields its URL without a database number. Stopped after."""
     binary = shutil.which("redis-server")
     if binary is None:
-        raise FileNotFoundError("redis-server not found: apt-get install redis-server")
+        service_unavailable("redis-server (apt-get install redis-server)")
     root = Path(tempfile.mkdtemp(prefix="medfilip-redis-"))
     port = free_port()
     command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",

@@ -18,16 +18,21 @@ from assets.partitions import register_shards
 from ingestion.layout import archive_shards
 from common.paths import REPO_ROOT
 from pipeline.settings import layout
-from tests.servers import (PostgresUnavailable, deploy_instance, postgres_bin_dir, running_postgres, running_redis, start_server,
-                           stop_server, wait_until)
+from tests.servers import (PostgresUnavailable, deploy_instance, postgres_bin_dir, require_services, running_postgres,
+                           running_redis, service_unavailable, start_server, stop_server, wait_until)
 
 MISSING = [name for name, present in (
     ("redis-server (apt-get install redis-server)", shutil.which("redis-server") is not None),
     ("PostgreSQL server binaries (apt-get install postgresql)", postgres_bin_dir() is not None),
-    *((f"Python package {m}", importlib.util.find_spec(m) is not None)
+    *((f"Python package {m} (pip install -e '.[deploy]')", importlib.util.find_spec(m) is not None)
       for m in ("dagster_celery", "redis", "psycopg2", "dagster_postgres")),
 ) if not present]
-pytestmark = pytest.mark.skipif(bool(MISSING), reason="needs " + ", ".join(MISSING))
+
+
+@pytest.fixture(autouse=True)
+def services():
+    """Skip where redis-server / PostgreSQL are missing; fail under CI=true (tests/servers.py)."""
+    require_services(MISSING)
 
 WORKERS = ("alpha", "beta")
 DIGESTED = ("dicom_index", "cxr_images", "reports", "triplets", "report_labels")
@@ -57,7 +62,7 @@ def test_ingestion_and_extraction_run_on_two_celery_workers_with_the_single_proc
         try:
             postgres = stack.enter_context(running_postgres())
         except PostgresUnavailable as error:
-            pytest.skip(str(error))
+            service_unavailable(str(error))
         broker = stack.enter_context(running_redis())
         instance, _ = stack.enter_context(deploy_instance(postgres, home, monkeypatch))
         config_dir = tmp_path / "celery_config"

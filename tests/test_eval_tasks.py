@@ -171,8 +171,15 @@ def test_segmentation_end_to_end_and_dice_rules(sets, checkpoint):
     assert [(r["seed"], r["init"]) for r in result["runs"]] == [(s, i) for s in (0, 1) for i in ("pretrained", "random")]
     for run in result["runs"]:
         assert 0.0 <= run["mean_dice"] <= 1.0 and run["test_images"] == result["splits"][str(run["seed"])]["test"]
-    [comparison] = result["comparisons"]
+    by_subset = {c["subset"]: c for c in result["comparisons"]}
+    assert set(by_subset) <= {"all", "with_mask", "without_mask"} and "all" in by_subset
+    comparison = by_subset["all"]
     assert comparison["baseline_init"] == "random" and comparison["seeds"] == [0, 1]
+    for run in result["runs"]:  # the subsets split the same per-image Dice
+        dice = np.array(run["dice_per_image"])
+        n = run["test_images_with_mask"]
+        assert run["mean_dice"] == pytest.approx(
+            (n * run["mean_dice_with_mask"] + (len(dice) - n) * run["empty_predicted_without_mask"]) / len(dice))
     arms = {a["init"]: a for a in result["arms"]}
     assert comparison["candidate"]["per_seed"] == pytest.approx(arms["pretrained"]["mean_dice_per_seed"], abs=1e-12)
     assert comparison["difference"]["mean"] == pytest.approx(

@@ -58,3 +58,22 @@ def test_perfect_soft_targets_give_a_lower_loss_than_wrong_ones():
     loss = MedFilipLoss("ssm_cosine")
     right = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     assert loss(IMAGES, IMAGES, torch.tensor(1.0), right) < loss(IMAGES, IMAGES, torch.tensor(1.0), 1 - right)
+
+
+@pytest.mark.parametrize(("target", "root"), [(1.0, 1.122751), (0.0, -0.222323), (0.5, 0.445246)])
+def test_soft_target_loss_is_smallest_at_logits_near_its_targets(target, root):
+    """MSE(x, t) + BCE(x, t) has derivative 2(x - t) + sigmoid(x) - t: zero at x = 1.122751 for
+    t = 1 (2 * 0.122751 + 0.754498 - 1 = 0), at x = -0.222323 for t = 0 and 0.445246 for t = 0.5
+    (bisection of that derivative, to 6 decimals). So the
+    paper's loss wants every logit in about [-0.22, 1.12]: at CLIP's starting scale 1/0.07 the
+    cosines themselves must sit in about [-0.016, 0.079] (benchmarks/loss_claim.py)."""
+    from training.loss import soft_target_loss
+
+    x = torch.tensor([root], dtype=torch.float64, requires_grad=True)
+    soft_target_loss(x[None], torch.tensor([[target]], dtype=torch.float64)).backward()
+    # float64, root given to 6 decimals: the derivative (slope at most 2.25) is below 2.25 * 5e-7.
+    assert abs(float(x.grad)) < 2.25 * 5e-7
+    for off in (-0.05, 0.05):
+        x_off = torch.tensor([[root + off]], dtype=torch.float64)
+        assert soft_target_loss(x_off, torch.tensor([[target]], dtype=torch.float64)) > soft_target_loss(
+            torch.tensor([[root]], dtype=torch.float64), torch.tensor([[target]], dtype=torch.float64))

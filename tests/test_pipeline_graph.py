@@ -232,7 +232,7 @@ def test_pretraining_comparisons_carry_seeds_intervals_and_verdicts(graph):
     from the paired interval over 3 seeds, in the metadata and as MLflow tags beside the interval."""
     result = graph["result"]
     verdicts = ("better", "worse", "no detectable difference")
-    for name, prefix in (("finetune_eval", "verdict_"), ("segmentation_eval", "verdict_dice_vs_random")):
+    for name, prefix in (("finetune_eval", "verdict_"), ("segmentation_eval", "verdict_dice")):
         meta = result.asset_materializations_for_node(name)[0].metadata
         keys = [k.removeprefix("verdict_") for k in meta if k.startswith(prefix)]
         assert keys, f"{name} has no verdict"

@@ -1,7 +1,7 @@
 """The multi-machine profile (deploy/): Dagster and MLflow on a real PostgreSQL server.
 
-A throw-away cluster is started from Debian's postgresql binaries; the tests skip, saying
-why, where those are not installed. The Kubernetes executor cannot run without a cluster, so
+A throw-away cluster is started from Debian's postgresql binaries; where those (or the Python
+clients) are not installed the tests skip, saying why, and fail under CI=true (tests/servers.py). The Kubernetes executor cannot run without a cluster, so
 only its run config is checked against the real jobs' schema.
 """
 
@@ -19,33 +19,27 @@ import pytest
 import yaml
 
 from common.paths import REPO_ROOT
-from tests.servers import (PostgresUnavailable, deploy_instance, free_port, http_ok, postgres_bin_dir, running_postgres,
-                           start_server, stop_server, wait_until)
+from tests.servers import (PostgresUnavailable, deploy_instance, free_port, http_ok, postgres_bin_dir, require_services,
+                           running_postgres, service_unavailable, start_server, stop_server, wait_until)
 
 pytestmark = pytest.mark.slow  # > 30 s: see pyproject's markers
 
 DEPLOY = REPO_ROOT / "deploy"
-HAVE_POSTGRES = postgres_bin_dir() is not None
-HAVE_PSYCOPG2 = importlib.util.find_spec("psycopg2") is not None
-HAVE_DAGSTER_POSTGRES = importlib.util.find_spec("dagster_postgres") is not None
-
-needs_postgres = pytest.mark.skipif(
-    not (HAVE_POSTGRES and HAVE_PSYCOPG2 and HAVE_DAGSTER_POSTGRES),
-    reason="needs PostgreSQL server binaries (apt-get install postgresql) and the Python packages "
-           "psycopg2-binary + dagster-postgres; "
-           f"found: server={HAVE_POSTGRES} psycopg2={HAVE_PSYCOPG2} dagster_postgres={HAVE_DAGSTER_POSTGRES}",
-)
+MISSING = [name for name, present in (
+    ("PostgreSQL server binaries (apt-get install postgresql)", postgres_bin_dir() is not None),
+    *((f"Python package {m} (pip install -e '.[deploy]')", importlib.util.find_spec(m) is not None)
+      for m in ("psycopg2", "dagster_postgres")),
+) if not present]
 
 
 @pytest.fixture(scope="module")
 def postgres():
-    if not (HAVE_POSTGRES and HAVE_PSYCOPG2):
-        pytest.skip("PostgreSQL server binaries or psycopg2 missing")
+    require_services(MISSING)
     with contextlib.ExitStack() as stack:
         try:
             pg = stack.enter_context(running_postgres())
         except PostgresUnavailable as error:
-            pytest.skip(str(error))
+            service_unavailable(str(error))
         yield pg
 
 
@@ -56,7 +50,6 @@ def pg_instance(postgres, home: Path, monkeypatch: pytest.MonkeyPatch):
         yield pair
 
 
-@needs_postgres
 def test_pipeline_runs_and_materialisations_are_recorded_in_postgres(pg_instance, postgres, home: Path):
     from corpus.generate import generate_corpus
     from pipeline.runner import materialise
@@ -89,7 +82,6 @@ def test_pipeline_runs_and_materialisations_are_recorded_in_postgres(pg_instance
     assert not list((home / "dagster").rglob("*.db")), "profile must not fall back to SQLite"
 
 
-@needs_postgres
 def test_profile_run_queue_limits_and_gpu_pool_are_enforced_by_the_instance(pg_instance):
     instance, _ = pg_instance
     queue = instance.get_concurrency_config().run_queue_config
@@ -106,7 +98,6 @@ def test_profile_run_queue_limits_and_gpu_pool_are_enforced_by_the_instance(pg_i
     assert instance.event_log_storage.get_concurrency_info("gpu").slot_count == 2
 
 
-@needs_postgres
 def test_mlflow_server_keeps_runs_in_postgres_and_artifacts_in_the_store(postgres, tmp_path: Path):
     """`mlflow server` as docs/operations.md runs it: runs in PostgreSQL, artifacts proxied."""
     import mlflow
@@ -142,11 +133,11 @@ def test_mlflow_server_keeps_runs_in_postgres_and_artifacts_in_the_store(postgre
         stop_server(server)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("dagster_k8s") is None,
-                    reason="dagster-k8s not installed: cannot check the k8s executor run config")
 @pytest.mark.parametrize("job_name", ["ingestion_job", "extraction_job"])
 def test_k8s_executor_run_config_is_valid_for_the_pipeline_jobs(job_name: str, home: Path,
                                                                 monkeypatch: pytest.MonkeyPatch):
+    if importlib.util.find_spec("dagster_k8s") is None:
+        service_unavailable("Python package dagster_k8s (pip install -e '.[deploy]'): the k8s executor's run config")
     from dagster_k8s import k8s_job_executor
 
     from pipeline.definitions import defs

@@ -23,7 +23,8 @@ import pytest
 from PIL import Image
 
 from common.paths import REPO_ROOT
-from tests.servers import Server, free_port, http_ok, run_in_own_group, start_server, stop_server, wait_until
+from tests.servers import (Server, free_port, http_ok, require_services, run_in_own_group, start_server, stop_server,
+                           wait_until)
 
 pytestmark = pytest.mark.slow  # > 30 s: see pyproject's markers
 
@@ -110,9 +111,8 @@ def test_asset_launched_through_graphql_is_materialised_by_the_running_ui(ui):
     assert all(Path(path).is_relative_to(home) for path in paths), "outputs must land in MEDFILIP_HOME"
 
 
-@pytest.mark.skipif(not HAVE_CHROMIUM, reason="chromium not installed (apt-get install chromium): "
-                                              "screenshot of the asset graph skipped")
 def test_asset_graph_page_renders_in_headless_chromium(ui, tmp_path: Path):
+    require_services([] if HAVE_CHROMIUM else ["chromium (apt-get install chromium): the asset graph's screenshot"])
     server, _ = ui
     location = graphql(server, ASSET_NODES)["data"]["assetNodes"][0]["repository"]["location"]["name"]
     url = f"{server.url}/locations/{location}/asset-groups/ingestion"
