@@ -14,8 +14,8 @@ them) gets one `Report N:` part per report. Each report's findings are the fixed
 unless its text holds `ECHO:<category>`: then `{na}{na}{<category>}{certain}`, so tests can
 see which answer went to which report.
 
-Structured outputs: a request with a schema (OpenAI's strict `json_schema`, or llama.cpp's
-`json_object` + `schema`) is answered with the same findings as JSON in the schema's shape,
+Structured outputs: a request with a schema (OpenAI's strict `json_schema`, llama.cpp's
+`json_object` + `schema`, or vLLM's `guided_json`) is answered with the same findings as JSON in the schema's shape,
 unless ``ignore_format`` is set: then the server answers as if no response_format had been
 sent (what `transformers serve` does). ``context_tokens`` makes the server refuse, with
 llama.cpp's 400, a request whose prompt (counted in words) plus max_tokens exceeds it, and
@@ -146,7 +146,8 @@ class StubServer:
 
     def _schema(self, body: dict) -> bool:
         response_format = body.get("response_format") or {}
-        return not self.ignore_format and (response_format.get("type") == "json_schema" or "schema" in response_format)
+        return not self.ignore_format and (response_format.get("type") == "json_schema" or "schema" in response_format
+                                           or "guided_json" in body)
 
     # -- files and batches -------------------------------------------------------------------
     def upload(self, content: bytes, purpose: str, filename: str) -> dict:
