@@ -83,6 +83,10 @@ def parse_backend_config(config: Mapping[str, Any] | RulesConfig | OpenAIConfig)
         raise ExtractorSettingError(_one_line(endpoint + exc.errors(), kind)) from None
     if endpoint:
         raise ExtractorSettingError(_one_line(endpoint, kind))
+    if isinstance(parsed, OpenAIConfig) and parsed.mode != "online" and parsed.reports_per_request > 1:
+        raise ExtractorSettingError(f"extractor (openai backend): reports_per_request {parsed.reports_per_request} "
+                                    f"applies to mode online only; a batch file holds one report per request: "
+                                    f"set extractor.reports_per_request to 1 or extractor.mode to online")
     return parsed
 
 

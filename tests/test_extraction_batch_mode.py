@@ -117,3 +117,10 @@ def test_offline_batch_writes_the_file_names_the_command_and_ingests_the_output(
         result = extract_reports(reports_table(TEXTS), backend, cache)
     assert categories(result) == ["edema", "mass", "nodule", "hernia", "fracture", "pneumonia"]
     assert result.stats.errors == 0 and result.stats.calls == 6
+
+
+def test_batch_modes_refuse_several_reports_per_request_in_one_line():
+    from extraction.config import ExtractorSettingError, parse_backend_config
+
+    with pytest.raises(ExtractorSettingError, match="reports_per_request 8 applies to mode online only"):
+        parse_backend_config({"kind": "openai", "model": "m", "mode": "offline_batch", "reports_per_request": 8})
