@@ -9,7 +9,8 @@ bound the answer's length, so ``tokens_to_close`` can give a ``max_tokens`` with
 small model closes its JSON.
 
 Dialects (the ``structured_output`` setting):
-- ``json_schema``: OpenAI and vLLM, ``response_format: {"type": "json_schema", "json_schema": {..., "strict": true}}``;
+- ``json_schema``: OpenAI and vLLM, ``response_format: {"type": "json_schema", "json_schema": {..., "strict": true}}``
+  (without ``maxLength``, outside OpenAI's strict subset: the sentence's bound is then the prompt's);
 - ``llamacpp_schema``: llama.cpp's server, ``response_format: {"type": "json_object", "schema": ...}``
   (it refuses ``json_schema`` with a 422);
 - ``guided_json``: vLLM's own request field ``guided_json``.
@@ -108,9 +109,9 @@ def answer_schema(vocab: Vocabulary, max_findings: int) -> AnswerSchema:
 def request_fields(dialect: str, schema: dict[str, Any]) -> dict[str, Any]:
     """The chat-completions request fields that ask this dialect's server to follow `schema`
     (`extra_body` is the openai client's way to send a field it does not know)."""
-    if dialect == "json_schema":
-        return {"response_format": {"type": "json_schema",
-                                    "json_schema": {"name": SCHEMA_NAME, "strict": True, "schema": schema}}}
+    if dialect == "json_schema":  # OpenAI's strict subset has maxItems but no maxLength
+        return {"response_format": {"type": "json_schema", "json_schema": {
+            "name": SCHEMA_NAME, "strict": True, "schema": _without(schema, "maxLength")}}}
     if dialect == "llamacpp_schema":
         return {"response_format": {"type": "json_object", "schema": schema}}
     if dialect == "guided_json":
@@ -128,6 +129,14 @@ def split_json_batch(text: str, n: int) -> list[str | None]:
     if not isinstance(reports, list) or len(reports) != n:
         return [None] * n
     return [json.dumps(item) if isinstance(item, dict) else None for item in reports]
+
+
+def _without(value: Any, keyword: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _without(v, keyword) for k, v in value.items() if k != keyword}
+    if isinstance(value, list):
+        return [_without(v, keyword) for v in value]
+    return value
 
 
 def _canonical(value: Any) -> str:
