@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -84,7 +85,8 @@ def ask_batch(backend: Backend, keys: list[str], text_of: dict[str, str], cache:
         wanted.difference_update(batch_keys)
         runs.append(batch)
     fresh = [k for k in keys if k in wanted]
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    # The time for people reading the folder, a random part so two runs in one second differ.
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     for number, chunk in enumerate(chunk_lines([(k, batch_line(backend, k, text_of[k])) for k in fresh])):
         name = f"medfilip-{stamp}-{number:03d}"
         path = batch_dir / f"{name}.jsonl"
