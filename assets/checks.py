@@ -15,4 +15,7 @@ def every_triplet_category_described(storage: StorageResource) -> dg.AssetCheckR
                .column("category").to_pylist())
     missing = missing_descriptions(load_knowledge(), sorted(used))
     return dg.AssetCheckResult(passed=not missing, metadata={"categories_used": len(used),
-                                                            "missing": ", ".join(missing) or "none"})
+                                                            "missing": ", ".join(missing) or "none"},
+                               description=f"{len(missing)} categories used by triplets have no visual description "
+                                           f"in the knowledge base: {', '.join(missing[:10])}; add them to "
+                                           "knowledge/descriptions.yaml" if missing else None)

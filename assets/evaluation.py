@@ -55,7 +55,7 @@ EVAL_DEPS = ["pretrained_model", "training_texts"]
 @dg.asset(deps=EVAL_DEPS, group_name="evaluation", kinds={"pytorch", "mlflow"}, code_version="1")
 def zero_shot_eval(context: dg.AssetExecutionContext, config: EvalConfig, storage: StorageResource,
                    archive: ArchiveResource, mlflow_tracking: MLflowResource) -> dg.MaterializeResult:
-    """Zero-shot multi-label classification with prompts "<category>. <description>": per-class
+    """Zero-shot multi-label classification with prompts "{category}. {description}": per-class
     and mean AUC with 95% bootstrap CIs, F1/accuracy at validation thresholds; categories unseen
     in pre-training reported apart."""
     from evaluation.encode import load_pretrained
@@ -186,7 +186,7 @@ def record_evaluation(context, name: str, results: dict, summary: dict, model_in
     The run carries the config as params and the evaluation set and checkpoint as dataset inputs,
     with the digests the Dagster metadata shows. `comparisons` (name -> evaluation.compare result)
     become metrics (difference and its interval) and a verdict each, as MLflow tags
-    `medfilip.verdict.<name>` and as metadata."""
+    `medfilip.verdict.{name}` and as metadata."""
     from evaluation.compare import describe
     from tracking.digests import eval_set_digest
     from tracking.evaluation_runs import log_evaluation

@@ -113,10 +113,16 @@ def llm_extractions(
         },
         check_results=[
             dg.AssetCheckResult(check_name="parse_failure_rate", passed=parse_rate <= config.max_parse_failure_rate,
+                                description=None if parse_rate <= config.max_parse_failure_rate else
+                                f"{total.parse_errors} of {answered} answers of {backend.name} ({backend.model or 'rules'}) "
+                                f"could not be parsed ({parse_rate:.1%} > max_parse_failure_rate "
+                                f"{config.max_parse_failure_rate:g}); rows with parse_error in {out_path}",
                                 metadata={"rate": round(parse_rate, 4), "parse_errors": total.parse_errors,
                                           "answers": answered, "limit": config.max_parse_failure_rate}),
             dg.AssetCheckResult(check_name="no_backend_errors", passed=not failed,
                                 severity=dg.AssetCheckSeverity.WARN,
+                                description=f"{len(failed)} reports got no answer from {backend.name}; first: study "
+                                            f"{failed[0]['study_id']}: {failed[0]['error'][:200]}" if failed else None,
                                 metadata={"errors": len(failed), "examples": md_table(failed[:10])}),
         ],
     )
@@ -175,10 +181,18 @@ def triplets(context: dg.AssetExecutionContext, config: TripletsConfig, storage:
         },
         check_results=[
             dg.AssetCheckResult(check_name="share_of_reports_with_triplets", passed=summary.share_with_triplets >= config.min_share_with_triplets,
+                                description=None if summary.share_with_triplets >= config.min_share_with_triplets else
+                                f"only {with_triplets} of {summary.answered} answered reports gave a triplet "
+                                f"({summary.share_with_triplets:.0%} < min_share_with_triplets "
+                                f"{config.min_share_with_triplets:g}); rejects and their reasons in {rejects_path}",
                                 metadata={"share": round(summary.share_with_triplets, 4), "reports_with_triplets": with_triplets,
                                           "answered_reports": summary.answered, "minimum": config.min_share_with_triplets}),
             dg.AssetCheckResult(check_name="categories_in_vocabulary", passed=summary.outside_rate <= config.max_reject_rate,
                                 severity=dg.AssetCheckSeverity.WARN,
+                                description=None if summary.outside_rate <= config.max_reject_rate else
+                                f"{len(outside)} of {findings} findings name a category outside the vocabulary "
+                                f"({summary.outside_rate:.1%} > max_reject_rate {config.max_reject_rate:g}), e.g. "
+                                f"{', '.join(sorted({str(o['raw_category']) for o in outside})[:5])}",
                                 metadata={"outside_vocabulary": len(outside), "findings": findings,
                                           "rate": round(summary.outside_rate, 4),
                                           "examples": md_table(outside[:10], ["study_id", "raw_category", "sentence"])}),
@@ -186,31 +200,45 @@ def triplets(context: dg.AssetExecutionContext, config: TripletsConfig, storage:
     )
 
 
+# Each convention's table: the CheXpert one keeps the asset's main file (training_texts reads its
+# "No Finding"); docs/labelling_guideline.md says what each convention counts.
+LABEL_CONVENTIONS = {
+    "chexpert": ("report_labels.parquet", "the 14 CheXpert observations as the CheXpert labeler's phrase "
+                 "lists define them; No Finding derived as the labeler derives it; -1 kept"),
+    "chestxray14": ("report_labels_chestxray14.parquet", "the 14 ChestX-ray14 findings as text-mined: a label "
+                    "is the finding named, never a sign; binary rule: -1 (hedged) counts as absent"),
+}
+
+
 # The label map is part of this asset's code: editing it marks report_labels stale.
 @dg.asset(deps=[llm_extractions, triplets], group_name="extraction", kinds={"parquet"},
           code_version="1-" + file_sha256(default_label_maps_path())[:12],
           automation_condition=DERIVED_FROM_EXTRACTION)
 def report_labels(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
-    """One row per report whose answer was read: the 14 CheXpert observations as 1 (present),
-    0 (negated), -1 (uncertain) or null (not mentioned), from `triplets` through the `chexpert`
-    map of knowledge/label_maps.yaml, to compare with the CheXpert labeler's CSV and to filter
-    reports for training."""
-    label_map = load_label_map("chexpert", vocabulary=load_vocabulary())
-    table = report_labels_table(storage.asset_path("llm_extractions", "llm_extractions.parquet"),
-                                storage.asset_path("triplets", "triplets.parquet"), label_map)
-    out_path = storage.asset_path("report_labels", "report_labels.parquet")
-    write_table(table, out_path)
-    context.log.info(f"CheXpert labels for {table.num_rows} reports")
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": table.num_rows,
-            "label_counts": md_table(label_counts(table, label_map), ["label", "1", "0", "-1", "blank"]),
-            "label_map_sha256": file_sha256(default_label_maps_path()),
-            "path": dg.MetadataValue.path(str(out_path)),
-            "sha256": file_sha256(out_path),
-            "preview": preview(table, table.column_names[:8]),
-        },
-    )
+    """One row per report whose answer was read, in each convention of knowledge/label_maps.yaml
+    (LABEL_CONVENTIONS): every label as 1 (present), 0 (negated), -1 (uncertain) or null (not
+    mentioned), from `triplets`. report_labels.parquet (`chexpert`) is to compare with the
+    CheXpert labeler's CSV and to filter reports for training; report_labels_chestxray14.parquet
+    (`chestxray14`) to compare with ChestX-ray14's labels."""
+    vocabulary = load_vocabulary()
+    metadata: dict[str, object] = {"label_map_sha256": file_sha256(default_label_maps_path())}
+    for convention, (file_name, meaning) in LABEL_CONVENTIONS.items():
+        label_map = load_label_map(convention, vocabulary=vocabulary)
+        table = report_labels_table(storage.asset_path("llm_extractions", "llm_extractions.parquet"),
+                                    storage.asset_path("triplets", "triplets.parquet"), label_map)
+        out_path = storage.asset_path("report_labels", file_name)
+        write_table(table, out_path)
+        prefix = "" if convention == "chexpert" else f"{convention}_"
+        metadata.update({
+            f"{prefix}convention": f"{convention}: {meaning}",
+            f"{prefix}label_counts": md_table(label_counts(table, label_map), ["label", "1", "0", "-1", "blank"]),
+            f"{prefix}path": dg.MetadataValue.path(str(out_path)),
+            f"{prefix}sha256": file_sha256(out_path),
+        })
+        if convention == "chexpert":
+            metadata.update({"dagster/row_count": table.num_rows, "preview": preview(table, table.column_names[:8])})
+        context.log.info(f"{convention} labels for {table.num_rows} reports: {out_path}")
+    return dg.MaterializeResult(metadata=metadata)
 
 
 def _llm_metadata(backend, result) -> dict:

@@ -6,17 +6,18 @@ their results into metadata and check results.
 
 
 from pathlib import Path
+from typing import Optional
 
 import dagster as dg
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from assets.metadata import counts, first_reasons, md_table, preview
+from assets.ingestion_checks import leak_check, leaks_in, quarantine_rate_check
+from assets.metadata import counts, md_table, preview
 from assets.partitions import shard_partitions
 from assets.resources import ArchiveResource, StorageResource
 from common.storage import file_sha256
-from ingestion.dicom_index import header_identifiers
-from ingestion.identifiers import find_leaks, identifier_signatures
+from ingestion.dicom_index import choose_id_rule, header_identifiers, index_ids
+from ingestion.identifiers import identifier_signatures
 from ingestion.images import DECODER_VERSION, build_cxr_images, contact_sheet_markdown
 from ingestion.layout import archive_problem, has_shard, shard_problem
 from ingestion.shards import index_shard, reports_shard
@@ -32,14 +33,18 @@ report_files = dg.AssetSpec(
     "report_files",
     group_name="sources",
     partitions_def=shard_partitions,
-    description="Free-text radiology reports, files/pNN/p<subject>/s<study>.txt.",
+    description="Free-text radiology reports, files/pNN/p{subject}/s{study}.txt.",
 )
 
 
 class IndexConfig(dg.Config):
     # Above this share of quarantined files the shard fails (blocking check): an archive that
-    # is mostly unreadable is a wrong root or a broken copy, not something to train on.
-    max_quarantine_rate: float = 0.05
+    # is mostly unreadable is a wrong root or a broken copy, not something to train on. None: the
+    # archive resource's value (archive.max_quarantine_rate in medfilip.yaml).
+    max_quarantine_rate: Optional[float] = None
+    # A shard with fewer files than this fails the rate only when none is usable, and warns
+    # otherwise: one bad file of two newly arrived is no broken copy. None: the archive resource's.
+    quarantine_rate_min_files: Optional[int] = None
     # Read and hash every file again instead of keeping the rows of files whose size and mtime
     # are unchanged (e.g. after restoring an archive with tools that keep timestamps).
     reread_all: bool = False
@@ -50,10 +55,10 @@ class ImagesConfig(dg.Config):
     workers: int = 2
     row_group_size: int = 64
     pad_to_square: bool = False
-    # Decode JPEG 2000 one resolution level down: 3x faster; at 448 px from MIMIC-CXR-size images
-    # 99.99% of pixels within one grey level of the full decode, but 99.5-99.8% on smaller sources
-    # or targets (benchmarks/ingest.py), so off unless speed matters more.
-    reduce_jpeg2000: bool = False
+    # Decode JPEG 2000 one resolution level down where that keeps >= 99.9% of pixels within one
+    # grey level of the full decode (448 px from MIMIC-CXR-size images: 3x faster; smaller
+    # sources and 224 px decode in full, see ingestion.decode.j2k_level_for). False: always in full.
+    reduce_jpeg2000: bool = True
 
 
 @dg.asset(
@@ -76,26 +81,33 @@ def dicom_index(
     Unusable files go to the `quarantine` table with the reason."""
     shard = context.partition_key
     root = checked_root(context, archive.image_root(storage), shard)
+    id_rule = archive_id_rule(context.instance, archive, root)
     index_path = storage.asset_path("dicom_index", f"{shard}.parquet")
     quarantine_path = storage.asset_path("quarantine", "index", f"{shard}.parquet")
     result = index_shard(
         root, shard, storage.patient_salt(), index_path, quarantine_path,
         source_format=archive.source_format(), metadata_csv=archive.metadata_path(),
         progress=lambda n: n % 500 == 0 and context.log.info(f"{shard}: indexed {n} files"),
-        reuse=not config.reread_all,
+        reuse=not config.reread_all, colour=archive.colour_mode(), id_rule=id_rule,
+        taken_ids=index_ids(other_shard_indexes(context, storage, shard), id_rule),
     )
     total = result.index.num_rows + result.quarantine.num_rows
-    rate = result.quarantine.num_rows / total if total else 0.0
-    leaks = find_leaks([index_path, quarantine_path], identifier_signatures(result.identifier_values))
+    leaks = leaks_in(storage, [index_path, quarantine_path], identifier_signatures(result.identifier_values))
     digest = file_sha256(index_path)
     context.log.info(f"{shard}: {result.index.num_rows} indexed ({result.reused} unchanged since the last run, "
                      f"not read again), {result.quarantine.num_rows} quarantined from {root}")
+    limit = archive.max_quarantine_rate if config.max_quarantine_rate is None else config.max_quarantine_rate
+    floor = (archive.quarantine_rate_min_files if config.quarantine_rate_min_files is None
+             else config.quarantine_rate_min_files)
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": result.index.num_rows,
             "quarantined": result.quarantine.num_rows,
             "files_read": total - result.reused,
             "rows_reused": result.reused,
+            # The archive's id rule, recorded with the instance: every later run reads it back.
+            "id_rule": id_rule,
+            "colour": archive.colour_mode(),
             "quarantine_reasons": md_table(result.quarantine.select(["source_path", "reason"]).to_pylist()),
             "views": counts(result.index.column("view_position").to_pylist(), "view"),
             "photometric": counts(result.index.column("photometric_interpretation").to_pylist(), "photometric"),
@@ -109,17 +121,41 @@ def dicom_index(
         },
         data_version=dg.DataVersion(digest[:16]),
         check_results=[
-            dg.AssetCheckResult(check_name="no_identifier_leaks", passed=not leaks,
-                                metadata={"identifier_values_checked": len(result.identifier_values),
-                                          "leaks": md_table(leaks)}),
-            dg.AssetCheckResult(check_name="quarantine_rate", passed=rate <= config.max_quarantine_rate,
-                                description=(f"{result.quarantine.num_rows} of {total} files quarantined "
-                                             f"({rate:.0%} > max_quarantine_rate {config.max_quarantine_rate:g}); first "
-                                             f"reasons: {first_reasons(result.quarantine)}") if rate > config.max_quarantine_rate else None,
-                                metadata={"rate": round(rate, 4), "limit": config.max_quarantine_rate,
-                                          "quarantined": result.quarantine.num_rows, "files": total}),
+            leak_check(shard, leaks, len(result.identifier_values)),
+            quarantine_rate_check(shard, result.quarantine, total, limit, floor, storage, quarantine_path),
         ],
     )
+
+
+def archive_id_rule(instance: dg.DagsterInstance, archive: ArchiveResource, root: Path) -> str:
+    """The archive's id rule: the one recorded with the instance (the `id_rule` of dicom_index's
+    latest materialisation, any shard), else the configured one, else detected from the archive's
+    file names on this, its first ingestion. A configured rule contradicting the record fails the
+    run in one line. MIMIC-CXR-JPG ids are its metadata CSV's own (the file stem)."""
+    configured = archive.configured_id_rule()
+    if archive.source_format() == "jpg":
+        if configured not in ("auto", "stem"):
+            raise dg.Failure(description=f"archive.id_rule {configured!r} applies to DICOM archives; "
+                                         "MIMIC-CXR-JPG images keep the dicom_id of its metadata CSV: set auto or stem")
+        return "stem"
+    event = instance.get_latest_materialization_event(dg.AssetKey("dicom_index"))
+    recorded = None
+    if event is not None and event.asset_materialization is not None:
+        value = event.asset_materialization.metadata.get("id_rule")
+        recorded = value.value if value is not None else "stem"  # indexed before id rules: ids were stems
+    try:
+        return choose_id_rule(configured, recorded, root)
+    except ValueError as exc:
+        raise dg.Failure(description=str(exc)) from None
+
+
+def other_shard_indexes(context: dg.AssetExecutionContext, storage: StorageResource, shard: str) -> list[Path]:
+    """The index files of the instance's other shards, whose ids this shard must not give again.
+    Registered shards only, and none nested in this one (p10 beside p1004, from another granularity,
+    would hold the same files)."""
+    shards = context.instance.get_dynamic_partitions(shard_partitions.name)
+    return [storage.asset_path("dicom_index", f"{other}.parquet") for other in shards
+            if not (other.startswith(shard) or shard.startswith(other))]
 
 
 @dg.asset(
@@ -142,7 +178,7 @@ def cxr_images(
         index, archive.image_root(storage), out_path,
         storage.asset_path("quarantine", "decode", f"{shard}.parquet"),
         size=config.image_size, workers=config.workers, row_group_size=config.row_group_size,
-        pad_to_square=config.pad_to_square, reduce_jpeg2000=config.reduce_jpeg2000,
+        pad_to_square=config.pad_to_square, reduce_jpeg2000=config.reduce_jpeg2000, colour=archive.colour_mode(),
         progress=lambda done, total: done % step == 0 and context.log.info(f"{shard}: decoded {done}/{total}"),
     )
     digest = file_sha256(out_path)
@@ -188,7 +224,7 @@ def reports(context: dg.AssetExecutionContext, storage: StorageResource, archive
     imaged = set(pq.read_table(index_path, columns=["study_id"]).column("study_id").to_pylist()) if index_path.exists() else set()
     missing = sorted(imaged - set(table.column("study_id").to_pylist()))
     identifiers = header_identifiers(archive.image_root(storage), shard) if archive.source_format() == "dicom" else set()
-    leaks = find_leaks([out_path], identifier_signatures(identifiers))
+    leaks = leaks_in(storage, [out_path], identifier_signatures(identifiers))
     flags = [f for f in table.column("flag").to_pylist() if f]
     digest = file_sha256(out_path)
     context.log.info(f"{shard}: {table.num_rows} reports, {len(flags)} flagged, {len(missing)} imaged studies without report")
@@ -204,10 +240,12 @@ def reports(context: dg.AssetExecutionContext, storage: StorageResource, archive
         data_version=dg.DataVersion(digest[:16]),
         check_results=[
             dg.AssetCheckResult(check_name="every_imaged_study_has_a_report", passed=not missing,
+                                description=(f"shard {shard}: {len(missing)} of {len(imaged)} imaged studies have no "
+                                             f"report file in {root} (e.g. {', '.join(missing[:3])})")
+                                if missing else None,
                                 metadata={"imaged_studies": len(imaged), "without_report": len(missing),
                                           "examples": ", ".join(missing[:10]) or "none"}),
-            dg.AssetCheckResult(check_name="no_identifier_leaks", passed=not leaks,
-                                metadata={"identifier_values_checked": len(identifiers), "leaks": md_table(leaks)}),
+            leak_check(shard, leaks, len(identifiers)),
         ],
     )
 

@@ -65,7 +65,7 @@ class TrainingTextsConfig(dg.Config):
           kinds={"duckdb", "parquet"}, code_version="1", automation_condition=DERIVED_FROM_EXTRACTION)
 def training_texts(context: dg.AssetExecutionContext, config: TrainingTextsConfig,
                    storage: StorageResource) -> dg.MaterializeResult:
-    """Per image its list of texts "<severity> <location> <category>. <description>", each
+    """Per image its list of texts "{severity} {location} {category}. {description}", each
     distinct text with a stable text_id; images without a triplet get the "no finding" text;
     train/validation split by patient."""
     images = decoded_images(storage)
@@ -182,6 +182,9 @@ def ssm(context: dg.AssetExecutionContext, config: SSMConfig, storage: StorageRe
         },
         check_results=[
             dg.AssetCheckResult(check_name=name, passed=bool(checks[name][0]),
+                                description=None if checks[name][0] else
+                                f"SSM in {out_dir / 'ssm.json'} is not {name.replace('_', ' ')}: " + ", ".join(
+                                    f"{k} {v}" for k, v in checks[name][1].items() if isinstance(v, (int, float, str))),
                                 metadata={k: v for k, v in checks[name][1].items() if isinstance(v, (int, float, str, bool))})
             for name in SSM_CHECKS
         ],

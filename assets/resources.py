@@ -13,6 +13,7 @@ from typing import Optional
 import dagster as dg
 
 from common.home import Layout, layout, salt_from_file
+from ingestion.dicom_index import COLOUR_MODES, ID_RULES
 from tracking.store import is_local_store, resolve_tracking_uri
 
 
@@ -44,13 +45,19 @@ class ArchiveResource(dg.ConfigurableResource):
     """Where the chest X-ray archive is; `root` empty means the generated corpus in the data root.
 
     `image_format="jpg"` reads MIMIC-CXR-JPG (JPEG files + its metadata CSV) into the same
-    schema as DICOM; `report_root` may point at a separate MIMIC-CXR reports tree.
+    schema as DICOM; `report_root` may point at a separate MIMIC-CXR reports tree. `colour`
+    "grey" ingests colour images as luminance; `id_rule` "auto" takes the rule recorded with
+    the instance on the archive's first ingestion (see assets.ingestion.archive_id_rule).
     """
 
     root: str = ""
     report_root: str = ""
     image_format: str = "dicom"  # "dicom" or "jpg"
     metadata_csv: str = ""
+    colour: str = "quarantine"  # ingestion.dicom_index.COLOUR_MODES
+    id_rule: str = "auto"  # "auto" or one of ingestion.dicom_index.ID_RULES
+    max_quarantine_rate: float = 0.05  # above this share of quarantined files a shard fails
+    quarantine_rate_min_files: int = 20  # below this many files, only a shard with no usable file fails
 
     def image_root(self, storage: StorageResource) -> Path:
         return Path(self.root).expanduser() if self.root else storage.layout().corpus
@@ -62,6 +69,18 @@ class ArchiveResource(dg.ConfigurableResource):
         chosen = (self.image_format or "dicom").lower()
         if chosen not in ("dicom", "jpg"):
             raise ValueError(f"archive image_format {chosen!r} is unknown: use dicom or jpg")
+        return chosen
+
+    def colour_mode(self) -> str:
+        chosen = (self.colour or "quarantine").lower()
+        if chosen not in COLOUR_MODES:
+            raise ValueError(f"archive colour {chosen!r} is unknown: use one of {', '.join(COLOUR_MODES)}")
+        return chosen
+
+    def configured_id_rule(self) -> str:
+        chosen = (self.id_rule or "auto").lower()
+        if chosen not in ("auto", *ID_RULES):
+            raise ValueError(f"archive id_rule {chosen!r} is unknown: use auto or one of {', '.join(ID_RULES)}")
         return chosen
 
     def metadata_path(self) -> Path | None:

@@ -5,20 +5,27 @@ Default: rules backend reports/s (cold, real IU reports cycled); openai backend 
 local stub endpoint with a fixed injected latency, concurrency 1 vs N; and the time of a
 no-change re-run over N reports (must make zero calls).
 
---quality: labelling quality on the IU gold standard (testkit/data/iu_gold_labels.csv, labelled
-by reading, see docs/labelling_guideline.md; the vocabulary and rules are tuned on its dev half
-only, test is held out). For each split and both uncertainty policies it prints per-class
-precision / recall / F1 of ChestX-ray14's 14 findings, micro and macro F1, for
-- rules: the real extraction path, make_backend -> complete -> parse -> to_triplets, then
-  knowledge/label_maps.yaml (chestxray14) maps categories to labels. A label is present when a
-  non-negated triplet of a mapped category exists; hedged when all such triplets are uncertain;
-- keyword: a baseline in this file, one keyword list per class and a negation window of six
-  words before the keyword (and hedge words, for the uncertain value), sentence by sentence.
-Scoring (tests/iu_gold.py): under "uncertain as positive" gold 1 and -1 are positive and so are
+--quality: labelling quality on the IU gold sets (testkit/data/, labelled by reading under the
+written conventions of docs/labelling_guideline.md): for each convention (`chestxray14`, scored
+on its 14 findings against iu_*_chestxray14.csv; `chexpert`, its 14 observations with No Finding
+against iu_*_chexpert.csv), each set (dev: 600 reports the vocabulary and rules are tuned on;
+heldout: 300 reports nobody tunes on, `--sets dev` leaves them out) and both uncertainty
+policies, it prints per-class precision / recall / F1, micro and macro F1, for
+- rules: the real extraction path, make_backend -> complete -> parse -> to_triplets -> labels_table
+  with that convention's map of knowledge/label_maps.yaml;
+- keyword: a baseline in this file, one keyword list per class of the convention and a negation
+  window of six words before the keyword (and hedge words, for the uncertain value);
+- medspacy and negspacy: the comparators of benchmarks/comparators/ (their own venv, same phrases
+  per convention), read from benchmarks/out/comparators/*.json once run.sh has written them.
+Scoring (testkit/iu_gold.py): under "uncertain as positive" gold 1 and -1 are positive and so are
 predicted 1 and -1; under "uncertain as negative" only 1 is, on both sides. Gold 0 and empty
 (not mentioned) are negative. Macro F1 averages the classes that have a gold positive in the
-split under that policy. It also prints the rules backend's reports/s on one core (one thread,
-complete() only, over every IU report; per CPU second, and per wall second).
+set under that policy. On the held-out set, under the binary rule `chestxray14` states
+(uncertain as negative), it checks issue 21's targets (micro >= 0.90, macro >= 0.85, above the
+keyword baseline on every class with >= 20 positives). Last, the rules backend's reports/s on one
+core (one thread, complete() only, over every IU report; per CPU second and per wall second, and
+as a ratio to the keyword baseline timed in the same process) and the comparators' reports per
+CPU second. The figures are in README.md ("Report labelling quality").
 
 --tokens: prompt + completion tokens per report on the LLM path (stub server's usage counts,
 which count words), one report per request against K in (4, 8, 16) reports per request
@@ -30,27 +37,18 @@ that providers' prompt caching serves.
 (the `test` extra; testkit/llama_server.py), started on 127.0.0.1, over the first --llm-reports
 IU reports (sorted by id): answers unreadable before and after the repair request, without the
 schema (text, prompts/gpt_ie, max_tokens 256) and with it (llamacpp_schema, prompts/gpt_ie_json,
-maxItems --max-findings); the share of parsed findings the vocabulary rejects; prompt and completion tokens per report as the server counts them at K = 1
-and K = 8 (with the schema); seconds per report. Prints a table and writes
+maxItems --max-findings); the share of parsed findings the vocabulary rejects; prompt and
+completion tokens per report as the server counts them at K = 1 and K = 8 (with the schema);
+seconds per report. Prints a table and writes
 benchmarks/results/extract_llm_server.json (command, commit, date, cpu, args, figures).
-
-medspaCy, evaluated as the engine instead of our triggers and not adopted (2026-12-03, by
-hand, in a separate virtual environment so it is no dependency): medspacy 1.3.1 / spaCy 3.7.5,
-PyRuSH sentences, every knowledge/vocabulary.yaml synonym (and plural) as a TargetRule, the
-default ConText rules, uncertain = is_uncertain or is_hypothetical, then the same label map
-and scoring. Micro-F1 (macro) dev 0.92 (0.91) / 0.77 (0.74) and test 0.90 (0.89) / 0.76 (0.77),
-uncertain as positive / negative, against the rules backend's 0.95 (0.93) / 0.90 (0.87) and
-0.92 (0.90) / 0.88 (0.87); about 57 reports per CPU second against about 2,600. Its default
-uncertainty triggers miss the guideline's alternatives ("A or B", "A/B"), and it cannot read
-organ statements ("heart size is normal").
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
-import platform
 import re
 import sys
 import tempfile
@@ -65,14 +63,16 @@ from common.tables import markdown_table  # noqa: E402
 from extraction.backends import make_backend  # noqa: E402
 from extraction.extract import extract_reports  # noqa: E402
 from testkit.iu_gold import (  # noqa: E402
-    CLASSES,
+    CONVENTIONS,
     POLICIES,
+    SPLITS,
     load_gold,
     load_iu_texts,
     rules_labels,
     score,
 )
 from testkit.openai_stub import StubServer  # noqa: E402
+from testkit.result_file import write_result  # noqa: E402
 
 
 def main() -> None:
@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--llm-reports", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--quality", action="store_true", help="F1 on the IU gold standard")
+    parser.add_argument("--sets", nargs="+", choices=SPLITS, default=list(SPLITS),
+                        help="with --quality: which IU gold sets (tune on dev; held-out is only measured)")
     parser.add_argument("--tokens", action="store_true", help="tokens per report, K reports per request")
     parser.add_argument("--llm-server", action="store_true", help="a real model behind llama.cpp's server")
     parser.add_argument("--max-findings", type=int, default=4, help="the schema's maxItems (--llm-server)")
@@ -90,7 +92,7 @@ def main() -> None:
         llm_server(args)
         return
     if args.quality:
-        quality()
+        quality(args.sets)
         return
     if args.tokens:
         tokens(args.llm_reports)
@@ -162,10 +164,6 @@ def tokens(n_reports: int) -> None:
 
 
 def llm_server(args: argparse.Namespace) -> None:
-    import json
-    import subprocess
-    from datetime import datetime, timezone
-
     from extraction.to_triplets import to_triplets
     from extraction.vocabulary import load_vocabulary
     from testkit import llama_server as kit
@@ -209,96 +207,165 @@ def llm_server(args: argparse.Namespace) -> None:
     print(f"{len(texts)} IU reports, SmolLM2-135M-Instruct (Q4_1 GGUF) behind llama.cpp's server, one thread; "
           f"tokens as the server counts them; shared CPU: seconds are indicative")
     print(markdown_table(rows, list(rows[0])))
-    root = Path(__file__).resolve().parents[1]
-    record = {"command": "python benchmarks/extract.py " + " ".join(sys.argv[1:]),
-              "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                       cwd=root).stdout.strip(),
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "cpu": f"{_cpu_model()}, {os.cpu_count()} cores (shared with other work)",
-              "args": vars(args), "figures": figures}
-    out = root / "benchmarks" / "results" / "extract_llm_server.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    out = write_result("extract_llm_server", vars(args), figures,
+                       note="2-core machine shared with other work: seconds are indicative")
     print(f"wrote {out}")
-
-
-def _cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.machine()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
 
 
 def load_iu_reports() -> list[str]:
     return list(load_iu_texts().values())
 
 
-def quality() -> None:
-    gold = load_gold()
-    texts = load_iu_texts(set(gold))
+COMPARATORS_OUT = Path(__file__).resolve().parent / "out" / "comparators"
+COMPARATORS = ("medspacy", "negspacy")
+# The binary rule each convention states for hedged findings (docs/labelling_guideline.md).
+BINARY_RULE = {"chestxray14": "uncertain as negative", "chexpert": None}
+
+
+def quality(sets: list[str]) -> None:
     rules = make_backend({"kind": "rules"})
-    labellers = {"rules": rules_labels(rules, texts), "keyword": keyword_labels(texts)}
-    for split in ("dev", "test"):
-        part = load_gold(split)
+    golds = {(c, s): load_gold(c, s) for c in CONVENTIONS for s in SPLITS if s in sets}
+    texts = load_iu_texts({rid for gold in golds.values() for rid in gold})
+    comparators, speeds = load_comparators()
+    summary = []
+    for (convention, split), gold in golds.items():
+        classes = CONVENTIONS[convention]
+        part = {rid: texts[rid] for rid in gold}
+        labellers = {"rules": rules_labels(rules, part, convention),
+                     "keyword": keyword_labels(part, convention),
+                     **{name: found[convention] for name, found in comparators.items()}}
         for policy in POLICIES:
-            scores = {name: score(part, predicted, policy) for name, predicted in labellers.items()}
-            print(f"\n## {split} ({len(part)} reports), {policy}\n")
-            columns = ["class", "gold +"] + [f"{n} {m}" for n in scores for m in ("P", "R", "F1")]
-            rows = []
-            for label in CLASSES:
-                tp, _, fn = scores["rules"].counts[label]
-                rows.append([label, tp + fn] + [f"{v:.2f}" for s in scores.values() for v in s.prf(label)])
-            rows.append(["micro", ""] + [f"{v:.2f}" for s in scores.values() for v in s.micro])
-            rows.append(["macro F1", ""] + [c for s in scores.values() for c in ("", "", f"{s.macro_f1:.2f}")])
-            print(markdown_table([dict(zip(columns, row)) for row in rows], columns))
-    all_texts = list(load_iu_texts().values())
+            scores = {name: score(gold, predicted, policy, classes) for name, predicted in labellers.items()}
+            rule = " (the convention's binary rule)" if BINARY_RULE[convention] == policy else ""
+            print(f"\n## {convention}, {split} ({len(gold)} reports), {policy}{rule}\n")
+            print(class_table(scores, classes))
+            summary.append({"convention": convention, "set": split, "policy": policy + rule,
+                            **{name: f"{s.micro[2]:.3f} / {s.macro_f1:.3f}" for name, s in scores.items()}})
+            if rule and split == "heldout":
+                print(target_check(scores))
+    print("\n## Summary: micro-F1 / macro-F1\n")
+    print(markdown_table(summary))
+    for name in COMPARATORS:
+        if name not in comparators:
+            print(f"\n{name}: no results in {COMPARATORS_OUT}; run benchmarks/comparators/run.sh "
+                  f"(benchmarks/comparators/README.md)")
+    print("\n" + speed_line(rules, list(load_iu_texts().values()), speeds))
+
+
+def class_table(scores: dict, classes: tuple[str, ...]) -> str:
+    names = list(scores)
+    columns = ["class", "gold +", "rules P", "rules R", "rules F1"] + [f"{n} F1" for n in names[1:]]
+    rows = [[label, scores["rules"].positives(label), *(f"{v:.2f}" for v in scores["rules"].prf(label)),
+             *(f"{scores[n].prf(label)[2]:.2f}" for n in names[1:])] for label in classes]
+    rows.append(["micro", "", *(f"{v:.3f}" for v in scores["rules"].micro),
+                 *(f"{scores[n].micro[2]:.3f}" for n in names[1:])])
+    rows.append(["macro F1", "", "", "", *(f"{scores[n].macro_f1:.3f}" for n in names)])
+    return markdown_table([dict(zip(columns, row)) for row in rows], columns)
+
+
+def target_check(scores: dict) -> str:
+    """Issue 21's targets on the held-out set: micro >= 0.90, macro >= 0.85, and the rules above
+    the keyword baseline on every class with >= 20 gold positives."""
+    ours, base = scores["rules"], scores["keyword"]
+    big = [c for c in ours.counts if ours.positives(c) >= 20]
+    behind = [c for c in big if ours.prf(c)[2] <= base.prf(c)[2]]
+    return (f"\ntargets: micro {ours.micro[2]:.3f} (>= 0.90: {'yes' if ours.micro[2] >= 0.90 else 'NO'}), "
+            f"macro {ours.macro_f1:.3f} (>= 0.85: {'yes' if ours.macro_f1 >= 0.85 else 'NO'}), "
+            f"above the keyword baseline on every class with >= 20 positives ({', '.join(big) or 'none'}): "
+            f"{'yes' if not behind else 'NO, not on ' + ', '.join(behind)}")
+
+
+def load_comparators() -> tuple[dict[str, dict], dict[str, str]]:
+    """Labels and speed of each comparator run by benchmarks/comparators/run.sh, where present."""
+    found, speeds = {}, {}
+    for name in COMPARATORS:
+        path = COMPARATORS_OUT / f"{name}.json"
+        if path.exists():
+            result = json.loads(path.read_text())
+            found[name] = result["labels"]
+            versions = ", ".join(f"{p} {v}" for p, v in result["versions"].items())
+            speeds[name] = f"{name} ({versions}) {result['reports_per_cpu_s']:,.0f}"
+    return found, speeds
+
+
+def speed_line(rules, texts: list[str], speeds: dict[str, str]) -> str:
+    # CPU time of this one thread is the one-core figure; wall time also counts waiting for the
+    # core when other work shares the machine. The keyword baseline, timed in the same process,
+    # gives a ratio that does not depend on how loaded the machine is.
     wall, cpu = time.perf_counter(), time.process_time()
-    for text in all_texts:
+    for text in texts:
         rules.complete(text)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    # CPU time of this one thread is the one-core figure; wall time also counts waiting
-    # for the core when other work shares the machine.
-    print(f"\nrules backend, complete() only, one thread: {len(all_texts)} IU reports, "
-          f"{len(all_texts) / cpu:,.0f} reports per CPU second ({len(all_texts) / wall:,.0f} per wall second)")
+    keyword_cpu = time.process_time()
+    keyword_labels(dict(enumerate(texts)), "chestxray14")
+    keyword_cpu = time.process_time() - keyword_cpu
+    others = "; ".join(speeds.values())
+    return (f"rules backend, complete() only, one thread: {len(texts)} IU reports, "
+            f"{len(texts) / cpu:,.0f} reports per CPU second ({len(texts) / wall:,.0f} per wall second); "
+            f"keyword baseline {len(texts) / keyword_cpu:,.0f} per CPU second (rules at "
+            f"{keyword_cpu / cpu:.2f}x its speed)" + (f"; reports per CPU second of {others}" if others else ""))
 
 
-# The baseline: a finding is named by one of a few words; "no"-type words up to six words
-# before it negate it, hedge words there make it uncertain.
+# The baseline: a finding is named by one of a few words, listed for each convention; "no"-type
+# words up to six words before it negate it, hedge words there make it uncertain. A derived
+# No Finding is 1 when no other label but Support Devices is 1 or -1.
 KEYWORDS = {
-    "Atelectasis": ["atelecta", "collapse"],
-    "Cardiomegaly": ["cardiomegaly", "heart is enlarged", "enlarged heart", "heart size is enlarged"],
-    "Effusion": ["effusion"],
-    "Infiltration": ["infiltrat", "airspace disease", "airspace opacit", "air space disease"],
-    "Mass": [" mass"],
-    "Nodule": ["nodule", "nodular"],
-    "Pneumonia": ["pneumonia"],
-    "Pneumothorax": ["pneumothora"],
-    "Consolidation": ["consolidat"],
-    "Edema": ["edema"],
-    "Emphysema": ["emphysema", "copd"],
-    "Fibrosis": ["fibros", "fibrotic"],
-    "Pleural_Thickening": ["pleural thickening"],
-    "Hernia": ["hernia"],
+    "chestxray14": {
+        "Atelectasis": ["atelecta", "collapse"],
+        "Cardiomegaly": ["cardiomegaly", "heart is enlarged", "enlarged heart", "heart size is enlarged"],
+        "Effusion": ["effusion"],
+        "Infiltration": ["infiltrat"],
+        "Mass": [" mass"],
+        "Nodule": ["nodule", "nodular"],
+        "Pneumonia": ["pneumonia"],
+        "Pneumothorax": ["pneumothora"],
+        "Consolidation": ["consolidat"],
+        "Edema": ["edema"],
+        "Emphysema": ["emphysema"],
+        "Fibrosis": ["fibros", "fibrotic"],
+        "Pleural_Thickening": ["pleural thickening"],
+        "Hernia": ["hernia"],
+    },
+    "chexpert": {
+        "Enlarged Cardiomediastinum": ["widened mediastinum", "mediastinal widening", "enlarged cardiomediastinal"],
+        "Cardiomegaly": ["cardiomegaly", "heart is enlarged", "enlarged heart", "heart size is enlarged"],
+        "Lung Lesion": ["nodule", "nodular", " mass", "tumor", "neoplasm"],
+        "Lung Opacity": ["opacit", "infiltrat", "airspace disease", "air space disease", "interstitial marking",
+                         "scar"],
+        "Edema": ["edema", "heart failure", "chf", "vascular congestion"],
+        "Consolidation": ["consolidat"],
+        "Pneumonia": ["pneumonia", "infection"],
+        "Atelectasis": ["atelecta", "collapse"],
+        "Pneumothorax": ["pneumothora"],
+        "Pleural Effusion": ["effusion"],
+        "Pleural Other": ["pleural thickening", "fibros", "pleural scar"],
+        "Fracture": ["fracture"],
+        "Support Devices": ["pacemaker", "pacer", "tube", "catheter", "picc", "central line", "device"],
+    },
 }
 NEGATIONS = {"no", "not", "without", "negative", "free", "clear", "resolved"}
 HEDGES = {"possible", "possibly", "may", "might", "could", "likely", "probable", "suspicious",
           "versus", "questionable", "suggest", "suggestive", "concerning"}
+_ORDER = (None, 0, -1, 1)
 
 
-def keyword_labels(texts: dict[str, str]) -> dict[str, dict[str, int | None]]:
+def keyword_labels(texts: dict, convention: str) -> dict:
+    keywords = KEYWORDS[convention]
     predicted = {}
     for rid, text in texts.items():
-        labels: dict[str, int | None] = {label: None for label in CLASSES}
+        labels: dict[str, int | None] = {label: None for label in keywords}
         for sentence in re.split(r"(?<=\.)\s+|\n", text.lower()):
-            for label, words in KEYWORDS.items():
+            for label, words in keywords.items():
                 for word in words:
                     at = sentence.find(word)
                     if at < 0:
                         continue
                     window = set(re.findall(r"[a-z]+", sentence[:at])[-6:])
                     value = 0 if window & NEGATIONS else -1 if window & HEDGES else 1
-                    labels[label] = max(labels[label], value, key=lambda v: (None, 0, -1, 1).index(v))
+                    labels[label] = max(labels[label], value, key=_ORDER.index)
+        if convention == "chexpert":
+            found = any(v in (1, -1) for label, v in labels.items() if label != "Support Devices")
+            labels["No Finding"] = None if found else 1
         predicted[rid] = labels
     return predicted
 

@@ -74,8 +74,10 @@ def _noun_phrase(f: Finding, rng: np.random.Generator) -> str:
                      f"{sev} {loc} effusion" + ("s" if loc == "bilateral" else "")],
         "cardiomegaly": [f"{sev} cardiomegaly", f"{sev} enlargement of the cardiac silhouette"],
         "pneumothorax": [f"{sev} {loc} pneumothorax", f"{sev} {loc} apical pneumothorax"],
-        "nodule": [f"{sev} nodule in the {loc}", f"{sev} nodular opacity in the {loc}"],
-        "consolidation": [f"{sev} consolidation in the {loc}", f"{sev} airspace opacity in the {loc}"],
+        # the phrases name the drawn category itself: "nodular opacity" and "airspace opacity"
+        # are categories of their own in knowledge/vocabulary.yaml
+        "nodule": [f"{sev} nodule in the {loc}", f"{sev} pulmonary nodule in the {loc}"],
+        "consolidation": [f"{sev} consolidation in the {loc}", f"{sev} airspace consolidation in the {loc}"],
         "atelectasis": [f"{sev} atelectasis at the {loc}" if loc != "bibasilar" else f"{sev} bibasilar atelectasis",
                         f"{sev} plate-like atelectasis at the {loc}" if loc != "bibasilar"
                         else f"{sev} bibasilar plate-like atelectasis"],

@@ -4,7 +4,9 @@ A label takes the strongest value any of the study's triplets of its categories 
 present and certain 1, hedged -1, negated 0; 1 beats -1 beats 0, as the labelling guideline
 (docs/labelling_guideline.md) says, so "small left effusion ... no large effusion" is 1.
 No triplet leaves the label blank (``None``: not mentioned). A category listed under a label's
-``suggested_by`` (a sign such as costophrenic blunting for an effusion) gives at most -1.
+``hedged_by`` names it only equivocally (at most -1, negated 0); one under ``suggested_by`` is a
+sign that suggests it (at most -1, negated nothing). The map, not the vocabulary, decides the
+convention: knowledge/label_maps.yaml says which categories count for which label.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class LabelMap:
     no_finding: str | None = None  # a label derived from the others, first column when set
     no_finding_ignores: tuple[str, ...] = ()
     suggested_by: dict[str, tuple[str, ...]] = field(default_factory=dict)  # label -> categories
+    hedged_by: dict[str, tuple[str, ...]] = field(default_factory=dict)  # label -> categories
+    no_finding_also: tuple[str, ...] = ()  # categories outside the labels that stop no_finding
 
     @property
     def columns(self) -> list[str]:
@@ -44,6 +48,8 @@ class LabelMap:
     def values_of(self, category: str, value: int) -> list[tuple[str, int]]:
         """(label, value) pairs one triplet of this category gives."""
         named = [(label, value) for label, cats in self.categories.items() if category in cats]
+        named += [(label, ABSENT if value == ABSENT else UNCERTAIN)
+                  for label, cats in self.hedged_by.items() if category in cats]
         if value == ABSENT:
             return named  # a negated sign does not rule the finding out
         return named + [(label, UNCERTAIN) for label, cats in self.suggested_by.items()
@@ -64,18 +70,24 @@ def load_label_map(name: str, path: Path | str | None = None,
         raise LabelMapError(f"{path}: no label map '{name}' with a 'labels' mapping")
     categories = _label_categories(entry["labels"])
     suggested = _label_categories(entry.get("suggested_by") or {})
-    if set(suggested) - set(categories):
-        raise LabelMapError(f"{path}: {name}: suggested_by names unknown labels")
+    hedged = _label_categories(entry.get("hedged_by") or {})
+    for key, group in (("suggested_by", suggested), ("hedged_by", hedged)):
+        if set(group) - set(categories):
+            raise LabelMapError(f"{path}: {name}: {key} names unknown labels: "
+                                f"{sorted(set(group) - set(categories))}")
+    also = tuple(normalize_phrase(c) for c in entry.get("no_finding_also") or ())
     if vocabulary is not None:
         known = set(vocabulary.category_names)
-        named = {c for group in (categories, suggested) for cats in group.values() for c in cats}
-        unknown = sorted(named - known)
+        named = {c for group in (categories, suggested, hedged) for cats in group.values() for c in cats}
+        unknown = sorted((named | set(also)) - known)
         if unknown:
             raise LabelMapError(f"{path}: {name}: categories not in the vocabulary: {unknown}")
     ignores = tuple(entry.get("no_finding_ignores") or ())
     if set(ignores) - set(categories):
         raise LabelMapError(f"{path}: {name}: no_finding_ignores names unknown labels")
-    return LabelMap(name, categories, entry.get("no_finding"), ignores, suggested)
+    if also and not entry.get("no_finding"):
+        raise LabelMapError(f"{path}: {name}: no_finding_also without a no_finding label")
+    return LabelMap(name, categories, entry.get("no_finding"), ignores, suggested, hedged, also)
 
 
 def _label_categories(raw: Mapping) -> dict[str, tuple[str, ...]]:
@@ -89,15 +101,17 @@ def triplet_value(negated: bool, uncertain: bool) -> int:
 def study_labels(triplets: Iterable[Mapping], label_map: LabelMap) -> dict[str, int | None]:
     """Labels of one study from its triplet rows (category, negated, uncertain)."""
     values: dict[str, int | None] = {label: None for label in label_map.categories}
+    other_finding = False  # a present or hedged category of no_finding_also
     for triplet in triplets:
         value = triplet_value(triplet["negated"], triplet["uncertain"])
+        other_finding |= value != ABSENT and triplet["category"] in label_map.no_finding_also
         for label, value in label_map.values_of(triplet["category"], value):
             if _STRENGTH[value] > _STRENGTH[values[label]]:
                 values[label] = value
     if label_map.no_finding:
         findings = [v for label, v in values.items() if label not in label_map.no_finding_ignores]
-        values = {label_map.no_finding: None if any(v in (PRESENT, UNCERTAIN) for v in findings)
-                  else PRESENT, **values}
+        found = other_finding or any(v in (PRESENT, UNCERTAIN) for v in findings)
+        values = {label_map.no_finding: None if found else PRESENT, **values}
     return values
 
 

@@ -11,8 +11,10 @@ start a new finding ("No focal consolidation, pneumothorax or large pleural effu
 Pseudo-triggers ("no change", "not excluded") are matched first, as longer phrases, so they
 never act as negations. Findings offered as alternatives ("atelectasis or scarring",
 "atelectasis and/or airspace disease", "infiltrate/atelectasis") and "borderline" ones are
-uncertain; a nodule the same sentence calls a granuloma is not reported as a nodule. These
-follow docs/labelling_guideline.md, which the IU gold standard is labelled by.
+uncertain, and so is everything a differential names or XXXX links to what came before
+("opacity, XXXX atelectasis"). It names what the report says (a patchy opacity is an opacity,
+hyperinflation is hyperinflation); knowledge/label_maps.yaml decides per convention what counts
+as which label. These follow docs/labelling_guideline.md, which the IU gold sets are labelled by.
 
 It answers in the JSON shape the LLM prompt asks for, so both backends share the parser.
 """
@@ -45,6 +47,11 @@ NEGATION_BEFORE = [
     "no radiographic evidence of", "no findings of", "no typical findings of", "absent",
     "there is no", "there are no", "rather than", "not seen", "none", "clearing of",
     "interval clearing of", "no residual", "cleared",
+    # a verb between "not" and the finding: "The lungs do not demonstrate focal infiltrate"
+    "do not demonstrate", "does not demonstrate", "do not show", "does not show",
+    "not demonstrate", "not show",
+    # a recommendation "to exclude an underlying mass" asserts nothing (guideline, 6)
+    "exclude", "to exclude",
 ]
 NEGATION_AFTER = [
     "not seen", "not identified", "not visualized", "not present", "not appreciated",
@@ -63,16 +70,27 @@ UNCERTAIN_BEFORE = [
     "versus", "vs", "equivocal", "indeterminate", "presumed", "presumably", "perhaps",
     "possibility of", "worrisome for", "consider", "considered", "question", "uncertain",
     # "may"/"could"/"might" hedge whatever verb follows ("may indicate", "could obscure")
-    "may", "could", "differential diagnosis", "differential diagnosis includes",
-    "considerations", "consideration", "either",
+    "may", "could", "either", "cannot entirely exclude", "cannot completely exclude",
+    "difficult to exclude", "difficult to completely exclude", "suspicion for",
+    "correlate clinically for", "correlate clinically with", "suspicion of", "suggestion of", "favor",
+    "favored", "favoring",
     # XXXX (de-identification) hiding the verb's hedge: "opacity XXXX represents scar"
-    "xxxx represent", "xxxx represents", "xxxx representing",
+    "xxxx represent", "xxxx represents", "xxxx representing", "appearance xxxx",
+]
+# Hedges whose scope runs to the end of the sentence, over verbs and commas: "differential
+# diagnosis is XXXX and includes edema, infection, ...", "In the appropriate clinical setting
+# this appearance is compatible with pneumonia" (labelling guideline, 6).
+UNCERTAIN_CLAUSE = [
+    "differential", "differential diagnosis", "differential diagnosis includes",
+    "considerations", "consideration", "appropriate clinical setting",
 ]
 UNCERTAIN_AFTER = [
     "cannot be excluded", "can not be excluded", "can't be excluded", "not excluded",
     "not be excluded", "cannot be ruled out", "can not be ruled out", "not ruled out",
     "is suspected", "are suspected", "suspected", "versus", "vs", "is possible", "is likely",
-    "not entirely excluded", "is questioned", "?", "not completely excluded",
+    "not entirely excluded", "is questioned", "?", "not completely excluded", "suggested",
+    "is suggested", "not well seen", "not well visualized", "difficult to exclude",
+    "difficult to entirely exclude",
 ]
 PSEUDO_TRIGGERS = [
     "no change", "no significant change", "no interval change", "no substantial change",
@@ -89,12 +107,14 @@ SCOPE_TERMINATORS = [
 # A verb closes a preceding negation: "No effusion is seen and the heart is enlarged".
 VERBS = ["is", "are", "was", "were", "has", "have", "had", "appears", "appear", "remains",
          "remain", "demonstrates", "demonstrate", "shows", "show", "measures", "there's"]
-# A patchy opacity is an infiltrate (labelling guideline), however the words are ordered
-# ("patchy right perihilar/upper lobe opacities"); the vocabulary has the adjacent phrases.
-QUALIFIED_CATEGORIES = {("opacity", "patchy"): "infiltration"}
+# A word that, standing before a finding's modifiers, names another category: "calcified right
+# midlung nodule" is a calcified nodule (its own category: not a lung lesion under `chexpert`).
+QUALIFIED_CATEGORIES = {("calcified", "nodule"): "calcified nodule"}
 # Words that offer findings as alternatives: "A or B", "A and/or B", "A/B", "A versus B".
 ALTERNATIVE_WORDS = {"or", "/", "versus", "vs"}
 ALTERNATIVE_GAP = 6  # at most this many items between two alternatives
+# Words that join the findings of one list ("effusion and pneumothorax are not seen").
+LIST_WORDS = {"and", "or", "nor", ","}
 # Words that end the run of modifiers belonging to one mention.
 MODIFIER_BREAKS = [",", "and", "or", "with", "/", "nor", "to", "versus", "vs"]
 # Severity words that, after a comma, start a new affirmed finding ("No effusion, small
@@ -208,7 +228,7 @@ class RuleExtractor:
         return findings
 
     def extract_sentence(self, sentence: str) -> list[RuleFinding]:
-        items = self._match(_tokens(sentence))
+        items = _mark_masked_hedges(self._match(_tokens(sentence)))
         whole_sentence_uncertain = any(it.has("unc_after") and it.roles.get("token") == ["?"]
                                        for it in items)
         mentions = self._mentions(items)
@@ -226,11 +246,11 @@ class RuleExtractor:
             findings.append(RuleFinding(
                 severity=NEGATED_SEVERITY if negated else severity,
                 location=location,
-                category=QUALIFIED_CATEGORIES.get((mention.category, severity), mention.category),
+                category=_qualified(items, mention),
                 uncertain=uncertain,
                 sentence=sentence,
             ))
-        return _without_granuloma_nodules(findings)
+        return findings
 
     # --- phrase index ---------------------------------------------------------------
 
@@ -255,6 +275,7 @@ class RuleExtractor:
                 self._add(phrase, "normal", category)
         for role, phrases in (("neg_before", NEGATION_BEFORE), ("neg_after", NEGATION_AFTER),
                               ("unc_before", UNCERTAIN_BEFORE), ("unc_after", UNCERTAIN_AFTER),
+                              ("unc_clause", UNCERTAIN_CLAUSE),
                               ("pseudo", PSEUDO_TRIGGERS), ("terminator", SCOPE_TERMINATORS),
                               ("verb", VERBS), ("break", MODIFIER_BREAKS)):
             for phrase in phrases:
@@ -323,7 +344,8 @@ class RuleExtractor:
 
     def _uncertain(self, items: list[_Item], index: int, or_list: bool) -> bool:
         return (self._trigger_before(items, index, "unc_before", or_list)
-                or self._trigger_after(items, index, "unc_after"))
+                or self._trigger_after(items, index, "unc_after")
+                or _clause_hedged(items, index))
 
     def _trigger_before(self, items: list[_Item], index: int, role: str, or_list: bool) -> bool:
         passed_affirmation = False  # a new affirmed finding since the last comma
@@ -351,6 +373,8 @@ class RuleExtractor:
                 return False
             if item.has("neg_before") or item.has("unc_before"):
                 return False  # the next trigger starts its own scope
+            if item.has("category") and items[k - 1].roles["token"][0] not in LIST_WORDS:
+                return False  # "opacity representing atelectasis versus scar": not the opacity
         return False
 
     # --- modifiers ------------------------------------------------------------------
@@ -385,6 +409,39 @@ def _leading_severity(phrase: str, vocab: Vocabulary) -> str | None:
     return None
 
 
+def _qualified(items: list[_Item], mention: _Mention) -> str:
+    for k in range(mention.index - 1, -1, -1):
+        item = items[k]
+        if item.has("category"):
+            return QUALIFIED_CATEGORIES.get((item.roles["token"][0], mention.category), mention.category)
+        if _breaks_modifiers(item) or item.has("verb"):
+            break
+    return mention.category
+
+
+def _mark_masked_hedges(items: list[_Item]) -> list[_Item]:
+    """XXXX right after a comma or a finding hides the word that links it to the next one
+    ("opacity, XXXX atelectasis", "opacities XXXX due to atelectasis"), most often a hedge
+    (likely, possibly, representing): the guideline labels such mentions uncertain. Followed
+    by a list word ("emphysema, XXXX and irregular markings") it hides a finding instead."""
+    for k in range(1, len(items) - 1):
+        before, after = items[k - 1], items[k + 1]
+        if (items[k].roles["token"] == ["xxxx"] and not after.has("break")
+                and after.roles["token"] not in (["xxxx"], [","])
+                and (before.roles["token"] == [","] or before.has("category"))):
+            items[k].roles.setdefault("unc_before", []).append("xxxx")
+    return items
+
+
+def _clause_hedged(items: list[_Item], index: int) -> bool:
+    for k in range(index - 1, -1, -1):
+        if items[k].has("unc_clause"):
+            return True
+        if items[k].has("terminator"):
+            return False
+    return False
+
+
 def _alternatives(items: list[_Item], mentions: list[_Mention]) -> set[int]:
     """Item indexes of mentions offered as alternatives: "atelectasis or scarring",
     "atelectasis and/or airspace disease", "infiltrate/atelectasis". Only modifiers, list
@@ -395,20 +452,13 @@ def _alternatives(items: list[_Item], mentions: list[_Mention]) -> set[int]:
         if len(between) > ALTERNATIVE_GAP or not any(
                 it.roles.get("token", [""])[0] in ALTERNATIVE_WORDS for it in between):
             continue
+        # "consolidation with mild residual or recurrent pneumonia": the "or" joins two words
+        # of the second finding, "with" adds it to the first
         if any(it.has("terminator") or it.has("verb") or it.has("neg_before") or it.has("pseudo")
-               for it in between):
+               or it.roles["token"] == ["with"] for it in between):
             continue
         found.update((first.index, second.index))
     return found
-
-
-def _without_granuloma_nodules(findings: list[RuleFinding]) -> list[RuleFinding]:
-    """"Calcified nodules consistent with granulomatous disease": the nodule is a granuloma.
-    A hedged attribution ("presumably granuloma") leaves the nodule (labelling guideline)."""
-    if not any(f.category == "granuloma" and f.severity != NEGATED_SEVERITY and not f.uncertain
-               for f in findings):
-        return findings
-    return [f for f in findings if f.category != "nodule" or f.severity == NEGATED_SEVERITY]
 
 
 def _tokens(text: str) -> list[str]:

@@ -192,7 +192,7 @@ def _states(path: Path, name: str, raw: Any) -> CategoryStates:
     lists = {}
     for key in ("subjects", "abnormal", "normal"):
         phrases = _phrase_list(path, f"categories.{name}.states.{key}", raw.get(key))
-        if not phrases:
+        if not phrases and key != "normal":  # a subject may have no normal state ("fluid")
             raise VocabularyError(f"{path}: categories.{name}.states.{key} is missing or empty")
         lists[key] = tuple(normalize_phrase(p) for p in phrases)
     return CategoryStates(**lists)

@@ -6,8 +6,8 @@ Full-resolution radiographs (MIMIC-CXR: about 2,500 x 3,000 px) are shrunk to a 
 pixels, so the expensive steps run on fewer pixels where the result stays the same to one
 grey level: a linear display mapping (the common case) is applied after the resize, which
 it commutes with once the stored values are clipped to the mapping's range; percentiles come
-from a strided sample; and JPEG 2000 can be decoded one resolution level down when that level
-is still at least twice the target size (OpenJPEG skips the finest wavelet level entirely).
+from a strided sample; and JPEG 2000 is decoded one resolution level down (OpenJPEG skips the
+finest wavelet level entirely) where that level stands in for the full decode (`j2k_level_for`).
 """
 
 from __future__ import annotations
@@ -37,27 +37,44 @@ _J2K_SYNTAXES = (JPEG2000Lossless, JPEG2000)
 # second level (224 px from MIMIC-CXR's size) lowers agreement with the full decode from 99.5%
 # to 99.0% of pixels within one grey level for little more speed.
 _MAX_J2K_LEVELS = 1
+# Where the level stands in for the full decode (>= 99.9% of pixels within one grey level of it,
+# measured by tests/test_dicom_decode.py over generated and real radiographs re-encoded at many
+# sizes): the level between 2.75x and 4x the target, from a source of at least 2,048 px on its
+# shorter side. Just over 2x (RG1_J2KR at 448 px: 2.2x) gave 99.4-99.8%: the level's histogram
+# lacks the finest detail and noise, so its 0.5/99.5 percentiles, and the stretch, move by a
+# fraction of a grey level; from 4x PIL box-reduces the level on a grid of its own; and sources
+# under ~2,000 px hold more detail per pixel than the low band keeps (224 px from 1,272 px:
+# 99.7%). MIMIC-CXR (about 2,544 x 3,056) to 448 px is 2.84x.
+_LEVEL_RATIO = (2.75, 4.0)
+_LEVEL_MIN_SOURCE = 2048
+# The level is OpenJPEG's 5/3 low band, a sharper low-pass than the 2 x 2 box average the full
+# path starts with (gain 1.10 against 0.92 at a quarter of the sampling rate). A [a, 1-2a, a]
+# smoothing of the level with a = 0.08 matches the box's response below half the level's band,
+# all the final resize keeps: agreement at 448 px from 1,950 px went from 99.75% to 99.94%.
+_LOW_BAND_TO_BOX = 0.08
 _BT601_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # R, G, B weights of Y (ITU-R BT.601)
 
 
 def decode_dicom(path: Path | str, size: int, pad_to_square: bool = False, fast: bool = True,
-                 reduce_jpeg2000: bool = False, colour: str = "quarantine") -> np.ndarray:
+                 reduce_jpeg2000: bool = True, colour: str = "quarantine", checked: bool = False) -> np.ndarray:
     """Decode one radiograph to a `size` x `size` uint8 array, bright = dense (MONOCHROME2).
     `fast=False` runs every step at full resolution (the reference the fast path is tested on).
-    `reduce_jpeg2000` decodes JPEG 2000 one resolution level down when that level is still
-    twice the target (3x faster): opt-in, because the wavelet low band is not the box average
-    the full path takes. At 448 px from MIMIC-CXR-size images >= 99.9% of pixels are within one
-    grey level of the full decode, but on smaller sources or targets about 99.5-99.8% only
-    (benchmarks/ingest.py prints the agreement). Never for `pad_to_square` (the image's edge
-    against black is a step no low band reproduces). `colour="grey"` decodes colour images
-    (RGB, YBR_*, PALETTE COLOR) to their luminance; by default they fail as at indexing."""
+    `reduce_jpeg2000` decodes JPEG 2000 one resolution level down (3x faster) where the header
+    allows a linear display mapping and the level is where >= 99.9% of pixels were measured
+    within one grey level of the full decode (`j2k_level_for`: 448 px from MIMIC-CXR-size images,
+    not 224 px, not smaller sources); elsewhere in full. False: always in full. Never for
+    `pad_to_square` (the image's edge against black is a step no low band reproduces). `colour="grey"` decodes colour images
+    (RGB, YBR_*, PALETTE COLOR) to their luminance; by default they fail as at indexing.
+    `checked`: the index's pixel-data checks already passed on this unchanged file."""
     ds = read_dicom(path)
+    is_colour = str(ds.get("PhotometricInterpretation", "")).strip() in COLOUR_PHOTOMETRIC
     # The index's checks again: a file changed since, or decoded without an index, fails
-    # with the same precise reason (FileProblem), not somewhere inside a LUT.
-    problem = pixel_data_problem(ds, colour=colour)
+    # with the same precise reason (FileProblem), not somewhere inside a LUT. A colour file is
+    # checked in any case: whether it may pass depends on `colour`, which the index may not share.
+    problem = pixel_data_problem(ds, colour=colour) if not checked or is_colour else None
     if problem:
         raise FileProblem(problem)
-    if str(ds.PhotometricInterpretation).strip() in COLOUR_PHOTOMETRIC:
+    if is_colour:
         with concerning("PixelData"):
             luma = colour_luminance(ds)
         # No modality or VOI LUT applies to colour pixels: the stretch alone sets the contrast.
@@ -288,11 +305,20 @@ def _resize_level_then_map(arr: np.ndarray, a: float, b: float, size: int, level
     rows, columns = full_shape
     scale, shift = 2.0**levels, 0.5 - 0.5 / 2**levels
     # One repeated sample on every side gives the box room (PIL's resize reads past the box).
-    canvas = np.pad(clipped.astype(np.float32), 1, mode="edge")
+    canvas = _low_band_to_box(np.pad(clipped.astype(np.float32), 1, mode="edge"))
     box = (shift + 1, shift + 1, columns / scale + shift + 1, rows / scale + shift + 1)
     image = Image.fromarray(canvas, mode="F").resize((size, size), Image.Resampling.BILINEAR, box=box,
                                                      reducing_gap=_REDUCING_GAP)
     return _map_linear(image, a, b)
+
+
+def _low_band_to_box(canvas: np.ndarray, a: float = _LOW_BAND_TO_BOX) -> np.ndarray:
+    """[a, 1-2a, a] along both axes, inside a one-sample border (which stays as it is)."""
+    rows = canvas.copy()
+    rows[1:-1] = (1 - 2 * a) * canvas[1:-1] + a * (canvas[:-2] + canvas[2:])
+    out = rows.copy()
+    out[:, 1:-1] = (1 - 2 * a) * rows[:, 1:-1] + a * (rows[:, :-2] + rows[:, 2:])
+    return out
 
 
 def _clip_to_linear_range(arr: np.ndarray, a: float, b: float) -> tuple[np.ndarray, int]:
@@ -377,19 +403,19 @@ def _native_pixels(ds: pydicom.Dataset) -> np.ndarray | None:
 
 
 def _reduced_j2k_pixels(ds: pydicom.Dataset, size: int) -> tuple[np.ndarray, int] | None:
-    """(stored values, levels discarded) of a single-frame grey JPEG 2000 image decoded at the
-    coarsest resolution level still at least `_REDUCING_GAP` x `size` on its shorter side, or
-    None when no level below full resolution qualifies (or the image is not such a file)."""
+    """(stored values, levels discarded) of a single-frame grey JPEG 2000 image decoded one
+    resolution level down where that level stands in for the full decode (`_LEVEL_RATIO`,
+    `_LEVEL_MIN_SOURCE`), or None (then the full decode)."""
     if ds.file_meta.get("TransferSyntaxUID") not in _J2K_SYNTAXES or int(ds.get("NumberOfFrames", 1) or 1) != 1:
         return None
     if int(ds.SamplesPerPixel) != 1 or int(ds.PixelRepresentation) != 0:
         return None
-    levels = 0
-    while min(int(ds.Rows), int(ds.Columns)) / 2 ** (levels + 1) >= _REDUCING_GAP * size:
-        levels += 1
+    levels = j2k_level_for(int(ds.Rows), int(ds.Columns), size)
+    if levels == 0:
+        return None
     frame = get_frame(ds.PixelData, 0, number_of_frames=1)
     levels_in_stream, precision = _j2k_header(frame)
-    levels = min(levels, levels_in_stream, _MAX_J2K_LEVELS)
+    levels = min(levels, levels_in_stream)
     if levels == 0 or not 1 < precision <= 16:
         return None
     while True:
@@ -407,6 +433,17 @@ def _reduced_j2k_pixels(ds: pydicom.Dataset, size: int) -> tuple[np.ndarray, int
         return None
     # Pillow scales every precision up to 16 bits by a left shift: undo it for the stored values.
     return (arr >> (16 - precision) if precision < 16 else arr), levels
+
+
+def j2k_level_for(rows: int, columns: int, size: int) -> int:
+    """Resolution levels a JPEG 2000 image of rows x columns may be decoded down by, for a
+    `size` px target, under the agreement rule (0: decode in full)."""
+    short = min(rows, columns)
+    for levels in range(_MAX_J2K_LEVELS, 0, -1):
+        ratio = short / 2**levels / size
+        if short >= _LEVEL_MIN_SOURCE and _LEVEL_RATIO[0] <= ratio < _LEVEL_RATIO[1]:
+            return levels
+    return 0
 
 
 def _j2k_header(codestream: bytes) -> tuple[int, int]:

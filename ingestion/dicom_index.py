@@ -32,6 +32,7 @@ SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2")
 COLOUR_PHOTOMETRIC = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "PALETTE COLOR")
 COLOUR_MODES = ("quarantine", "grey")
 COLOUR_SETTING = "archive.colour"  # the setting a colour quarantine reason tells the user to change
+ID_RULE_SETTING = "archive.id_rule"
 # How dicom_id is made: "stem" is MIMIC-CXR's own (globally unique file names), "study_stem"
 # `<study>/<stem>` for PACS exports numbering files 1.dcm, 2.dcm in every study, "sop_uid" the
 # SOPInstanceUID where even study folders repeat. See `detect_id_rule`.
@@ -217,6 +218,19 @@ def detect_id_rule(paths: Iterable[Path | str]) -> str:
 def detect_archive_id_rule(root: Path, suffixes: tuple[str, ...] = (".dcm", ".dicom")) -> str:
     """`detect_id_rule` over every image file of an archive (names only, no file is read)."""
     return detect_id_rule(path for shard in _pnn_shards(root) for path in iter_shard_files(root, shard, suffixes))
+
+
+def choose_id_rule(configured: str, recorded: str | None, root: Path) -> str:
+    """The id rule of a run: the one `recorded` for this archive (ids once given never change),
+    else the `configured` one, else ("auto") the one `detect_archive_id_rule` finds. A configured
+    rule that contradicts the recorded one is a ValueError naming both and the fix."""
+    if recorded:
+        if configured not in ("auto", recorded):
+            raise ValueError(f"{ID_RULE_SETTING} is {configured!r} but this archive's images were first ingested "
+                             f"under the id rule {recorded!r}, and ids once given never change: set "
+                             f"{ID_RULE_SETTING}: {recorded} (or auto), or ingest into a new data root")
+        return recorded
+    return detect_archive_id_rule(root) if configured == "auto" else configured
 
 
 def _pnn_shards(root: Path) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = getattr(args, "debug", False)
+    if not debug:
+        # Dagster's own Python log records (instance and daemon warnings) would reach stderr through
+        # logging's last-resort handler; a run's failure is our one line, --debug shows them all.
+        logging.getLogger("dagster").addHandler(logging.NullHandler())
     try:
         use_config_file(getattr(args, "config", None))
         return int(args.handler(args) or 0)
@@ -91,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="materialise one asset, group or job (runs show in the UI)")
     run.add_argument("target", help="asset key, group name or job name")
     run.add_argument("--partition", action="append", help="shard (pNN); repeatable; default all")
+    run.add_argument("--json", action="store_true",
+                     help="print the run summary as JSON (counts, metadata, failed checks, failures)")
     run.set_defaults(handler=cmd_run)
 
     lineage = sub.add_parser("lineage", parents=[shared],
@@ -199,10 +206,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     data_root(create="configured")
     if args.partition:
         check_partitions(args.partition)
-    summary = materialise(args.target, partitions=args.partition)
-    print(json.dumps(summary, indent=2))
-    # The JSON is for scripts; these lines are for the person at the terminal.
+    summary = materialise(args.target, partitions=args.partition, quiet=not getattr(args, "debug", False))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(run_summary_line(summary))
+    failed = {(f["partition"], f["step"]) for f in summary["failures"]}
+    # The JSON is for scripts; these lines are for the person at the terminal. A blocking check
+    # that stopped its step is named in that step's FAILED line, the last one.
     for check in summary["failed_checks"]:
+        if check["severity"] == "ERROR" and (check["partition"], check["asset"]) in failed:
+            continue
         print(f"check {check['severity']}: {check['asset']}.{check['check']}"
               f"{' [' + check['partition'] + ']' if check['partition'] else ''} {check['description']}".rstrip(),
               file=sys.stderr)
@@ -210,6 +224,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"FAILED {failure['step']}{' [' + failure['partition'] + ']' if failure['partition'] else ''}: "
               f"{failure['error']}", file=sys.stderr)
     return 0 if summary["failed"] == 0 else 1
+
+
+def run_summary_line(summary: dict) -> str:
+    """What a run made, in one line: rows per asset, runs that succeeded and failed."""
+    rows = ", ".join(f"{asset} {count:,} rows" for asset, count in summary["rows"].items()) or "no rows"
+    return (f"{summary['target']}: {summary['succeeded']} run(s) succeeded, {summary['failed']} failed; {rows} "
+            "(--json for the full summary)")
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:

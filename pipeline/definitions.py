@@ -24,7 +24,10 @@ def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     chosen = {
         StorageResource: dict(home=str(settings.home), salt_env=SALT_ENV, weights_dir=str(training.weights_dir or "")),
         ArchiveResource: dict(root=str(archive.root or ""), report_root=str(archive.report_root or ""),
-                              image_format=archive.image_format, metadata_csv=str(archive.metadata_csv or "")),
+                              image_format=archive.image_format, metadata_csv=str(archive.metadata_csv or ""),
+                              colour=archive.colour, id_rule=archive.id_rule,
+                              max_quarantine_rate=archive.max_quarantine_rate,
+                              quarantine_rate_min_files=archive.quarantine_rate_min_files),
         ExtractorResource: settings.extractor.set_values(),
         TrainingResource: dict(preset=training.preset, overrides=training.overrides, launcher=training.launcher,
                                nproc_per_node=training.nproc_per_node),

@@ -42,6 +42,15 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "archive.image_format": ("MEDFILIP_ARCHIVE_IMAGE_FORMAT", "dicom (MIMIC-CXR) or jpg (MIMIC-CXR-JPG)"),
     "archive.metadata_csv": ("MEDFILIP_ARCHIVE_METADATA_CSV", "mimic-cxr-2.0.0-metadata.csv(.gz) for the jpg format"),
     "archive.report_root": ("MEDFILIP_ARCHIVE_REPORT_ROOT", "a separate reports tree (default: root)"),
+    "archive.colour": ("MEDFILIP_ARCHIVE_COLOUR", "colour images (RGB, YBR_*, PALETTE COLOR): quarantine "
+                                                  "(default) or grey (ingested as luminance)"),
+    "archive.id_rule": ("MEDFILIP_ARCHIVE_ID_RULE", "how dicom_id is made: auto (default: chosen on the archive's "
+                                                    "first ingestion, then kept), stem, study_stem or sop_uid"),
+    "archive.max_quarantine_rate": ("MEDFILIP_ARCHIVE_MAX_QUARANTINE_RATE",
+                                    "share of a shard's files that may be quarantined before it fails (0.05)"),
+    "archive.quarantine_rate_min_files": ("MEDFILIP_ARCHIVE_QUARANTINE_RATE_MIN_FILES",
+                                          "a shard with fewer files fails the rate only when none is usable, "
+                                          "else warns (20)"),
     "extractor.backend": ("MEDFILIP_EXTRACTOR", "rules (offline) or openai (any OpenAI-compatible endpoint)"),
     "extractor.base_url": ("MEDFILIP_LLM_BASE_URL", "the endpoint, e.g. http://host:8000/v1"),
     "extractor.model": ("MEDFILIP_LLM_MODEL", "the LLM's model name"),
@@ -94,11 +103,16 @@ class ArchiveSettings(_Section):
     image_format: Literal["dicom", "jpg"] = "dicom"
     metadata_csv: Optional[Path] = None
     report_root: Optional[Path] = None
+    colour: Literal["quarantine", "grey"] = "quarantine"
+    id_rule: Literal["auto", "stem", "study_stem", "sop_uid"] = "auto"
+    max_quarantine_rate: float = Field(0.05, ge=0, le=1)
+    quarantine_rate_min_files: int = Field(20, ge=0)
 
-    @field_validator("image_format", mode="before")
+    @field_validator("image_format", "colour", "id_rule", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
-        return value.strip().lower() if isinstance(value, str) else value
+        value = value.strip().lower() if isinstance(value, str) else value
+        return "grey" if value == "gray" else value
 
 
 class ExtractorSettings(_Section):

@@ -31,7 +31,7 @@ def test_run_command_rematerialises_one_stage_for_one_shard(home, tmp_path, monk
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))  # restored after the test
     generate_corpus(home / "corpus", studies=10, seed=5, image_size=64, eval_images=0)
     shard = sorted(p.name for p in (home / "corpus" / "files").iterdir())[0]
-    assert main(["run", "reports", "--partition", shard]) == 0
+    assert main(["run", "reports", "--partition", shard, "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["succeeded"] == 1 and list(summary["rows"]) == ["reports"]
     assert pq.read_table(home / "data" / "reports" / f"{shard}.parquet").num_rows == summary["rows"]["reports"]

@@ -144,3 +144,83 @@ def test_init_creates_the_data_root_and_a_settings_file_that_later_commands_use(
     again = medfilip("lineage", "1", cwd=work, env=env)
     assert f"data root {work / '.medfilip'} (from {work / 'medfilip.yaml'})" in again.stderr
     assert_short_error(again, "no MLflow store")
+
+
+# --- a step that fails for a reason nobody foresaw: its cause in the last line (issue 22) ---------
+
+def failed_run(done: subprocess.CompletedProcess, step: str) -> str:
+    """The last stderr line, after checking the run failed in a few lines without a trace or JSON."""
+    lines = done.stderr.splitlines()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert len(lines) <= 5, done.stderr
+    assert "Traceback" not in done.stderr and "Stack Trace" not in done.stderr and "{" not in done.stdout
+    assert lines[-1].startswith(f"FAILED {step}"), done.stderr
+    return lines[-1]
+
+
+def test_a_corrupt_upstream_parquet_file_is_named_with_the_command_that_rewrites_it(user, tmp_path):
+    work, env = user
+    env = archive_home(tmp_path, env)
+    index = tmp_path / "h" / "data" / "dicom_index" / "p11.parquet"
+    index.parent.mkdir(parents=True)
+    index.write_bytes(b"PAR1 not really")
+    line = failed_run(medfilip("run", "cxr_images", "--partition", "p11", cwd=work, env=env), "cxr_images [p11]")
+    assert line.startswith(f"FAILED cxr_images [p11]: ArrowInvalid: Could not open Parquet input source '{index}'"), line
+    assert "(raised at assets/ingestion.py:" in line
+    assert line.endswith("; materialise it: medfilip run dicom_index --partition p11"), line
+
+
+def test_an_exception_inside_a_library_names_its_type_message_and_where(user, tmp_path):
+    """An index written by something else (no dicom_id column): a KeyError deep in decoding."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    work, env = user
+    env = archive_home(tmp_path, env)
+    index = tmp_path / "h" / "data" / "dicom_index" / "p11.parquet"
+    index.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"source_path": ["files/p11/p11000001/s51000001/rg1uncr.dcm"], "shard": ["p11"]}), index)
+    line = failed_run(medfilip("run", "cxr_images", "--partition", "p11", cwd=work, env=env), "cxr_images [p11]")
+    assert line.startswith("FAILED cxr_images [p11]: KeyError: 'dicom_id' (raised at ingestion/images.py:"), line
+
+
+def test_an_unwritable_output_folder_names_the_os_error_and_the_path(user, tmp_path):
+    work, env = user
+    env = archive_home(tmp_path, env)
+    (tmp_path / "h" / "data").mkdir(parents=True)
+    (tmp_path / "h" / "data" / "dicom_index").write_text("a file where the folder should be")
+    line = failed_run(medfilip("run", "dicom_index", "--partition", "p11", cwd=work, env=env), "dicom_index [p11]")
+    assert line.startswith("FAILED dicom_index [p11]: "), line
+    assert "Error: [Errno" in line and str(tmp_path / "h" / "data" / "dicom_index") in line, line
+
+
+def test_a_dead_llm_endpoint_is_one_line_after_the_steps_own_log(user, tmp_path):
+    import socket
+
+    work, env = user
+    with socket.socket() as sock:  # bound then closed: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    home = tmp_path / "h"
+    env = {**archive_home(tmp_path, env), "MEDFILIP_EXTRACTOR": "openai", "MEDFILIP_LLM_MODEL": "some-llm",
+           "MEDFILIP_LLM_BASE_URL": url, "MEDFILIP_LLM_API_KEY_ENV": "CLI_TEST_KEY", "CLI_TEST_KEY": "sk-test"}
+    assert medfilip("run", "reports", cwd=work, env=env).returncode == 0
+    line = failed_run(medfilip("run", "llm_extractions", cwd=work, env=env), "llm_extractions")
+    assert f"LLM endpoint unavailable: 8 requests in a row to {url} failed (last: APIConnectionError" in line
+    assert not (home / "data" / "llm_extractions" / "llm_extractions.parquet").exists()
+
+
+def test_json_and_debug_show_the_summary_and_the_trace(user, tmp_path):
+    import json
+
+    work, env = user
+    env = archive_home(tmp_path, env)
+    index = tmp_path / "h" / "data" / "dicom_index" / "p11.parquet"
+    index.parent.mkdir(parents=True)
+    index.write_bytes(b"not parquet")
+    done = medfilip("run", "cxr_images", "--partition", "p11", "--json", "--debug", cwd=work, env=env)
+    assert done.returncode == 1
+    [failure] = json.loads(done.stdout)["failures"]
+    assert (failure["step"], failure["partition"], failure["exception"]) == ("cxr_images", "p11", "ArrowInvalid")
+    assert failure["location"].startswith("assets/ingestion.py:")
+    assert "Stack Trace" in done.stderr  # Dagster's own console, as without medfilip

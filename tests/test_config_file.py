@@ -66,7 +66,7 @@ def test_a_settings_file_points_the_pipeline_at_a_mimic_cxr_jpg_archive(tmp_path
     assert index.num_rows == expected_images > 0
     assert all(p.endswith(".jpg") for p in index.column("source_path").to_pylist())
 
-    done = medfilip("run", "reports", "--partition", shard, cwd=work, env=clean_env)
+    done = medfilip("run", "reports", "--partition", shard, "--json", cwd=work, env=clean_env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["rows"]["reports"] == len(list((reports / "files" / shard).rglob("*.txt")))
 
@@ -155,3 +155,29 @@ def test_a_resource_field_wins_over_the_file_and_the_environment(tmp_path, monke
     monkeypatch.setenv("MEDFILIP_HOME", str(tmp_path / "later-home"))
     assert archive.image_root(storage) == tmp_path / "env-archive"
     assert storage.layout().home == tmp_path / "file-home"
+
+
+def test_the_archive_colour_id_rule_and_quarantine_limits_reach_the_archive_resource(tmp_path):
+    from typing import get_args
+
+    from ingestion.dicom_index import COLOUR_MODES, ID_RULES
+    from pipeline.definitions import build_definitions
+    from pipeline.settings import ArchiveSettings
+
+    assert get_args(ArchiveSettings.model_fields["colour"].annotation) == COLOUR_MODES
+    assert get_args(ArchiveSettings.model_fields["id_rule"].annotation) == ("auto", *ID_RULES)
+    path = tmp_path / "medfilip.yaml"
+    path.write_text("archive:\n  colour: Gray\n  id_rule: study_stem\n  max_quarantine_rate: 0.1\n")
+    archive = build_definitions(load_settings(path, environ={})).resources["archive"]
+    assert (archive.colour_mode(), archive.configured_id_rule(), archive.max_quarantine_rate,
+            archive.quarantine_rate_min_files) == ("grey", "study_stem", 0.1, 20)
+    archive = build_definitions(load_settings(path, environ={
+        "MEDFILIP_ARCHIVE_COLOUR": "quarantine", "MEDFILIP_ARCHIVE_ID_RULE": "sop_uid",
+        "MEDFILIP_ARCHIVE_QUARANTINE_RATE_MIN_FILES": "5"})).resources["archive"]
+    assert (archive.colour_mode(), archive.configured_id_rule(), archive.quarantine_rate_min_files) == \
+        ("quarantine", "sop_uid", 5)
+    path.with_name("empty.yaml").write_text("")
+    default = build_definitions(load_settings(path.with_name("empty.yaml"), environ={}))
+    assert (default.resources["archive"].colour, default.resources["archive"].id_rule) == ("quarantine", "auto")
+    with pytest.raises(UserError, match=r"\$MEDFILIP_ARCHIVE_ID_RULE: setting archive.id_rule = 'uuid' is invalid"):
+        load_settings(path, environ={"MEDFILIP_ARCHIVE_ID_RULE": "uuid"})

@@ -115,6 +115,13 @@ def test_report_labels_has_one_chexpert_row_per_read_report(home, archive):
     assert metadata["dagster/row_count"].value == table.num_rows == 4  # the empty report has no row
     assert metadata["sha256"].value == file_sha256(path)
     assert "Pleural Effusion" in metadata["label_counts"].value
+    assert metadata["convention"].value.startswith("chexpert:")
+    # the chestxray14 convention, in its own file, with its counts and convention in the metadata
+    cxr14 = pq.read_table(home / "data" / "report_labels" / "report_labels_chestxray14.parquet")
+    assert cxr14.column_names[:3] == ["study_id", "Atelectasis", "Cardiomegaly"] and cxr14.num_rows == 4
+    assert metadata["chestxray14_convention"].value.startswith("chestxray14:")
+    assert "Pleural_Thickening" in metadata["chestxray14_label_counts"].value
+    assert {r["study_id"]: r["Effusion"] for r in cxr14.to_pylist()}["50000001"] == 1
     rows = {r["study_id"]: r for r in table.to_pylist()}
     assert rows["50000001"]["Pleural Effusion"] == 1 and rows["50000001"]["Pneumothorax"] == 0
     assert rows["50000001"]["No Finding"] is None

@@ -51,3 +51,23 @@ def test_the_llm_backend_without_an_endpoint_is_one_line_naming_the_setting():
 def test_an_unknown_backend_names_the_choices():
     with pytest.raises(ValueError, match="'rules' or 'openai'"):
         backend_config_from_settings({"backend": "gpt"})
+
+
+def test_the_prompt_version_comes_from_the_files_alone_and_equals_the_backends(tmp_path):
+    """The prompt-change sensor runs every 30 s: it hashes files, it never builds a backend."""
+    from extraction.backends import instruction_files, instruction_version, make_backend
+    from extraction.prompts import default_prompt_dir
+
+    rules = RulesConfig()
+    assert instruction_version(rules) == make_backend(rules).version
+    llm = OpenAIConfig(base_url="http://127.0.0.1:9/v1", model="m", prompt_dir=default_prompt_dir("text"))
+    files = instruction_files(llm)
+    assert [f.name for f in files] == ["system.md", "user.md"]
+    copy = tmp_path / "prompt"
+    copy.mkdir()
+    for f in files:
+        (copy / f.name).write_bytes(f.read_bytes())
+    edited = llm.model_copy(update={"prompt_dir": copy})
+    assert instruction_version(edited) == instruction_version(llm)
+    (copy / "system.md").write_text((copy / "system.md").read_text() + "\nOne more rule.\n")
+    assert instruction_version(edited) != instruction_version(llm)

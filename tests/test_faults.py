@@ -275,14 +275,17 @@ def test_a_mostly_broken_shard_fails_the_run_naming_the_rate_and_the_reasons(hom
     build_archive(tmp_path / "archive")  # p10: 5 broken files of 8
     with dg.instance_for_test() as instance:
         register_shards(instance, ["p10"])
+        # 8 files are under the default count floor (20), where only a shard with no usable file fails.
         result = dg.materialize([dicom_index, cxr_images, reports], partition_key="p10", instance=instance,
                                 raise_on_error=False,
                                 resources={"storage": StorageResource(home=str(home)),
-                                           "archive": ArchiveResource(root=str(tmp_path / "archive"))})
+                                           "archive": ArchiveResource(root=str(tmp_path / "archive"),
+                                                                      quarantine_rate_min_files=8)})
     assert not result.success
     check = next(c for c in result.get_asset_check_evaluations() if c.check_name == "quarantine_rate")
     assert not check.passed
-    assert check.description.startswith("5 of 8 files quarantined (62% > max_quarantine_rate 0.05); first reasons: ")
+    assert check.description.startswith("shard p10: 5 of 8 files quarantined (62% > max_quarantine_rate 0.05); "
+                                        "first reasons: ")
     assert not (home / "data" / "cxr_images" / "p10.parquet").exists()  # the blocking check stopped decoding
 
 
@@ -375,7 +378,7 @@ def test_a_killed_cli_run_is_marked_failed_frees_its_pool_slot_and_ends_its_mlfl
             # The re-run starts at once and asks only what the killed run had not committed.
             answered_before = len(server.answered)
             server.default = "ok"
-            done = subprocess.run([medfilip, "run", "llm_extractions"], cwd=REPO_ROOT,
+            done = subprocess.run([medfilip, "run", "llm_extractions", "--json"], cwd=REPO_ROOT,
                                   env=env, capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, done.stderr[-2000:]
             summary = json.loads(done.stdout)

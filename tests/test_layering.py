@@ -24,6 +24,8 @@ def _modules() -> dict[str, Path]:
     for package in OURS:
         for path in sorted((REPO / package).rglob("*.py")):
             parts = path.relative_to(REPO).with_suffix("").parts
+            if any(part.startswith(".") for part in parts):
+                continue  # a hidden folder, such as the comparators' own .venv under benchmarks/
             found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return found
 

@@ -77,9 +77,9 @@ assert main(["init"]) == 0
 generate_corpus(Path(".medfilip/corpus"), studies=6, seed=1, image_size=64, eval_images=0)
 shard = sorted(p.name for p in Path(".medfilip/corpus/files").iterdir())[0]
 for target in ("reports", "dicom_index"):
-    assert main(["run", target, "--partition", shard]) == 0, target
-assert main(["run", "llm_extractions"]) == 0
-assert main(["run", "knowledge_base"]) == 0
+    assert main(["run", target, "--partition", shard, "--json"]) == 0, target
+assert main(["run", "llm_extractions", "--json"]) == 0
+assert main(["run", "knowledge_base", "--json"]) == 0
 """
     done = run_installed(installed, work, steps)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -197,10 +197,10 @@ def test_augmentation_keeps_left_and_right():
 
 
 def test_batched_augmentation_gives_each_image_its_own_draw():
-    from training.data import apply_augmentation, draw_augmentation
+    from training.data import apply_augmentation, augmentation_draws
 
     images = torch.rand(5, 1, 32, 32)
-    draws = [draw_augmentation(Augmentation(), np.random.default_rng(seed)) for seed in range(5)]
+    draws = augmentation_draws(Augmentation(), np.random.default_rng(0).random((5, 7)))
     batched = apply_augmentation(images, draws)
     for i in range(5):
         torch.testing.assert_close(batched[i], apply_augmentation(images[i:i + 1], draws[i:i + 1])[0])
@@ -303,3 +303,95 @@ def test_positive_first_sampling_picks_a_present_finding_whenever_the_image_has_
     assert mixed > 5  # images with both kinds exist, so the rule was exercised
     uniform_sampled = [t for b in make_loader(uniform) for t in b.text_ids.tolist()]
     assert any(t in negated for t in uniform_sampled)  # the paper's uniform draw does pick negations
+
+
+def test_every_epoch_splits_its_time_into_data_wait_and_compute(corpus, tmp_path):
+    images, texts = corpus
+    events = []
+    result = train(tiny_config(num_workers=1), images, texts, tmp_path, category_targets(texts),
+                   callback=lambda kind, step, m: events.append((kind, dict(m))))
+    logged = [m for kind, m in events if kind == "epoch"]
+    assert len(result.history) == len(logged) == 2
+    for metrics in result.history + logged:
+        wait, compute, wall = metrics["data_wait_s"], metrics["compute_s"], metrics["epoch_train_s"]
+        # Disjoint intervals of one clock inside the loop's own span: exact up to float addition.
+        assert wait > 0 and compute > 0 and wait + compute <= wall * (1 + 1e-9)
+    steps = [m for kind, m in events if kind == "step"]
+    assert steps and all(m["input_s"] >= 0 and m["data_s"] > 0 for m in steps)
+
+
+def _square_images(root: Path, sizes: list[int], pixel_bytes: int | None = None) -> tuple[Path, Path]:
+    """One shard of square images (value of image i: i * 7 + row, known by hand) and their texts."""
+    texts = pa.table({"text_id": pa.array([0], pa.int32()), "text": ["small effusion. fluid"]})
+    (root / "texts").mkdir(parents=True)
+    pq.write_table(texts, root / "texts" / "texts.parquet")
+    rows = []
+    for i, side in enumerate(sizes):
+        image = (np.arange(side, dtype=np.uint8)[:, None] + np.uint8(i * 7)).repeat(side, 1)
+        data = image.tobytes()[: pixel_bytes] if pixel_bytes is not None and i == 1 else image.tobytes()
+        rows.append({"dicom_id": f"d{i}", "height": side, "width": side, "pixels": data})
+    (root / "images").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), root / "images" / "p10.parquet", row_group_size=2)
+    pq.write_table(pa.table({"dicom_id": [r["dicom_id"] for r in rows], "split": ["train"] * len(rows),
+                             "text_ids": [[0]] * len(rows)}), root / "texts" / "image_texts.parquet")
+    return root / "images", root / "texts"
+
+
+def test_without_augmentation_a_batch_is_the_stored_pixels_over_255(tmp_path):
+    images, texts = _square_images(tmp_path, [16] * 6)
+    index = build_split_index(images, texts / "image_texts.parquet", "train")
+    tokens = TextTokens(texts / "texts.parquet", create_tokenizer("tiny"))
+    batch = next(iter(CxrTextStream(index, tokens, 6, 16, augmentation=None, shuffle=False)))
+    assert batch.pixels.dtype == torch.uint8 and batch.draws is None  # the worker sends bytes, not floats
+    for k, dicom_id in enumerate(batch.dicom_ids):
+        i = int(dicom_id[1:])
+        expected = (torch.arange(16, dtype=torch.float32)[:, None] + i * 7).expand(16, 16) / 255
+        assert torch.equal(batch.images[k, 0], expected)
+
+
+def test_a_row_with_the_wrong_number_of_pixel_bytes_names_its_image(tmp_path):
+    images, texts = _square_images(tmp_path, [16] * 4, pixel_bytes=100)
+    index = build_split_index(images, texts / "image_texts.parquet", "train")
+    tokens = TextTokens(texts / "texts.parquet", create_tokenizer("tiny"))
+    with pytest.raises(ValueError, match=r"image d1: 100 pixel bytes, expected 16x16=256"):
+        list(CxrTextStream(index, tokens, 4, 16, shuffle=False))
+
+
+def test_each_row_group_is_read_once_per_epoch_by_one_worker(corpus, tmp_path, monkeypatch):
+    from training.data import StoredImages
+
+    images, texts = corpus
+    index = build_split_index(images, texts / "image_texts.parquet", "train")
+    tokens = TextTokens(texts / "texts.parquet", create_tokenizer("tiny"))
+    log = tmp_path / "reads.txt"
+    read = StoredImages.read.__func__
+
+    def counted(cls, unit):  # the workers fork with this in place and append to one file
+        with log.open("a") as out:
+            out.write(f"{unit.path}:{unit.row_group}\n")
+        return read(cls, unit)
+
+    monkeypatch.setattr(StoredImages, "read", classmethod(counted))
+    for workers in (0, 2):
+        log.write_text("")
+        stream = CxrTextStream(index, tokens, 4, 32, seed=1, shuffle_window=2)
+        batches = list(make_loader(stream, num_workers=workers))
+        used = {(index.units[u].path, index.units[u].row_group) for u in range(len(index.units))
+                if set(index.units[u].dicom_ids) & {d for b in batches for d in b.dicom_ids}}
+        reads = log.read_text().split()
+        assert len(reads) == len(set(reads)) == len(used)  # 6 row groups, each read once
+
+
+def test_an_images_draws_depend_on_seed_epoch_and_id_only():
+    from training.data import image_uniforms
+
+    ids = [f"img{i}" for i in range(20000)]
+    everything = image_uniforms(3, 1, ids)
+    assert torch.equal(torch.from_numpy(image_uniforms(3, 1, ids[7:9])), torch.from_numpy(everything[7:9]))
+    assert not np.allclose(image_uniforms(3, 2, ids[:50]), everything[:50])
+    assert not np.allclose(image_uniforms(4, 1, ids[:50]), everything[:50])
+    assert everything.min() >= 0 and everything.max() < 1
+    # 20,000 uniforms per column: the mean's standard error is 0.29 / sqrt(20000) = 0.002, and
+    # neighbouring columns (the draws of one image) must be uncorrelated to the same order.
+    assert np.abs(everything.mean(axis=0) - 0.5).max() < 0.01
+    assert np.abs(np.corrcoef(everything.T)[np.triu_indices(8, 1)]).max() < 0.04

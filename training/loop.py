@@ -2,6 +2,8 @@
 
 `train()` knows nothing of Dagster or MLflow: metrics leave through `callback(kind, step, metrics)`
 (kind "step" every `log_every` optimiser steps, "epoch" after each validation), called on rank 0.
+Every epoch's metrics say where its time went: `data_wait_s` (blocked on the loader), `compute_s`
+(the steps on the device) and `epoch_train_s` (the loop's wall time, holding both).
 
 Exactness, by construction:
 - the sample order is a function of (seed, epoch, data_lanes) only (see training.data), and a
@@ -93,7 +95,8 @@ def train(
         if stopped:
             break
         metrics = run.validate()
-        metrics.update(epoch=state["epoch"], train_loss=state.pop("epoch_loss", float("nan")))
+        metrics.update(epoch=state["epoch"], train_loss=state.pop("epoch_loss", float("nan")),
+                       **state.pop("epoch_timing", {}))
         state["history"].append(metrics)
         metric = metrics.get("zero_shot_mean_auc", float("nan"))
         metric = -metrics["val_loss"] if math.isnan(metric) else metric
@@ -185,10 +188,11 @@ class _Run:
             loss = self._micro_step(batch.to(env.device), sync=last_micro, timer=timer)
             losses.append(loss)
             position += 1
+            if last_micro:
+                self._optimiser_step()
+            timer.mark("compute_s")  # float(loss) waited for the device: this is its time, not queued work
             if not last_micro:
                 continue
-            self._optimiser_step()
-            timer.mark("compute_s")
             state["step"] += 1
             state["batch_in_epoch"] = position
             if env.is_main and callback and state["step"] % config.log_every == 0:
@@ -201,14 +205,17 @@ class _Run:
                 self.save(checkpoint_dir / LAST, state)
                 return True
         state["epoch_loss"] = all_reduce_mean(float(np.mean(state.pop("epoch_losses"))) if losses else float("nan"), env)
+        state["epoch_timing"] = timer.epoch_summary()
         return False
 
     def _micro_step(self, batch: Batch, sync: bool, timer: "_StepTimer") -> float:
         env = self.env
         no_sync = self.ddp_model.no_sync if env.distributed and not sync else nullcontext
         with no_sync():
+            images = batch.images  # uint8 to float and the augmentation, where the batch now is
+            timer.mark("input_s")
             with self._autocast():
-                image_features, text_features, scale = self.ddp_model(batch.images, **self._text_input(batch))
+                image_features, text_features, scale = self.ddp_model(images, **self._text_input(batch))
             all_images = gather_features(image_features, env)
             all_texts = gather_features(text_features, env)
             if env.distributed:
@@ -319,18 +326,24 @@ def _log_main(env: DistEnv, message: str, *args: Any) -> None:
 
 
 class _StepTimer:
-    """Wall time split into data loading / target construction / compute, per optimiser step."""
+    """Wall time split into data wait / input (to float, augmentation) / compute / target
+    construction, per optimiser step and for the epoch. Each interval runs from the previous
+    mark, so the parts never overlap; what the loop does between steps (logging, checkpoints)
+    is moved out by setting `last`."""
 
     def __init__(self):
+        self.started = time.perf_counter()
+        self.epoch_totals = {"data_s": 0.0, "input_s": 0.0, "targets_s": 0.0, "compute_s": 0.0}
         self.reset()
 
     def reset(self) -> None:
-        self.totals = {"data_s": 0.0, "targets_s": 0.0, "compute_s": 0.0}
+        self.totals = {"data_s": 0.0, "input_s": 0.0, "targets_s": 0.0, "compute_s": 0.0}
         self.micro, self.last = 0, time.perf_counter()
 
     def mark(self, part: str) -> None:
         now = time.perf_counter()
         self.totals[part] += now - self.last
+        self.epoch_totals[part] += now - self.last
         self.last = now
         if part == "data_s":
             self.micro += 1
@@ -339,3 +352,12 @@ class _StepTimer:
         """Seconds per micro-batch of each part since the last reset."""
         steps = max(1, self.micro)
         return {k: v / steps for k, v in self.totals.items()}
+
+    def epoch_summary(self) -> dict[str, float]:
+        """This process's part of the epoch: seconds waiting for the loader, seconds of the step
+        (input, compute and targets), and the wall time since the timer started, which holds
+        both and what lies between steps. data_wait_s near epoch_train_s: the loader is the
+        bottleneck; compute_s near it: the device is."""
+        totals = self.epoch_totals
+        return {"data_wait_s": totals["data_s"], "compute_s": totals["input_s"] + totals["compute_s"] + totals["targets_s"],
+                "epoch_train_s": time.perf_counter() - self.started}

@@ -2,7 +2,7 @@
 written `chestxray14` convention (iu_dev_chestxray14.csv, docs/labelling_guideline.md).
 
 The new labels are the reference and the old labels are scored against them with the project scorer
-(tests/iu_gold.py::score). A cell counts as positive when it is 1 ("uncertain as negative") or 1 / -1 ("uncertain as
+(testkit/iu_gold.py::score). A cell counts as positive when it is 1 ("uncertain as negative") or 1 / -1 ("uncertain as
 positive"). 0 and empty count as negative. Also printed: how many cells changed value (1 / 0 / -1 / empty).
 
     python testkit/data/compare_old_new.py
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from testkit.iu_gold import CLASSES, POLICIES, load_gold, score  # noqa: E402
+from testkit.iu_gold import CLASSES, POLICIES, load_gold, load_legacy_gold, score  # noqa: E402
 
 NEW_CSV = Path(__file__).parent / "iu_dev_chestxray14.csv"
 
@@ -27,8 +27,8 @@ def load(path: Path, columns: tuple[str, ...]) -> dict[str, dict[str, int | None
 
 
 def main() -> None:
-    old = load_gold()
-    new = load(NEW_CSV, CLASSES)
+    old = load_legacy_gold()
+    new = load_gold("chestxray14", "dev")
     assert set(old) == set(new), "the two files must hold the same reports"
     print(f"{len(new)} reports; reference = new labels ({NEW_CSV.name}), scored = old labels (iu_gold_labels.csv)\n")
     for policy in POLICIES:

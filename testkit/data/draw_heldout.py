@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from testkit.iu_gold import GOLD_CSV, load_iu_texts  # noqa: E402
+from testkit.iu_gold import LEGACY_CSV, load_iu_texts  # noqa: E402
 
 SEED = 20261207
 SIZE = 300
@@ -25,7 +25,7 @@ SIZE = 300
 
 def draw(texts: dict[str, str] | None = None) -> list[str]:
     texts = load_iu_texts() if texts is None else texts
-    with GOLD_CSV.open() as f:
+    with LEGACY_CSV.open() as f:
         dev = {row["report_id"] for row in csv.DictReader(f)}
     eligible = sorted((rid for rid in texts if rid not in dev), key=int)
     return random.Random(SEED).sample(eligible, SIZE)
