@@ -48,6 +48,7 @@ CLIENT_FIELDS = {"model", "messages", "temperature", "max_tokens", "response_for
 UNMEASURED_TOKENS_PER_CHAR = 0.5
 # llama.cpp and vLLM (OpenAI's wording): "This model's maximum context length is 8192 tokens. ..."
 CONTEXT_REFUSAL = re.compile(r"maximum context length is (\d+)")
+PROMPT_COUNT = re.compile(r"(\d+) in the messages")
 REPAIR_INSTRUCTION = ("Your answer above could not be read ({problem}). Answer again for the same report, "
                       "in exactly the format the instructions give, and nothing else.")
 
@@ -175,7 +176,7 @@ class OpenAIBackend:
                 continue
             except Exception as exc:  # not worth retrying: bad request, auth, garbage body
                 self._record_attempt(None)
-                self._context.learn_from_refusal(_describe(exc))
+                self._context.learn_from_refusal(_describe(exc), prompt_chars)
                 return self._failed(f"{_describe(exc)}", attempt, started)
             self._record_attempt(None)
             answer = self._answer(response, attempt, started)
@@ -281,7 +282,9 @@ class ContextWindow:
         with self._lock:
             if self.tokens is None:
                 return True
-            rate = self._rate * 1.1 if self._rate else UNMEASURED_TOKENS_PER_CHAR
+            # The rate was measured on whole prompts; a request with more report text than those
+            # may tokenize denser, hence the margin.
+            rate = self._rate * 1.25 if self._rate else UNMEASURED_TOKENS_PER_CHAR
             return math.ceil(prompt_chars * rate) + answer_tokens <= self.tokens
 
     def learn_rate(self, prompt_tokens: int, prompt_chars: int) -> None:
@@ -290,11 +293,15 @@ class ContextWindow:
         with self._lock:
             self._rate = max(self._rate or 0.0, prompt_tokens / prompt_chars)
 
-    def learn_from_refusal(self, message: str) -> None:
+    def learn_from_refusal(self, message: str, prompt_chars: int) -> None:
+        """A context refusal names the window, and (llama.cpp, vLLM) the prompt's own token count."""
         found = CONTEXT_REFUSAL.search(message)
         if found:
             with self._lock:
                 self.tokens = self.tokens or int(found.group(1))
+        counted = PROMPT_COUNT.search(message)
+        if counted:
+            self.learn_rate(int(counted.group(1)), prompt_chars)
 
 
 def _context_length(model: dict[str, Any]) -> int | None:

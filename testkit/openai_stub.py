@@ -114,7 +114,8 @@ class StubServer:
         if self.context_tokens and prompt_tokens + (body.get("max_tokens") or 0) > self.context_tokens:
             return 400, {"error": {"message": f"This model's maximum context length is {self.context_tokens} "
                                               f"tokens. However, you requested {prompt_tokens + body['max_tokens']} "
-                                              f"tokens. Please reduce the length of the messages or completion.",
+                                              f"tokens ({prompt_tokens} in the messages, {body['max_tokens']} in the "
+                                              f"completion). Please reduce the length of the messages or completion.",
                                    "type": "invalid_request_error"}}
         numbered = _NUMBERED.findall(report)
         reports = [text for _, text in numbered] or [report]
