@@ -17,6 +17,7 @@ from assets.automation import DERIVED_FROM_EXTRACTION
 from assets.metadata import md_table, preview, rounded
 from assets.plots import bar_chart_markdown
 from common.storage import file_sha256, write_table
+from extraction.batch import BatchPending
 from extraction.cache import CacheBusy
 from extraction.extract import backend_failures, extract_shards, failure_summary
 from extraction.interface import EndpointUnavailable
@@ -54,7 +55,7 @@ class TripletsConfig(dg.Config):
     deps=["reports", prompts],
     group_name="extraction",
     kinds={"parquet", "duckdb"},
-    code_version="1",
+    code_version="2",
     # One extraction at a time per instance: the second run queues for the DuckDB cache.
     pool="extraction_cache",
     check_specs=[
@@ -84,8 +85,9 @@ def llm_extractions(
         raise dg.Failure(description="no `reports` shard has been materialised: run the ingestion job first")
 
     try:
-        result = extract_shards(shard_paths, backend, cache_path, _progress_logger(context), context.log.warning)
-    except (EndpointUnavailable, CacheBusy) as exc:
+        result = extract_shards(shard_paths, backend, cache_path, _progress_logger(context), context.log.warning,
+                                on_notice=context.log.warning, on_info=context.log.info)
+    except (EndpointUnavailable, CacheBusy, BatchPending) as exc:
         raise dg.Failure(description=str(exc)) from None
     table, total = result.table, result.stats
     unusable = failure_summary(table, config.max_error_rate)
@@ -103,6 +105,7 @@ def llm_extractions(
             "backend": backend.name,
             "model": backend.model or "(rules)",
             "prompt_version": backend.version,
+            **_llm_metadata(backend, result),
             "cache": dg.MetadataValue.path(str(cache_path)),
             "path": dg.MetadataValue.path(str(out_path)),
             "sha256": digest,
@@ -236,6 +239,21 @@ def report_labels(context: dg.AssetExecutionContext, storage: StorageResource) -
             metadata.update({"dagster/row_count": table.num_rows, "preview": preview(table, table.column_names[:8])})
         context.log.info(f"{convention} labels for {table.num_rows} reports: {out_path}")
     return dg.MaterializeResult(metadata=metadata)
+
+
+def _llm_metadata(backend, result) -> dict:
+    """What an LLM run adds: mode, structured outputs and whether the server followed them, the
+    context window, the estimate made before the first request."""
+    if backend.name != "openai":
+        return {}
+    metadata = {"mode": backend.mode, "structured_output": backend.params.get("structured_output", "none"),
+                "schema_followed": result.stats.schema_violations == 0,
+                "notices": "\n".join(result.notices) or "none"}
+    if backend.context_tokens:
+        metadata["context_tokens"] = backend.context_tokens
+    if result.estimate is not None:
+        metadata.update(rounded(result.estimate.as_metadata()))
+    return metadata
 
 
 def _progress_logger(context: dg.AssetExecutionContext):

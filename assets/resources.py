@@ -115,6 +115,14 @@ class ExtractorResource(dg.ConfigurableResource):
     max_report_chars: Optional[int] = None
     circuit_breaker_failures: Optional[int] = None
     reports_per_request: Optional[int] = None
+    structured_output: Optional[str] = None  # none, json_schema, llamacpp_schema or guided_json
+    max_findings: Optional[int] = None
+    mode: Optional[str] = None  # online, batch or offline_batch
+    context_tokens: Optional[int] = None
+    batch_price_prompt_per_1k: Optional[float] = None
+    batch_price_completion_per_1k: Optional[float] = None
+    batch_poll_s: Optional[float] = None
+    batch_wait_s: Optional[float] = None
 
     def backend_config(self):
         from extraction.config import backend_config_from_settings

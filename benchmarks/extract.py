@@ -1,4 +1,5 @@
-"""Extraction benchmark (run by hand): python benchmarks/extract.py [--reports 10000] [--quality]
+"""Extraction benchmark (run by hand): python benchmarks/extract.py [--reports 10000] [--quality] [--tokens]
+[--llm-server --llm-reports 50]
 
 Default: rules backend reports/s (cold, real IU reports cycled); openai backend against a
 local stub endpoint with a fixed injected latency, concurrency 1 vs N; and the time of a
@@ -31,6 +32,15 @@ which count words), one report per request against K in (4, 8, 16) reports per r
 (`reports_per_request`), over the first --llm-reports IU reports, with the parsed answers compared
 to the one-per-request run; and how much of each request is the stable prefix (the system prompt)
 that providers' prompt caching serves.
+
+--llm-server: a real model behind a real server: llama.cpp's server over SmolLM2-135M-Instruct
+(the `test` extra; testkit/llama_server.py), started on 127.0.0.1, over the first --llm-reports
+IU reports (sorted by id): answers unreadable before and after the repair request, without the
+schema (text, prompts/gpt_ie, max_tokens 256) and with it (llamacpp_schema, prompts/gpt_ie_json,
+maxItems --max-findings); the share of parsed findings the vocabulary rejects; prompt and
+completion tokens per report as the server counts them at K = 1 and K = 8 (with the schema);
+seconds per report. Prints a table and writes
+benchmarks/results/extract_llm_server.json (command, commit, date, cpu, args, figures).
 """
 
 from __future__ import annotations
@@ -75,12 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sets", nargs="+", choices=SPLITS, default=list(SPLITS),
                         help="with --quality: which IU gold sets (tune on dev; held-out is only measured)")
     parser.add_argument("--tokens", action="store_true", help="tokens per report, K reports per request")
+    parser.add_argument("--llm-server", action="store_true", help="a real model behind llama.cpp's server")
+    parser.add_argument("--max-findings", type=int, default=4, help="the schema's maxItems (--llm-server)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     load = load_average()
+    if args.llm_server:
+        llm_server(args, load)
+        return
     if args.quality:
         write_result("extract_quality", args, quality(args.sets), started_load=load)
         return
@@ -151,6 +166,55 @@ def tokens(n_reports: int) -> None:
                          "answers equal": "yes" if answers == base_answers else "NO"})
     print(f"{len(texts)} IU reports, stub usage counts (words); stable prefix = system prompt, {prefix_words} words")
     print(markdown_table(rows, list(rows[0])))
+
+
+def llm_server(args: argparse.Namespace, load: float) -> None:
+    from extraction.to_triplets import to_triplets
+    from extraction.vocabulary import load_vocabulary
+    from testkit import llama_server as kit
+
+    iu = load_iu_texts()
+    texts = [iu[key] for key in sorted(iu)[:args.llm_reports]]
+    os.environ["MEDFILIP_BENCH_KEY"] = "local"
+    runs = {"text, K=1": {"reports_per_request": 1},
+            "schema, K=1": {"structured_output": "llamacpp_schema", "max_findings": args.max_findings},
+            "schema, K=8": {"structured_output": "llamacpp_schema", "max_findings": args.max_findings,
+                            "reports_per_request": 8}}
+    figures, rows = {}, []
+    vocab = load_vocabulary()
+    with tempfile.TemporaryDirectory() as tmp, kit.llama_server(Path(tmp) / "server.log", n_ctx=8192) as url:
+        for name, overrides in runs.items():
+            backend = make_backend({"kind": "openai", "base_url": url, "model": kit.MODEL_ALIAS,
+                                    "api_key_env": "MEDFILIP_BENCH_KEY", "concurrency": 1, "timeout_s": 300,
+                                    "max_tokens": 256 if "structured_output" not in overrides else None,
+                                    **overrides})
+            result = extract_reports(reports_table(texts), backend, Path(tmp) / f"{len(figures)}.duckdb")
+            stats, n = result.stats, len(texts)
+            _, rejects = to_triplets(result.table, vocab)
+            # rejects also hold one row per unparsed answer; the vocabulary's own are the rest
+            outside = sum(1 for r in rejects.column("reason").to_pylist() if not r.startswith("parse error"))
+            findings = sum(result.table.column("n_findings").to_pylist())
+            figures[name] = {
+                "reports": n, "requests_first_answers_unreadable": stats.repairs,
+                "unreadable_first_rate": round(stats.repairs / n, 3),
+                "unreadable_after_repair_rate": round(stats.unreadable / n, 3),
+                "backend_errors": stats.errors - stats.unreadable,
+                "findings": findings, "rejected_by_vocabulary": outside,
+                "reject_rate": round(outside / max(1, findings), 3),
+                "prompt_tokens_per_report": round(stats.prompt_tokens / n, 1),
+                "completion_tokens_per_report": round(stats.completion_tokens / n, 1),
+                "seconds_per_report": round(stats.wall_s / n, 2),
+                "schema_violations": stats.schema_violations, "context_tokens": backend.context_tokens}
+            rows.append({"run": name, **{k: figures[name][k] for k in (
+                "unreadable_first_rate", "unreadable_after_repair_rate", "reject_rate", "prompt_tokens_per_report",
+                "completion_tokens_per_report", "seconds_per_report")}})
+            print(f"{name}: done in {stats.wall_s:.0f} s", flush=True)
+    print(f"{len(texts)} IU reports, SmolLM2-135M-Instruct (Q4_1 GGUF) behind llama.cpp's server, one thread; "
+          f"tokens as the server counts them; shared CPU: seconds are indicative")
+    print(markdown_table(rows, list(rows[0])))
+    # The 2-core machine may be shared (the record's load average): seconds are indicative.
+    out = write_result("extract_llm_server", args, figures, started_load=load)
+    print(f"wrote {out}")
 
 
 def load_iu_reports() -> list[str]:

@@ -31,13 +31,19 @@ def instruction_files(config: RulesConfig | OpenAIConfig) -> list[Path]:
         return [Path(config.vocabulary_path or default_vocabulary_path()), Path(rules.__file__)]
     from extraction.prompts import PROMPT_FILES, default_prompt_dir
 
-    folder = Path(config.prompt_dir or default_prompt_dir(config.response_format))
-    return [folder / name for name in PROMPT_FILES]
+    folder = Path(config.prompt_dir or default_prompt_dir(config.response_format, config.structured_output))
+    files = [folder / name for name in PROMPT_FILES]
+    if config.structured_output != "none":  # the answer schema is generated from the vocabulary
+        from extraction.vocabulary import default_vocabulary_path
+
+        files.append(default_vocabulary_path())
+    return files
 
 
 def instruction_version(config: RulesConfig | OpenAIConfig) -> str:
-    """The backend's `version` computed from its instruction files alone: no vocabulary parsed,
-    no client created, so a sensor can afford it on every tick. Equal to `make_backend(config).version`."""
+    """The backend's `version` computed from its instruction files alone: no client created, so a
+    sensor can afford it on every tick (with a schema, the vocabulary is read to build it).
+    Equal to `make_backend(config).version`."""
     import hashlib
 
     if isinstance(config, RulesConfig):
@@ -46,5 +52,7 @@ def instruction_version(config: RulesConfig | OpenAIConfig) -> str:
         vocabulary = instruction_files(config)[0]
         return rules_version_of(hashlib.sha256(vocabulary.read_bytes()).hexdigest())
     from extraction.prompts import load_prompt
+    from extraction.schema import configured_schema, versioned
 
-    return load_prompt(instruction_files(config)[0].parent).version
+    schema = configured_schema(config.structured_output, config.max_findings, config.max_tokens)
+    return versioned(load_prompt(instruction_files(config)[0].parent).version, schema)

@@ -36,6 +36,20 @@ CREATE TABLE IF NOT EXISTS answers (
     attempts INTEGER NOT NULL,
     created_at TIMESTAMPTZ NOT NULL
 );
+CREATE TABLE IF NOT EXISTS batches (
+    name VARCHAR PRIMARY KEY,
+    mode VARCHAR NOT NULL,
+    input_path VARCHAR NOT NULL,
+    file_id VARCHAR,
+    batch_id VARCHAR,
+    status VARCHAR NOT NULL,
+    ingested BOOLEAN NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batch_keys (
+    name VARCHAR NOT NULL,
+    cache_key VARCHAR NOT NULL
+);
 CREATE TABLE IF NOT EXISTS failures (
     cache_key VARCHAR NOT NULL,
     backend VARCHAR NOT NULL,
@@ -136,6 +150,42 @@ class AnswerCache:
             [key, backend.name, answer.model or backend.model, backend.version,
              answer.error or "unknown error", answer.latency_s, answer.attempts,
              datetime.now(timezone.utc)])
+
+    # The batch ledger: every step of a batch is committed as it happens, so a killed run resumes
+    # from the recorded file and batch ids and never asks a request twice.
+    def record_batch(self, name: str, mode: str, input_path: Path, keys: list[str]) -> None:
+        self._db.execute("BEGIN")
+        self._db.execute("INSERT INTO batches VALUES (?, ?, ?, NULL, NULL, 'written', false, ?)",
+                         [name, mode, str(input_path), datetime.now(timezone.utc)])
+        self._db.register("new_keys", pa.table({"name": [name] * len(keys), "cache_key": keys}))
+        try:
+            self._db.execute("INSERT INTO batch_keys SELECT * FROM new_keys")
+        finally:
+            self._db.unregister("new_keys")
+        self._db.execute("COMMIT")
+
+    def update_batch(self, name: str, **fields: object) -> None:
+        allowed = {"file_id", "batch_id", "status", "ingested"}
+        if not fields or set(fields) - allowed:
+            raise ValueError(f"batch fields are {sorted(allowed)}")
+        assignments = ", ".join(f"{field} = ?" for field in fields)
+        self._db.execute(f"UPDATE batches SET {assignments} WHERE name = ?", [*fields.values(), name])
+
+    def open_batches(self) -> list[dict[str, object]]:
+        """Batches not yet ingested, oldest first."""
+        cursor = self._db.execute("SELECT name, mode, input_path, file_id, batch_id, status FROM batches "
+                                  "WHERE NOT ingested ORDER BY created_at, name")
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def batch_keys(self, name: str) -> list[str]:
+        return [row[0] for row in self._db.execute("SELECT cache_key FROM batch_keys WHERE name = ?", [name]).fetchall()]
+
+    def completion_tokens_mean(self, backend: Backend) -> float | None:
+        """Mean completion tokens of this backend's and model's cached answers (for estimates)."""
+        value = self._db.execute("SELECT avg(completion_tokens) FROM answers WHERE backend = ? AND model LIKE ?",
+                                 [backend.name, f"{backend.model}%"]).fetchall()[0][0]
+        return float(value) if value is not None else None
 
     def count(self) -> int:
         return self._db.execute("SELECT count(*) FROM answers").fetchone()[0]

@@ -18,14 +18,31 @@ class RulesConfig(BaseModel):
 class OpenAIConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["openai"] = "openai"
-    # No default endpoint: reports must never go to a provider nobody named.
-    base_url: str = Field(min_length=1)
+    # No default endpoint: reports must never go to a provider nobody named. Only offline_batch
+    # (vLLM's run-batch, no server) goes without one.
+    base_url: str | None = Field(default=None, min_length=1)
     model: str = Field(min_length=1)
     api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable; the key never sits in config
-    prompt_dir: Path | None = None  # default: prompts/gpt_ie (or gpt_ie_json for json_object)
+    prompt_dir: Path | None = None  # default: prompts/gpt_ie (gpt_ie_json for json_object or a schema)
     temperature: float = 0.0
-    max_tokens: int = Field(default=512, gt=0)
+    # Answer length limit per report. Unset: 512, or with a schema what its longest answer needs;
+    # set with a schema, it also caps the schema's maxItems so that every answer can close.
+    max_tokens: int | None = Field(default=None, gt=0)
     response_format: Literal["text", "json_object"] = "text"
+    # The answer's JSON schema (extraction/schema.py), in the dialect the server speaks; it wins
+    # over response_format. `none` sends response_format alone.
+    structured_output: Literal["none", "json_schema", "llamacpp_schema", "guided_json"] = "none"
+    max_findings: int = Field(default=12, ge=1, le=100)  # the schema's maxItems
+    # online: one request per report (or per reports_per_request); batch: OpenAI's Batch API
+    # (/v1/files, /v1/batches) at base_url; offline_batch: a JSONL file for vLLM's run-batch.
+    mode: Literal["online", "batch", "offline_batch"] = "online"
+    # The model's context window in tokens when the server does not say (GET /v1/models).
+    context_tokens: int | None = Field(default=None, gt=0)
+    batch_price_prompt_per_1k: float | None = Field(default=None, ge=0)
+    batch_price_completion_per_1k: float | None = Field(default=None, ge=0)
+    batch_poll_s: float = Field(default=30.0, gt=0)
+    # How long one run waits for a batch before it stops (the batch goes on; a re-run resumes it).
+    batch_wait_s: float = Field(default=86_400.0, gt=0)
     concurrency: int = Field(default=8, ge=1, le=256)
     timeout_s: float = Field(default=60.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
@@ -55,15 +72,27 @@ class ExtractorSettingError(ValueError):
 def parse_backend_config(config: Mapping[str, Any] | RulesConfig | OpenAIConfig) -> RulesConfig | OpenAIConfig:
     if isinstance(config, (RulesConfig, OpenAIConfig)):
         return config
+    values = dict(config)
+    kind = str(values.get("kind", "rules"))
+    # The endpoint check sits beside pydantic's so that one line names every missing setting.
+    endpoint = ([{"loc": ("base_url",), "type": "missing", "msg": ""}]
+                if kind == "openai" and not values.get("base_url") and values.get("mode") != "offline_batch" else [])
     try:
-        return _CONFIG_ADAPTER.validate_python(dict(config))
+        parsed = _CONFIG_ADAPTER.validate_python(values)
     except ValidationError as exc:
-        raise ExtractorSettingError(_one_line(exc, str(dict(config).get("kind", "rules")))) from None
+        raise ExtractorSettingError(_one_line(endpoint + exc.errors(), kind)) from None
+    if endpoint:
+        raise ExtractorSettingError(_one_line(endpoint, kind))
+    if isinstance(parsed, OpenAIConfig) and parsed.mode != "online" and parsed.reports_per_request > 1:
+        raise ExtractorSettingError(f"extractor (openai backend): reports_per_request {parsed.reports_per_request} "
+                                    f"applies to mode online only; a batch file holds one report per request: "
+                                    f"set extractor.reports_per_request to 1 or extractor.mode to online")
+    return parsed
 
 
-def _one_line(exc: ValidationError, kind: str) -> str:
+def _one_line(errors: list[Any], kind: str) -> str:
     problems = []
-    for error in exc.errors():
+    for error in errors:
         field = ".".join(str(part) for part in error["loc"] if part not in ("rules", "openai"))
         where = f"extractor.{field} in medfilip.yaml, or resources.extractor.config.{field}"
         what = "is required" if error["type"] == "missing" else error["msg"].lower()

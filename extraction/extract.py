@@ -7,22 +7,28 @@ loses at most the calls in flight. Reports with identical text share one call.
 An answer the parser cannot read gets one repair request (backends that offer ``repair``);
 still unreadable, it is recorded as a failure, never cached, and asked again next run. Text
 beyond the backend's ``max_report_chars`` is not sent and the row says how much was cut.
+Each fresh answer is parsed once (in the worker that received it) and its findings go into the
+row, so `triplets` reads them instead of parsing again. With an answer schema, an answer that
+does not follow it means the server ignores structured outputs: the run says so once
+(``on_notice`` and the result's notices) and goes on through the parser and its repair request.
 """
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from extraction.batch import ask_batch
 from extraction.cache import AnswerCache, CachedAnswer, cache_key
+from extraction.estimate import Estimate, estimate
 from extraction.interface import Answer, Backend, EndpointUnavailable, Usage
-from extraction.parse import parse_answer
+from extraction.parse import ParsedAnswer, parse_answer
 
 EMPTY_REPORT_ERROR = "empty report"
 UNUSABLE_REPORT_ERROR = "report not usable (see its flag in `reports`)"
@@ -32,6 +38,8 @@ INPUT_ERRORS = (EMPTY_REPORT_ERROR, UNUSABLE_REPORT_ERROR)
 _ROWS_PER_CHUNK = 8192
 ProgressCallback = Callable[[int, int], None]  # (reports done, reports total)
 
+FINDING_TYPE = pa.struct([("severity", pa.string()), ("location", pa.string()), ("category", pa.string()),
+                          ("uncertain", pa.bool_()), ("sentence", pa.string())])
 LLM_EXTRACTIONS_SCHEMA = pa.schema([
     ("study_id", pa.string()),
     ("text_sha256", pa.string()),
@@ -49,6 +57,7 @@ LLM_EXTRACTIONS_SCHEMA = pa.schema([
     ("error", pa.string()),
     ("cached", pa.bool_()),
     ("truncated_chars", pa.int32()),
+    ("findings", pa.list_(FINDING_TYPE)),  # the parsed answer (null without an answer)
 ])
 
 
@@ -65,6 +74,7 @@ class ExtractionStats:
     empty_reports: int = 0  # empty or not usable: never sent
     truncated_reports: int = 0
     parse_errors: int = 0
+    schema_violations: int = 0  # fresh answers that did not follow the answer schema
     prompt_tokens: int = 0  # spent by this run's calls
     completion_tokens: int = 0
     cost_usd: float | None = None  # None when the backend has no prices configured
@@ -95,14 +105,19 @@ class ExtractionStats:
 class ExtractionResult:
     table: pa.Table  # llm_extractions, one row per input report, input order
     stats: ExtractionStats
+    notices: list[str] = field(default_factory=list)  # what the run said once (a server ignoring the schema)
+    estimate: Estimate | None = None  # of the cache misses, made before the first request
 
 
 def extract_reports(reports: pa.Table, backend: Backend, cache_path: Path | str,
                     progress: ProgressCallback | None = None,
-                    on_cache_wait: Callable[[str], None] | None = None) -> ExtractionResult:
+                    on_cache_wait: Callable[[str], None] | None = None,
+                    on_notice: Callable[[str], None] | None = None,
+                    on_info: Callable[[str], None] | None = None) -> ExtractionResult:
     """Extract findings for every report (columns study_id, text, text_sha256; optional `usable`:
     False rows are recorded, not sent). Raises EndpointUnavailable when the backend's endpoint
-    is down, after committing every answer received."""
+    is down, and BatchPending when a batch is not done within the run, after committing every
+    answer received. `on_info` hears the estimate before any request, and the batches' steps."""
     started = time.perf_counter()
     missing = {"study_id", "text", "text_sha256"} - set(reports.column_names)
     if missing:
@@ -118,6 +133,7 @@ def extract_reports(reports: pa.Table, backend: Backend, cache_path: Path | str,
     keys = [cache_key(backend, text) if text.strip() and ok is not False else None
             for text, ok in zip(texts, usable)]
     stats = ExtractionStats(reports=len(texts))
+    notices: list[str] = []
 
     with AnswerCache(cache_path, on_wait=on_cache_wait) as cache:
         cached = cache.lookup(k for k in keys if k is not None)
@@ -129,9 +145,21 @@ def extract_reports(reports: pa.Table, backend: Backend, cache_path: Path | str,
         if progress:
             progress(done, len(texts))
         per_key = _count_rows(keys)
-        for key, answer in _ask(backend, pending, text_of, cache):
+        before = estimate(backend, [text_of[k] for k in pending], cache) if pending else None
+        if before is not None and on_info:
+            on_info(before.line(getattr(backend, "mode", "online")))
+        if getattr(backend, "mode", "online") == "online":
+            answers = _ask(backend, pending, text_of, cache)
+        else:
+            answers = ask_batch(backend, pending, text_of, cache, Path(cache_path).parent / "batches",
+                                on_info or (lambda message: None), examine, repair_answer)
+        for key, answer in answers:
             fresh[key] = answer
             _account(stats, backend, answer)
+            if answer.schema_problem is not None and not notices:
+                notices.append(_schema_notice(backend, answer.schema_problem))
+                if on_notice:
+                    on_notice(notices[0])
             done += per_key[key]
             if progress:
                 progress(done, len(texts))
@@ -152,12 +180,14 @@ def extract_reports(reports: pa.Table, backend: Backend, cache_path: Path | str,
     stats.empty_reports = sum(1 for k in keys if k is None)
     stats.truncated_reports = sum(1 for n in cut if n > 0)
     stats.wall_s = time.perf_counter() - started
-    return ExtractionResult(table, stats)
+    return ExtractionResult(table, stats, notices, before)
 
 
 def extract_shards(report_paths: Iterable[Path], backend: Backend, cache_path: Path | str,
                    progress: ProgressCallback | None = None,
-                   on_cache_wait: Callable[[str], None] | None = None) -> ExtractionResult:
+                   on_cache_wait: Callable[[str], None] | None = None,
+                   on_notice: Callable[[str], None] | None = None,
+                   on_info: Callable[[str], None] | None = None) -> ExtractionResult:
     """Extract every `reports` shard file (one Parquet per shard) as one batch: a single window
     of `concurrency` calls spans all shards, so one slow report holds up one slot, not a shard."""
     tables = []
@@ -166,7 +196,7 @@ def extract_shards(report_paths: Iterable[Path], backend: Backend, cache_path: P
         tables.append(table.rename_columns(["study_id", "text", "text_sha256", "usable"]))
     if not tables:
         return ExtractionResult(LLM_EXTRACTIONS_SCHEMA.empty_table(), ExtractionStats())
-    return extract_reports(pa.concat_tables(tables), backend, cache_path, progress, on_cache_wait)
+    return extract_reports(pa.concat_tables(tables), backend, cache_path, progress, on_cache_wait, on_notice, on_info)
 
 
 def failure_summary(table: pa.Table, max_error_rate: float) -> str | None:
@@ -196,8 +226,7 @@ def _ask(backend: Backend, keys: list[str], text_of: dict[str, str],
     """Yield (key, answer) as answers arrive, after committing each one to the cache. Keys go
     out in units of `reports_per_request` (1 for most backends)."""
     commit_every = max(1, int(getattr(backend, "commit_every", 1)))
-    per_request = max(1, int(getattr(backend, "reports_per_request", 1)))
-    units = [keys[i:i + per_request] for i in range(0, len(keys), per_request)]
+    units = _units(backend, keys, text_of)
     if backend.concurrency <= 1:
         batch: list[tuple[str, Answer]] = []
         for unit in units:
@@ -228,6 +257,24 @@ def _ask(backend: Backend, keys: list[str], text_of: dict[str, str],
                 yield from _commit(cache, backend, list(zip(unit, future.result())))
 
 
+def _units(backend: Backend, keys: list[str], text_of: dict[str, str]) -> Iterator[list[str]]:
+    """Keys in request units of at most `reports_per_request`, each small enough for the model's
+    context window as the backend knows it when the unit is formed (lazily: later units use the
+    token counts of earlier answers)."""
+    per_request = max(1, int(getattr(backend, "reports_per_request", 1)))
+    fits = getattr(backend, "request_fits", None)
+    unit: list[str] = []
+    for key in keys:
+        candidate = [*unit, key]
+        if unit and (len(candidate) > per_request
+                     or (fits is not None and not fits([text_of[k] for k in candidate]))):
+            yield unit
+            candidate = [key]
+        unit = candidate
+    if unit:
+        yield unit
+
+
 def _answer_unit(backend: Backend, texts: list[str]) -> list[Answer]:
     """Answers for one request's reports. A report the batched answer gives no clean, readable
     part for is asked again alone, so no report ever gets another one's findings."""
@@ -236,36 +283,54 @@ def _answer_unit(backend: Backend, texts: list[str]) -> list[Answer]:
     parts = _safe_call(backend.complete_many, backend, texts)  # type: ignore[attr-defined]
     if isinstance(parts, Answer):  # the call itself broke: every report alone
         parts = [None] * len(texts)
-    return [part if part is not None and _parse_problem(part) is None and part.error is None
-            else _answer_readably(backend, text) for part, text in zip(parts, texts)]
+    examined = [None if part is None else examine(backend, part) for part in parts]
+    return [part if part is not None and part.error is None and part.parsed.error is None  # type: ignore[union-attr]
+            else _answer_readably(backend, text) for part, text in zip(examined, texts)]
 
 
 def _answer_readably(backend: Backend, text: str) -> Answer:
     """The backend's answer; an unreadable one gets one repair request, and if that is still
     unreadable the answer comes back as an error (so it is not cached)."""
-    answer = _safe_call(backend.complete, backend, text)
-    problem = _parse_problem(answer)
-    if problem is None:
+    answer = examine(backend, _safe_call(backend.complete, backend, text))
+    if answer.parsed is None or answer.parsed.error is None:
         return answer
+    return repair_answer(backend, text, answer)
+
+
+def repair_answer(backend: Backend, text: str, answer: Answer) -> Answer:
+    """One repair request for an examined, unreadable answer; still unreadable, the answer comes
+    back as an error (so it is not cached). Without `repair` (offline batch) it is that error."""
+    problem = answer.parsed.error if answer.parsed is not None else None
     repair = getattr(backend, "repair", None)
-    if repair is not None:
-        second = _safe_call(repair, backend, text, answer.text, problem)
+    if repair is not None and getattr(backend, "mode", "online") != "offline_batch":
+        second = examine(backend, _safe_call(repair, backend, text, answer.text, problem))
         combined = Usage(answer.usage.prompt_tokens + second.usage.prompt_tokens,
                          answer.usage.completion_tokens + second.usage.completion_tokens)
         answer = replace(second, usage=combined, latency_s=answer.latency_s + second.latency_s,
-                         attempts=answer.attempts + second.attempts, repaired=True)
-        problem = _parse_problem(answer)
-        if problem is None:
+                         attempts=answer.attempts + second.attempts, repaired=True,
+                         schema_problem=answer.schema_problem or second.schema_problem)
+        if answer.parsed is None or answer.parsed.error is None:
             return answer
+        problem = answer.parsed.error
     if answer.error is not None:
         return answer
     return replace(answer, error=f"{UNREADABLE_ANSWER_ERROR}: {problem}")
 
 
-def _parse_problem(answer: Answer) -> str | None:
+def examine(backend: Backend, answer: Answer) -> Answer:
+    """The answer with its one parse, and whether it follows the backend's answer schema."""
     if answer.error is not None or answer.text is None:
-        return None
-    return parse_answer(answer.text).error
+        return answer
+    parsed = parse_answer(answer.text)
+    schema = getattr(backend, "answer_schema", None)
+    return replace(answer, parsed=parsed, schema_problem=schema.problem(parsed) if schema is not None else None)
+
+
+def _schema_notice(backend: Backend, problem: str) -> str:
+    dialect = backend.params.get("structured_output", "?")
+    return (f"answers do not follow the answer schema (structured_output {dialect}; first: {problem}): the server "
+            f"seems to ignore it, so answers go through the parser and its repair request; use a server that "
+            f"enforces {dialect}, or another structured_output dialect")
 
 
 def _safe_call(call: Callable[..., Any], backend: Backend, *args: object) -> Any:
@@ -294,6 +359,7 @@ def _account(stats: ExtractionStats, backend: Backend, answer: Answer) -> None:
     stats.prompt_tokens += answer.usage.prompt_tokens
     stats.completion_tokens += answer.usage.completion_tokens
     stats.repairs += int(answer.repaired)
+    stats.schema_violations += int(answer.schema_problem is not None)
     if answer.error is not None or answer.text is None:
         stats.errors += 1
         stats.unreadable += int(answer.error is not None and answer.error.startswith(UNREADABLE_ANSWER_ERROR))
@@ -318,7 +384,7 @@ def _row(study_id: str, text_sha256: str, key: str | None, backend: Backend,
         "prompt_version": backend.version, "backend": backend.name, "model": backend.model,
         "answer": None, "parse_error": None, "n_findings": 0, "prompt_tokens": 0,
         "completion_tokens": 0, "latency_s": 0.0, "attempts": 0, "error": None, "cached": False,
-        "truncated_chars": truncated_chars,
+        "truncated_chars": truncated_chars, "findings": None,
     }
     if key is None:
         row["error"] = UNUSABLE_REPORT_ERROR if usable is False else EMPTY_REPORT_ERROR
@@ -333,7 +399,15 @@ def _row(study_id: str, text_sha256: str, key: str | None, backend: Backend,
                    completion_tokens=fresh.usage.completion_tokens, latency_s=fresh.latency_s,
                    attempts=fresh.attempts, error=fresh.error)
     if row["answer"] is not None:
-        parsed = parse_answer(row["answer"])  # type: ignore[arg-type]
+        parsed = (fresh.parsed if fresh is not None and fresh.parsed is not None
+                  else parse_answer(row["answer"]))  # type: ignore[arg-type]
         row["parse_error"] = parsed.error
         row["n_findings"] = len(parsed.findings)
+        row["findings"] = finding_rows(parsed)
     return row
+
+
+def finding_rows(parsed: ParsedAnswer) -> list[dict[str, object]]:
+    """The parsed findings as rows of the `findings` column."""
+    return [{"severity": f.severity, "location": f.location, "category": f.category,
+             "uncertain": f.uncertain, "sentence": f.sentence} for f in parsed.findings]

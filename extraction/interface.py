@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from extraction.parse import ParsedAnswer
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -28,6 +30,10 @@ class Answer:
     attempts: int = 1
     error: str | None = None
     repaired: bool = False  # a repair request followed an unreadable first answer
+    # Filled by the extraction run, once per fresh answer: the parse, and why the answer does
+    # not follow the backend's answer schema (None: it does, or there is no schema).
+    parsed: ParsedAnswer | None = field(default=None, compare=False, repr=False)
+    schema_problem: str | None = None
 
 
 class EndpointUnavailable(RuntimeError):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 NOT_STATED = "na"
@@ -43,6 +43,7 @@ class ParsedFinding:
 class ParsedAnswer:
     findings: list[ParsedFinding]
     error: str | None = None
+    form: str = "text"  # "json" when the answer was a JSON document (what a schema asks for)
 
 
 def parse_answer(text: str | None) -> ParsedAnswer:
@@ -63,7 +64,7 @@ def _parse(text: str | None) -> ParsedAnswer:
             data = json.loads(body)
         except json.JSONDecodeError as exc:
             return ParsedAnswer([], f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
-        return _from_json(data)
+        return replace(_from_json(data), form="json")
     return _from_braces(body)
 
 

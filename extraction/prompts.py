@@ -40,11 +40,11 @@ class Prompt:
         return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
 
 
-    def batch_messages(self, report_texts: list[str]) -> list[dict[str, str]]:
+    def batch_messages(self, report_texts: list[str], instruction: str | None = None) -> list[dict[str, str]]:
         """Chat messages for several reports at once: the same system prompt (a long stable
         prefix that providers' prompt caching serves), then the numbered reports."""
         numbered = "\n\n".join(f"Report {i}:\n{text}" for i, text in enumerate(report_texts, 1))
-        user = BATCH_INSTRUCTION.format(n=len(report_texts)) + "\n\n" + numbered + "\n\nAnswers:"
+        user = (instruction or BATCH_INSTRUCTION).format(n=len(report_texts)) + "\n\n" + numbered + "\n\nAnswers:"
         return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
 
 
@@ -52,6 +52,10 @@ class Prompt:
 BATCH_INSTRUCTION = ("Below are {n} reports, numbered. Treat each one alone, exactly as the instructions say for "
                      "one report. Answer for every report under a header line `Report N:` with its number, in "
                      "order, its findings' lines below the header (`none` when it has none).")
+# The same with a schema: the answer is one JSON object holding each report's answer in order.
+BATCH_JSON_INSTRUCTION = ("Below are {n} reports, numbered. Treat each one alone, exactly as the instructions say for "
+                          "one report. Answer with one JSON object {{\"reports\": [...]}} whose list holds, in "
+                          "order, one answer object per report ({n} in all).")
 _BATCH_HEADER = re.compile(r"^[ \t>*#_]*report\s+(\d+)\s*[:.)\]-]*[ \t*_]*(.*)$", re.IGNORECASE | re.MULTILINE)
 
 
@@ -68,8 +72,9 @@ def split_batch_answer(answer: str, n: int) -> list[str | None]:
     return [parts[i][0] if len(parts.get(i, [])) == 1 and parts[i][0] else None for i in range(1, n + 1)]
 
 
-def default_prompt_dir(response_format: str = "text") -> Path:
-    name = "gpt_ie_json" if response_format == "json_object" else "gpt_ie"
+def default_prompt_dir(response_format: str = "text", structured_output: str = "none") -> Path:
+    """The JSON prompt for json_object and for any schema; the braces prompt for plain text."""
+    name = "gpt_ie_json" if response_format == "json_object" or structured_output != "none" else "gpt_ie"
     return PROMPTS_DIR / name
 
 

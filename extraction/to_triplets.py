@@ -2,22 +2,25 @@
 
 A finding whose category, severity or location is not in the vocabulary goes to ``rejects``
 with the reason; so does an answer that failed to parse. The same finding stated twice in
-one report (FINDINGS and IMPRESSION often repeat) is kept once.
+one report (FINDINGS and IMPRESSION often repeat) is kept once. The answers are not parsed
+again where llm_extractions carries its parse (columns `findings` and `parse_error`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from common.storage import record_batches
-from extraction.parse import parse_answer
+from extraction.parse import ParsedAnswer, ParsedFinding, parse_answer
 from extraction.vocabulary import NEGATED_SEVERITY, Vocabulary
 
+PARSE_COLUMNS = ("findings", "parse_error")  # llm_extractions' parse of each answer
 TRIPLETS_SCHEMA = pa.schema([
     ("study_id", pa.string()),
     ("finding_index", pa.int32()),
@@ -44,20 +47,38 @@ def to_triplets(llm_extractions: pa.Table | Path | Iterable[pa.RecordBatch], voc
                 ) -> tuple[pa.Table, pa.Table]:
     """Triplets and rejects of every answered report, the answers read one batch at a time."""
     triplet_parts, reject_parts = [], []
-    for batch in record_batches(llm_extractions, ["study_id", "answer"]):
+    for batch in _answer_batches(llm_extractions):
         triplets: list[dict[str, object]] = []
         rejects: list[dict[str, object]] = []
-        for study_id, answer in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
-            if answer is not None:  # else a backend error or empty report: visible in llm_extractions
-                _answer_triplets(study_id, answer, vocab, triplets, rejects)
+        for row in batch.to_pylist():
+            if row["answer"] is not None:  # else a backend error or empty report: visible in llm_extractions
+                _answer_triplets(row["study_id"], _parsed(row), vocab, triplets, rejects)
         triplet_parts.append(pa.Table.from_pylist(triplets, schema=TRIPLETS_SCHEMA))
         reject_parts.append(pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA))
     return (pa.concat_tables(triplet_parts) if triplet_parts else TRIPLETS_SCHEMA.empty_table(),
             pa.concat_tables(reject_parts) if reject_parts else REJECTS_SCHEMA.empty_table())
 
 
-def _answer_triplets(study_id: str, answer: str, vocab: Vocabulary, triplets: list, rejects: list) -> None:
-    parsed = parse_answer(answer)
+def _answer_batches(source: pa.Table | Path | Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Batches of study_id, answer and, where the table has them, its parse."""
+    if isinstance(source, (pa.Table, str, Path)):
+        names = source.column_names if isinstance(source, pa.Table) else pq.ParquetFile(source).schema_arrow.names
+        parsed = [c for c in PARSE_COLUMNS if c in names]
+        yield from record_batches(source, ["study_id", "answer", *parsed])
+        return
+    for batch in source:
+        yield batch.select(["study_id", "answer", *[c for c in PARSE_COLUMNS if c in batch.schema.names]])
+
+
+def _parsed(row: dict[str, object]) -> ParsedAnswer:
+    if "findings" not in row:  # a table without its parse: read the answer here
+        return parse_answer(row["answer"])  # type: ignore[arg-type]
+    findings = [ParsedFinding(f["severity"], f["location"], f["category"], f["uncertain"], f["sentence"])
+                for f in row["findings"] or []]
+    return ParsedAnswer(findings, row.get("parse_error"))  # type: ignore[arg-type]
+
+
+def _answer_triplets(study_id: str, parsed: ParsedAnswer, vocab: Vocabulary, triplets: list, rejects: list) -> None:
     if parsed.error is not None:
         rejects.append(_reject(study_id, None, None, None, f"parse error: {parsed.error}", None))
     seen: set[tuple[object, ...]] = set()

@@ -62,11 +62,25 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "extractor.temperature": ("MEDFILIP_LLM_TEMPERATURE", "sampling temperature"),
     "extractor.max_tokens": ("MEDFILIP_LLM_MAX_TOKENS", "answer length limit"),
     "extractor.response_format": ("MEDFILIP_LLM_RESPONSE_FORMAT", "text or json_object"),
+    "extractor.structured_output": ("MEDFILIP_LLM_STRUCTURED_OUTPUT",
+                                    "the answer's JSON schema, in the server's dialect: none, json_schema "
+                                    "(OpenAI, vLLM), llamacpp_schema (llama.cpp server) or guided_json (vLLM)"),
+    "extractor.max_findings": ("MEDFILIP_LLM_MAX_FINDINGS", "the schema's maxItems: findings per report"),
+    "extractor.mode": ("MEDFILIP_LLM_MODE", "online, batch (OpenAI Batch API) or offline_batch (vLLM run-batch)"),
+    "extractor.context_tokens": ("MEDFILIP_LLM_CONTEXT_TOKENS",
+                                 "the model's context window, where the server's /v1/models does not say"),
     "extractor.timeout_s": ("MEDFILIP_LLM_TIMEOUT_S", "seconds per request"),
     "extractor.max_attempts": ("MEDFILIP_LLM_MAX_ATTEMPTS", "tries per report"),
     "extractor.price_prompt_per_1k": ("MEDFILIP_LLM_PRICE_PROMPT_PER_1K", "USD per 1,000 prompt tokens (cost_usd)"),
     "extractor.price_completion_per_1k": ("MEDFILIP_LLM_PRICE_COMPLETION_PER_1K",
                                           "USD per 1,000 completion tokens (cost_usd)"),
+    "extractor.batch_price_prompt_per_1k": ("MEDFILIP_LLM_BATCH_PRICE_PROMPT_PER_1K",
+                                            "USD per 1,000 prompt tokens in batch mode"),
+    "extractor.batch_price_completion_per_1k": ("MEDFILIP_LLM_BATCH_PRICE_COMPLETION_PER_1K",
+                                                "USD per 1,000 completion tokens in batch mode"),
+    "extractor.batch_poll_s": ("MEDFILIP_LLM_BATCH_POLL_S", "seconds between looks at a running batch"),
+    "extractor.batch_wait_s": ("MEDFILIP_LLM_BATCH_WAIT_S",
+                               "how long one run waits for a batch (a re-run resumes it)"),
     "training.preset": ("MEDFILIP_TRAINING_PRESET", "training.config PRESETS: demo, paper or reference"),
     "training.overrides": ("MEDFILIP_TRAINING_OVERRIDES", "TrainConfig fields, e.g. {epochs: 5}"),
     "training.launcher": ("MEDFILIP_TRAINING_LAUNCHER", "in_process or torchrun"),
@@ -116,12 +130,20 @@ class ExtractorSettings(_Section):
     temperature: Optional[float] = None
     max_tokens: Optional[int] = None
     response_format: Optional[Literal["text", "json_object"]] = None
+    structured_output: Optional[Literal["none", "json_schema", "llamacpp_schema", "guided_json"]] = None
+    max_findings: Optional[int] = None
+    mode: Optional[Literal["online", "batch", "offline_batch"]] = None
+    context_tokens: Optional[int] = None
     timeout_s: Optional[float] = None
     max_attempts: Optional[int] = None
     price_prompt_per_1k: Optional[float] = None
     price_completion_per_1k: Optional[float] = None
+    batch_price_prompt_per_1k: Optional[float] = None
+    batch_price_completion_per_1k: Optional[float] = None
+    batch_poll_s: Optional[float] = None
+    batch_wait_s: Optional[float] = None
 
-    @field_validator("backend", "response_format", mode="before")
+    @field_validator("backend", "response_format", "structured_output", "mode", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
