@@ -59,7 +59,7 @@ from testkit.iu_gold import (  # noqa: E402
     score,
 )
 from testkit.openai_stub import StubServer  # noqa: E402
-from testkit.results import load_average, write_result  # noqa: E402
+from testkit.results import run_start, write_result  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,12 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    load = load_average()
+    started = run_start()
     if args.quality:
-        write_result("extract_quality", args, quality(), started_load=load)
+        write_result("extract_quality", args, quality(), started=started)
         return
     if args.tokens:
-        write_result("extract_tokens", args, tokens(args.llm_reports), started_load=load)
+        write_result("extract_tokens", args, tokens(args.llm_reports), started=started)
         return
     figures: dict[str, float] = {}
     iu = load_iu_reports()
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"speed-up concurrency {args.concurrency} vs 1: {timings[1] / timings[args.concurrency]:.1f}x; "
               f"openai re-run calls={rerun.stats.calls}")
         figures.update(openai_speedup=timings[1] / timings[args.concurrency], openai_rerun_calls=rerun.stats.calls)
-    write_result("extract_speed", args, figures, started_load=load)
+    write_result("extract_speed", args, figures, started=started)
 
 
 def tokens(n_reports: int) -> dict[str, float]:

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from common.tables import markdown_table  # noqa: E402
-from testkit.results import load_average, write_result  # noqa: E402
+from testkit.results import run_start, write_result  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    load = load_average()
+    started = run_start()
     width, _, height = args.source_size.partition("x")
     source = (int(width), int(height or width))
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         figures.update({f"{key}_images_per_s": r["images_per_s"], f"{key}_vs_bare": r["images_per_s"] / bare,
                         f"{key}_decoded": r["decoded"], f"{key}_peak_rss_mb": r["peak_rss_mb"],
                         f"{key}_peak_worker_rss_mb": r["peak_worker_rss_mb"]})
-    write_result(f"ingest_{args.source_size}_{args.codec}", args, figures, started_load=load)
+    write_result(f"ingest_{args.source_size}_{args.codec}", args, figures, started=started)
 
 
 def print_agreement(seeds: list[Path], size: int) -> None:
