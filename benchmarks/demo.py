@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.demo import SUMMARY_FILE  # noqa: E402
-from testkit.results import REPO, load_average, write_result  # noqa: E402
+from testkit.results import REPO, run_start, write_result  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    load = load_average()
+    started = run_start()
     with tempfile.TemporaryDirectory(prefix="medfilip-demo-") as tmp:
         home = args.home or Path(tmp) / "home"
         if home.exists():
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if done.returncode != 0:
             raise SystemExit(f"medfilip demo failed (exit {done.returncode}); its output is above")
         figures = json.loads((home / SUMMARY_FILE).read_text())
-    write_result("demo", args, figures, started_load=load)
+    write_result("demo", args, figures, started=started)
     return 0
 
 

@@ -26,12 +26,12 @@ from evaluation.retrieval import evaluate_retrieval, prompt_gallery, with_no_fin
 from evaluation.segmentation import SegmentationConfig, run_segmentation
 from evaluation.zero_shot import evaluate_zero_shot, unseen_categories
 from knowledge.base import load_knowledge
-from testkit.results import evaluation_figures, load_average, write_result
+from testkit.results import evaluation_figures, run_start, write_result
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    load = load_average()
+    started = run_start()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     for task, by_set in results.items():
         for name, report in by_set.items():
             figures.update(evaluation_figures(report, f"{task}.{name}."))
-    write_result("evaluate", args, figures, started_load=load)
+    write_result("evaluate", args, figures, started=started)
 
 
 def run_all(args: argparse.Namespace, eval_root: Path) -> tuple[dict, dict]:

@@ -72,7 +72,7 @@ from testkit.iu_gold import (  # noqa: E402
     score,
 )
 from testkit.openai_stub import StubServer  # noqa: E402
-from testkit.results import load_average, write_result  # noqa: E402
+from testkit.results import run_start, write_result  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,12 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    load = load_average()
+    started = run_start()
     if args.llm_server:
-        llm_server(args, load)
+        llm_server(args, started)
         return
     if args.quality:
-        write_result("extract_quality", args, quality(args.sets), started_load=load)
+        write_result("extract_quality", args, quality(args.sets), started=started)
         return
     if args.tokens:
         tokens(args.llm_reports)
@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> None:
               f"extractor alone {2000 / pure:,.0f} reports/s")
         print(f"no-change re-run ({args.reports} reports): {warm.stats.wall_s:.2f} s, "
               f"calls={warm.stats.calls}, cache hits={warm.stats.cache_hits}")
+        figures = dict(rules_cold_reports_per_s=args.reports / cold.stats.wall_s,
+                       rules_extractor_reports_per_s=2000 / pure, rerun_s=warm.stats.wall_s,
+                       rerun_calls=warm.stats.calls, rerun_cache_hits=warm.stats.cache_hits)
 
         os.environ["MEDFILIP_BENCH_KEY"] = "bench"
         llm_table = reports_table(texts[:args.llm_reports])
@@ -135,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
             rerun = extract_reports(llm_table, backend, Path(tmp) / f"llm{args.concurrency}.duckdb")
         print(f"speed-up concurrency {args.concurrency} vs 1: {timings[1] / timings[args.concurrency]:.1f}x; "
               f"openai re-run calls={rerun.stats.calls}")
+        figures.update(openai_speedup=timings[1] / timings[args.concurrency], openai_rerun_calls=rerun.stats.calls)
+    write_result("extract_speed", args, figures, started=started)
 
 
 def tokens(n_reports: int) -> None:
@@ -168,7 +173,7 @@ def tokens(n_reports: int) -> None:
     print(markdown_table(rows, list(rows[0])))
 
 
-def llm_server(args: argparse.Namespace, load: float) -> None:
+def llm_server(args: argparse.Namespace, started) -> None:
     from extraction.to_triplets import to_triplets
     from extraction.vocabulary import load_vocabulary
     from testkit import llama_server as kit
@@ -213,7 +218,7 @@ def llm_server(args: argparse.Namespace, load: float) -> None:
           f"tokens as the server counts them; shared CPU: seconds are indicative")
     print(markdown_table(rows, list(rows[0])))
     # The 2-core machine may be shared (the record's load average): seconds are indicative.
-    out = write_result("extract_llm_server", args, figures, started_load=load)
+    out = write_result("extract_llm_server", args, figures, started=started)
     print(f"wrote {out}")
 
 

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from common.tables import markdown_table  # noqa: E402
-from testkit.results import flat_numbers, load_average, write_result  # noqa: E402
+from testkit.results import flat_numbers, run_start, write_result  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    load = load_average()
+    started = run_start()
     width, _, height = args.source_size.partition("x")
     source = (int(width), int(height or width))
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     # Best of the repeats per mode (wall); CPU ms per image of the same run.
     figures = flat_numbers({f"{r['mode'].replace(' ', '_')}_{r['images']}": {
         k: r[k] for k in ("img/s", "ratio vs bare", "cpu ms / image", "cpu ratio vs bare")} for r in rows})
-    write_result(f"ingest_{args.source_size}_{args.codec}", args, figures, started_load=load)
+    write_result(f"ingest_{args.source_size}_{args.codec}", args, figures, started=started)
 
 
 def print_agreement(seeds: list[Path], size: int) -> None:

@@ -50,7 +50,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info  # noqa: E402
 
 from common.tables import markdown_table  # noqa: E402
-from testkit.results import load_average, write_result  # noqa: E402
+from testkit.results import run_start, write_result  # noqa: E402
 
 BATCH = 32  # the paper preset's batch
 SALT = b"loader-benchmark"
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
-    load = load_average()
+    started = run_start()
     torch.set_num_threads(1)  # as in a loader worker; the device figure says its own threads
     root = args.data or Path(tempfile.mkdtemp(prefix="medfilip-loader-"))
     try:
@@ -86,7 +86,7 @@ def main() -> None:
     print(markdown_table(runs))
     # Figures are medians of interleaved repeats: absolute images/s depend on how busy the machine
     # was (the record's cpu load), the ratios much less.
-    path = write_result("loader", args, figures, started_load=load)
+    path = write_result("loader", args, figures, started=started)
     print(f"\n{path.relative_to(REPO)}:")
     for key, value in figures.items():
         print(f"  {key}: {value}")

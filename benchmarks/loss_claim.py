@@ -47,7 +47,7 @@ from knowledge.base import category_prompts, load_knowledge  # noqa: E402
 from knowledge.ssm import SSM, ssm_targets_fn  # noqa: E402
 from knowledge.texts import zero_shot_prompts  # noqa: E402
 from medfilip_model.dual_encoder import load_config  # noqa: E402
-from testkit.results import RESULTS_DIR, load_average, write_result  # noqa: E402
+from testkit.results import RESULTS_DIR, run_start, write_result  # noqa: E402
 from training.__main__ import load_train_config  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.loop import train  # noqa: E402
@@ -160,7 +160,7 @@ def plot_curves(runs: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    load = load_average()
+    started = run_start()
     torch.set_num_threads(args.threads)
     name = "loss_claim" + (f"_{args.tag}" if args.tag else "")
     with tempfile.TemporaryDirectory(prefix="loss-claim-") as tmp:
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         figures.update({f"{key}.difference": result["difference"]["mean"], f"{key}.ci_low": result["difference"]["ci"][0],
                         f"{key}.ci_high": result["difference"]["ci"][1],
                         f"{key}.verdict": {"better": 1, "worse": -1}.get(result["verdict"], 0)})
-    write_result(name, args, figures, started_load=load)
+    write_result(name, args, figures, started=started)
     return 0
 
 

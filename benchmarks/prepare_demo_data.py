@@ -44,13 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from testkit.results import flat_numbers, load_average, write_result
+    from testkit.results import flat_numbers, run_start, write_result
 
     args = build_parser().parse_args(argv)
-    load = load_average()
+    started = run_start()
     report = prepare_demo_data(args.out, args.studies, args.image_size, args.seed, args.workers or os.cpu_count() or 1)
     print(json.dumps(report, indent=1))
-    write_result("prepare_demo_data", args, flat_numbers(report), started_load=load)
+    write_result("prepare_demo_data", args, flat_numbers(report), started=started)
     return 0
 
 

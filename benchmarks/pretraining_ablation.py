@@ -24,7 +24,7 @@ from evaluation.datasets import generated_eval_sets
 from evaluation.encode import as_float, image_tensor
 from evaluation.finetune import FinetuneConfig, run_finetune
 from evaluation.segmentation import SegmentationConfig, build_segmenter, run_segmentation
-from testkit.results import evaluation_figures, load_average, write_result
+from testkit.results import evaluation_figures, run_start, write_result
 
 SEGMENTATION_VARIANTS = {
     "default (enc lr 0.1x, BN re-estimated)": {},
@@ -44,7 +44,7 @@ FINETUNE_VARIANTS = {
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    load = load_average()
+    started = run_start()
     torch.set_num_threads(args.threads)
     config = torch.load(args.checkpoint, map_location="cpu", weights_only=False)["model_config"]
     sets = {name: data.subset(range(min(args.max_images, len(data))))
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         if name != "feature_scale":
             figures.update(evaluation_figures(report, f"{name}: "))
     write_result(f"pretraining_ablation_{args.only or 'all'}" + (f"_{args.tag}" if args.tag else ""), args, figures,
-                 started_load=load)
+                 started=started)
 
 
 def feature_scale(data, model_config: dict, checkpoint: str, count: int = 64) -> dict[str, list[float]]:

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from common.tables import markdown_table  # noqa: E402
-from testkit.results import flat_numbers, load_average, write_result  # noqa: E402
+from testkit.results import flat_numbers, run_start, write_result  # noqa: E402
 
 STAGES = ("dicom_index", "cxr_images", "reports", "llm_extractions", "triplets", "report_labels",
           "knowledge_base", "training_texts", "text_embeddings", "ssm", "pretrained_model")
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    load = load_average()
+    started = run_start()
     root = args.root or Path(tempfile.mkdtemp(prefix="medfilip-scale-"))
     results: dict[int, dict] = {}
     try:
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(root, ignore_errors=True)
     print_tables(results)
     write_result("scale", args, flat_numbers({f"n{count}": result for count, result in results.items()}),
-                 started_load=load)
+                 started=started)
 
 
 def run_scale(home: Path, count: int, stages: list[str]) -> dict:

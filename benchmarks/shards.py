@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.tables import markdown_table  # noqa: E402
-from testkit.results import load_average, write_result  # noqa: E402
+from testkit.results import run_start, write_result  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +39,7 @@ def shard_sizes(subject_ids: np.ndarray, images: np.ndarray, digits: int) -> np.
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    load = load_average()
+    started = run_start()
     rng = np.random.default_rng(args.seed)
     subject_ids = 10_000_000 + rng.choice(10_000_000, size=args.subjects, replace=False)
     images = 1 + rng.multinomial(args.images - args.subjects, np.full(args.subjects, 1 / args.subjects))
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         figures.update({f"digits_{digits}.shards": len(sizes), f"digits_{digits}.mean_images": float(sizes.mean()),
                         f"digits_{digits}.min_images": int(sizes.min()), f"digits_{digits}.max_images": int(sizes.max())})
     print(markdown_table(rows))
-    write_result("shards", args, figures, started_load=load)
+    write_result("shards", args, figures, started=started)
     return 0
 
 

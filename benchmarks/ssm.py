@@ -26,7 +26,7 @@ from knowledge.base import load_knowledge
 from knowledge.ssm import SSM, batch_targets, build_ssm, run_checks
 from knowledge.embeddings import embed_texts
 from knowledge.texts import compose_text
-from testkit.results import flat_numbers, load_average, write_result
+from testkit.results import flat_numbers, run_start, write_result
 
 SIDES = ["na", "left", "right", "bilateral"]
 ZONES = ["na", "lower", "upper", "mid", "basilar", "apical", "perihilar", "retrocardiac"]
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    load = load_average()
+    started = run_start()
     torch.set_num_threads(2)
     figures = {
         "per_batch": bench_per_batch(args.batch_size, n_texts=150 if args.quick else 600, steps=3 if args.quick else 10),
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(figures, indent=2))
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2))
-    write_result("ssm_quick" if args.quick else "ssm", args, flat_numbers(figures), started_load=load)
+    write_result("ssm_quick" if args.quick else "ssm", args, flat_numbers(figures), started=started)
 
 
 def bench_per_batch(batch_size: int, n_texts: int, steps: int) -> dict:

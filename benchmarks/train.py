@@ -60,7 +60,7 @@ from training.loop import train  # noqa: E402
 from training.loss import MedFilipLoss  # noqa: E402
 from medfilip_model.dual_encoder import MedFilipModel, create_model, create_tokenizer  # noqa: E402
 from knowledge.ssm import SSM, batch_targets, group_names, ssm_targets_fn  # noqa: E402
-from testkit.results import flat_numbers, load_average, write_result  # noqa: E402
+from testkit.results import flat_numbers, run_start, write_result  # noqa: E402
 
 CLIP_TEXT_MODEL = "demo_cliptext"  # medfilip_model/configs/demo_cliptext.json
 TOWERS = {"minilm_frozen": "demo", "clip_random": CLIP_TEXT_MODEL}
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    load = load_average()
+    started = run_start()
     torch.manual_seed(0)
     if args.command == "speed":
         if args.loop_only:
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result, indent=1))
             figures = flat_numbers(result)
         write_result(f"train_speed_{args.preset}" + ("_loop" if args.loop_only else ""), args, figures,
-                     started_load=load)
+                     started=started)
     else:
         rows = run_ablation(args.data, args.epochs, args.max_steps, args.out, args.only, args.text_sampling,
                             args.reference_model)
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             figures.update({f"{name}.zero_shot_auc": row["zero_shot_auc"], f"{name}.steps": row["steps"],
                             f"{name}.wall_min": row["wall_min"], f"{name}.cpu_min": row["cpu_min"],
                             **{f"{name}.auc_epoch_{i + 1}": a for i, a in enumerate(row["auc_by_epoch"])}})
-        write_result("train_ablation" + (f"_{args.tag}" if args.tag else ""), args, figures, started_load=load)
+        write_result("train_ablation" + (f"_{args.tag}" if args.tag else ""), args, figures, started=started)
     return 0
 
 

@@ -19,6 +19,7 @@ import platform
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -27,11 +28,23 @@ RESULTS_DIR = REPO / "benchmarks" / "results"
 RESULT_KEYS = ("command", "commit", "date", "cpu", "args", "figures")
 
 
+@dataclass(frozen=True)
+class RunStart:
+    load_average: float
+    commit: str
+
+
+def run_start() -> RunStart:
+    """Call first thing in a benchmark: the load and the code's commit when the run began (a long
+    run must not record a commit made while it ran)."""
+    return RunStart(load_average(), git_commit())
+
+
 def write_result(name: str, args: argparse.Namespace | Mapping[str, Any], figures: Mapping[str, float],
-                 *, argv: Sequence[str] | None = None, started_load: float | None = None,
+                 *, argv: Sequence[str] | None = None, started: RunStart | None = None,
                  results_dir: Path | None = None) -> Path:
     """Writes benchmarks/results/<name>.json for this run of the calling script; `argv` defaults
-    to sys.argv (the script first), `started_load` to the load average now."""
+    to sys.argv (the script first), `started` to now."""
     argv = list(sys.argv if argv is None else argv)
     bad = {k: v for k, v in figures.items() if isinstance(v, bool) or not isinstance(v, (int, float))}
     if bad:
@@ -40,9 +53,9 @@ def write_result(name: str, args: argparse.Namespace | Mapping[str, Any], figure
     record = {
         "command": shlex.join(["python", str(script.relative_to(REPO)) if script.is_relative_to(REPO) else argv[0],
                                *argv[1:]]),
-        "commit": git_commit(),
+        "commit": started.commit if started else git_commit(),
         "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "cpu": cpu_description(started_load),
+        "cpu": cpu_description(started.load_average if started else None),
         "args": json_args(args),
         "figures": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in figures.items()},
     }
