@@ -16,6 +16,19 @@ _EMPTY_SETTINGS.write_text("# no settings: tests choose their own\n")
 os.environ["MEDFILIP_CONFIG"] = str(_EMPTY_SETTINGS)
 
 
+def _forget_callers_settings() -> None:
+    """The caller's settings variables do not reach the tests either: `make test` exports
+    MEDFILIP_HOME, and a developer may have MLFLOW_TRACKING_URI or an LLM endpoint set."""
+    from pipeline.settings import ENVIRONMENT
+
+    for variable, _ in ENVIRONMENT.values():
+        os.environ.pop(variable, None)
+    os.environ.pop("MEDFILIP_PATIENT_SALT", None)
+
+
+_forget_callers_settings()
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_tracking_uri():
     """mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI, a user setting here: a test that calls it
