@@ -106,7 +106,8 @@ def _print_comparison(name: str, report: dict, seconds: float, cpu_seconds: floa
         print(f"{name:<45} {label:<18} {metric} {arm[metric]:.3f} ± {arm[f'{metric}_sd']:.3f}")
     for c in report["comparisons"]:
         low, high = c["difference"]["ci"]
-        print(f"{name:<45} pretrained - {c['baseline_init']} {c.get('mode', '')}: {c['difference']['mean']:+.3f} "
+        print(f"{name:<45} pretrained - {c['baseline_init']} {c.get('mode', '')}{c.get('subset', '')}: "
+              f"{c['difference']['mean']:+.3f} "
               f"({low:+.3f} to {high:+.3f}) {c['verdict']}   [{seconds:.0f} s wall, {cpu_seconds:.0f} s CPU]", flush=True)
 
 

@@ -23,15 +23,9 @@ does (the demo preset draws a present finding first). The negation rule only mat
 texts keep negated findings: prepare the data without `drop_negated` for it. Run by hand, never
 in the test suite.
 
-Measured with `ablation --data D --epochs 2` (3,000-study demo corpus, 4,111 train / 490 val
-images at 96 px, negated texts kept, idle 2-core CPU, 0.4-0.8 wall-minutes a row), best zero-shot
-mean AUC, paper negation rule / negations separated:
-    minilm_frozen  ssm_scaled 0.595 / 0.619   ssm_cosine 0.629 / 0.717   infonce 0.645
-    clip_random    ssm_scaled 0.590 / 0.605   ssm_cosine 0.614 / 0.703   infonce 0.658
-With negated texts dropped (training_texts drop_negated=True; the negation rule then changes
-nothing), same budget: minilm_frozen ssm_scaled 0.659, ssm_cosine 0.744, infonce 0.757;
-clip_random ssm_scaled 0.541, ssm_cosine 0.744, infonce 0.717. The demo preset (ssm_cosine,
-negated texts dropped) reaches 0.88 after 8 epochs (training.loop).
+Every run writes benchmarks/results/train_speed_<preset>[_loop].json or
+train_ablation[_TAG].json (testkit/results.py); the README quotes those files only. The loss
+comparison over seeds with paired intervals is benchmarks/loss_claim.py.
 """
 from __future__ import annotations
 
