@@ -173,3 +173,42 @@ def test_an_unreadable_file_is_recorded_without_its_path_in_the_reason(shard, tm
     reasons = {Path(r["source_path"]).stem: r["reason"] for r in result.quarantine.to_pylist()}
     assert reasons["good0002"] == "cannot read: PermissionError: [Errno 13] Permission denied: '…'"
     assert "good0001" in result.index.column("dicom_id").to_pylist()
+
+
+# --- a file that kills its decoder process, a header claiming a huge image -----------------
+
+def decode_or_crash(task):
+    """decode_task, except that the file named `crashes` segfaults the process decoding it, as a
+    C decoder might (module level: the spawned workers import it)."""
+    import os
+    import signal
+
+    from ingestion.images import decode_task
+
+    if Path(task.source_path).stem == "crashes":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return decode_task(task)
+
+
+def test_a_file_that_crashes_the_decoder_process_is_one_quarantine_row(tmp_path, monkeypatch):
+    import pyarrow.compute as pc
+
+    import ingestion.images as images
+
+    root, out = tmp_path / "archive", tmp_path / "out"
+    for number, name in enumerate(["good0001", "good0002", "crashes", "good0003", "good0004", "good0005"], 1):
+        write_dicom(mimic_path(root, 10000000 + number, 50000000 + number, name), chest_like(seed=number))
+    index = index_shard(root, "p10", SALT, out / "index.parquet", out / "quarantine.parquet").index
+    monkeypatch.setattr(images, "MIN_IMAGES_PER_WORKER", 1)  # two worker processes for these six files
+    result = build_cxr_images(index, root, out / "images.parquet", out / "decode_quarantine.parquet", size=32,
+                              workers=2, decode=decode_or_crash)
+    [row] = pq.read_table(out / "decode_quarantine.parquet").to_pylist()
+    assert (row["source_path"], row["stage"]) == ("files/p10/p10000003/s50000003/crashes.dcm", "decode")
+    assert row["reason"] == ("decode crashed the decoder process (worker process died (exit code -11 / SIGSEGV)); "
+                             "the file is kept out, nothing else of the shard is lost")
+    assert result.images == 5 and result.quarantined == 1
+    # The other files' rows are those of a decode without the crashing file, in the same order.
+    others = index.filter(pc.field("dicom_id") != "crashes")
+    build_cxr_images(others, root, out / "reference.parquet", out / "reference_quarantine.parquet", size=32)
+    assert pq.read_table(out / "images.parquet").equals(pq.read_table(out / "reference.parquet"))
+
