@@ -88,7 +88,7 @@ def dicom_index(
         root, shard, storage.patient_salt(), index_path, quarantine_path,
         source_format=archive.source_format(), metadata_csv=archive.metadata_path(),
         progress=lambda n: n % 500 == 0 and context.log.info(f"{shard}: indexed {n} files"),
-        reuse=not config.reread_all, colour=archive.colour_mode(), id_rule=id_rule,
+        reuse=not config.reread_all, colour=archive.colour_mode(), id_rule=id_rule, max_pixels=archive.max_image_pixels,
         taken_ids=index_ids(other_shard_indexes(context, storage, shard), id_rule),
     )
     total = result.index.num_rows + result.quarantine.num_rows

@@ -12,8 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from common.storage import previous_output, write_table
-from ingestion.dicom_index import (INDEX_SCHEMA, QUARANTINE_SCHEMA, check_options, index_dicom, index_ids,
-                                   quarantine_row, split_duplicates)
+from ingestion.dicom_index import (INDEX_SCHEMA, MAX_IMAGE_PIXELS, QUARANTINE_SCHEMA, check_options, index_dicom,
+                                   index_ids, quarantine_row, split_duplicates)
 from ingestion.failures import describe_failure
 from ingestion.identifiers import patient_key
 from ingestion.jpg_index import index_jpg_shard
@@ -52,6 +52,7 @@ def index_shard(
     colour: str = "quarantine",
     id_rule: str = "stem",
     taken_ids: Mapping[str, str] | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> IndexResult:
     """Index every image file of one shard and write index + quarantine Parquet atomically.
     With `reuse`, a file whose size and modification time are those of its row in the previous
@@ -62,12 +63,16 @@ def index_shard(
     No file's content can fail the shard: whatever one file raises is its quarantine row; only
     the archive itself (a folder that cannot be listed) raises.
     `colour` ("quarantine" or "grey") and `id_rule` (ID_RULES; the archive's recorded rule, see
-    `detect_id_rule`) go to `index_dicom`; `taken_ids` (dicom_id -> source_path of the other
-    shards, `index_ids`) quarantines a file whose id another shard already gave."""
+    `detect_id_rule`) go to `index_dicom`, and `max_pixels` (the largest frame indexed). `taken_ids`
+    (dicom_id -> source_path of the other shards, `index_ids`) quarantines a file whose id another
+    shard already gave."""
     check_options(colour, id_rule)
     start = time.perf_counter()
-    settings = json.dumps({"indexer": INDEXER_VERSION, "salt": hashlib.sha256(salt).hexdigest()[:16],
-                           "colour": colour, "id_rule": id_rule}).encode()
+    options = {"indexer": INDEXER_VERSION, "salt": hashlib.sha256(salt).hexdigest()[:16],
+               "colour": colour, "id_rule": id_rule}
+    if max_pixels != MAX_IMAGE_PIXELS:  # only then: indexes written before the limit stay reusable
+        options["max_pixels"] = max_pixels
+    settings = json.dumps(options).encode()
     reused = 0
     identifiers: set[tuple[str, str]] = set()
     if source_format == "jpg":
@@ -82,7 +87,7 @@ def index_shard(
                     rows.append(old)
                     reused += 1
                     continue
-                outcome = index_dicom(path, root, shard, salt, colour=colour, id_rule=id_rule)
+                outcome = index_dicom(path, root, shard, salt, colour=colour, id_rule=id_rule, max_pixels=max_pixels)
             except OSError as exc:  # unreadable file (permissions, vanished): still recorded
                 # The quoted path goes: it is the row's source_path, and its folders may name the patient.
                 reason = f"cannot read: {describe_failure(exc, None)}"
