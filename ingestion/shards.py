@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from common.storage import previous_output, write_table
+from common.storage import exclusive_lock, previous_output, write_table
 from ingestion.dicom_index import (INDEX_SCHEMA, MAX_IMAGE_PIXELS, QUARANTINE_SCHEMA, check_options, index_dicom,
                                    index_ids, quarantine_row, split_duplicates)
 from ingestion.failures import describe_failure
@@ -27,6 +27,9 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 # never reused (see `index_shard`).
 INDEXER_VERSION = "2"
 _REUSE_KEY = b"medfilip.index_settings"
+# Beside the shards' indexes (one folder): held while a shard reads the ids the others gave and
+# writes its own, so that two shards indexed at once never both give one new id.
+ID_LOCK_NAME = ".dicom_ids.lock"
 
 
 @dataclass
@@ -51,7 +54,7 @@ def index_shard(
     reuse: bool = True,
     colour: str = "quarantine",
     id_rule: str = "stem",
-    taken_ids: Mapping[str, str] | None = None,
+    taken_ids: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
     max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> IndexResult:
     """Index every image file of one shard and write index + quarantine Parquet atomically.
@@ -65,7 +68,10 @@ def index_shard(
     `colour` ("quarantine" or "grey") and `id_rule` (ID_RULES; the archive's recorded rule, see
     `detect_id_rule`) go to `index_dicom`, and `max_pixels` (the largest frame indexed). `taken_ids`
     (dicom_id -> source_path of the other shards, `index_ids`) quarantines a file whose id another
-    shard already gave."""
+    shard already gave. Given as a function, it is called after the files are read, under an
+    exclusive lock (ID_LOCK_NAME, beside `index_path`) held until index and quarantine are
+    written: two shards indexed at once by processes of one host read each other's ids in turn.
+    The files themselves are read outside the lock, so shards still index in parallel."""
     check_options(colour, id_rule)
     start = time.perf_counter()
     options = {"indexer": INDEXER_VERSION, "salt": hashlib.sha256(salt).hexdigest()[:16],
@@ -104,13 +110,14 @@ def index_shard(
                 quarantined.append(outcome.quarantine)
             if progress:
                 progress(count)
-    # Ids given by the previous run stay with their files, even under reread_all.
-    held = index_ids([index_path], id_rule) if source_format != "jpg" else {}
-    rows, duplicates = split_duplicates(rows, taken_ids, held)
-    index = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA.with_metadata({_REUSE_KEY: settings}))
-    quarantine = pa.Table.from_pylist(quarantined + duplicates, schema=QUARANTINE_SCHEMA)
-    write_table(index, index_path)
-    write_table(quarantine, quarantine_path)
+    with exclusive_lock(index_path.parent / ID_LOCK_NAME):
+        # Ids given by the previous run stay with their files, even under reread_all.
+        held = index_ids([index_path], id_rule) if source_format != "jpg" else {}
+        rows, duplicates = split_duplicates(rows, taken_ids() if callable(taken_ids) else taken_ids, held)
+        index = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA.with_metadata({_REUSE_KEY: settings}))
+        quarantine = pa.Table.from_pylist(quarantined + duplicates, schema=QUARANTINE_SCHEMA)
+        write_table(index, index_path)
+        write_table(quarantine, quarantine_path)
     return IndexResult(index, quarantine, identifiers, time.perf_counter() - start, reused)
 
 

@@ -85,7 +85,7 @@ def test_missing_report_fails_the_report_check(home, tmp_path):
 
 def test_a_failed_pixel_write_keeps_the_previous_shard_file_and_leaves_no_temp_files(home, tmp_path, monkeypatch):
     from ingestion.images import build_cxr_images
-    from ingestion.shards import index_shard
+    from ingestion.shards import ID_LOCK_NAME, index_shard
 
     archive = tmp_path / "archive"
     build_archive(archive)
@@ -107,7 +107,9 @@ def test_a_failed_pixel_write_keeps_the_previous_shard_file_and_leaves_no_temp_f
         build_cxr_images(index, archive, out / "images.parquet", out / "q.parquet", size=48, row_group_size=1)
     assert len(calls) == 2  # stopped at the failure, not after decoding the rest
     assert (out / "images.parquet").read_bytes() == before
-    assert sorted(p.name for p in out.iterdir()) == ["images.parquet", "index.parquet", "index_q.parquet", "q.parquet"]
+    # No temp file left; the shards' id lock (index_shard's, beside the index) stays, as locks do.
+    assert sorted(p.name for p in out.iterdir()) == [ID_LOCK_NAME, "images.parquet", "index.parquet",
+                                                     "index_q.parquet", "q.parquet"]
 
 
 # --- real-world archives through the real assets (issue 22) -----------------------------------
@@ -226,6 +228,7 @@ def test_an_id_given_in_one_shard_is_not_given_again_in_another(home, tmp_path):
 
 
 def test_the_archive_image_size_limit_reaches_the_index(home, tmp_path):
+    from ingestion.shards import ID_LOCK_NAME
     from tests.dicom_factory import chest_like
 
     archive = tmp_path / "archive"
@@ -237,3 +240,5 @@ def test_the_archive_image_size_limit_reaches_the_index(home, tmp_path):
         "files/p10/p10000001/s50000001/small.dcm": "image",
         "files/p10/p10000002/s50000002/large.dcm": "image too large: Rows x Columns 128 x 112 = 14,336 pixels per "
         "frame, over the limit of 10,000 (archive.max_image_pixels); raise archive.max_image_pixels if the image is real"}
+    # The shards' id lock lives in the data root, beside the indexes it guards.
+    assert (home / "data" / "dicom_index" / ID_LOCK_NAME).is_file()
