@@ -88,8 +88,10 @@ def dicom_index(
         root, shard, storage.patient_salt(), index_path, quarantine_path,
         source_format=archive.source_format(), metadata_csv=archive.metadata_path(),
         progress=lambda n: n % 500 == 0 and context.log.info(f"{shard}: indexed {n} files"),
-        reuse=not config.reread_all, colour=archive.colour_mode(), id_rule=id_rule,
-        taken_ids=index_ids(other_shard_indexes(context, storage, shard), id_rule),
+        reuse=not config.reread_all, colour=archive.colour_mode(), id_rule=id_rule, max_pixels=archive.max_image_pixels,
+        # Read under the shards' id lock, once this shard's files are read: a shard indexed at
+        # the same moment has then written its ids, or waits to read this one's.
+        taken_ids=lambda: index_ids(other_shard_indexes(context, storage, shard), id_rule),
     )
     total = result.index.num_rows + result.quarantine.num_rows
     leaks = leaks_in(storage, [index_path, quarantine_path], identifier_signatures(result.identifier_values))

@@ -13,7 +13,7 @@ from typing import Optional
 import dagster as dg
 
 from common.home import Layout, layout, salt_from_file
-from ingestion.dicom_index import COLOUR_MODES, ID_RULES
+from ingestion.dicom_index import COLOUR_MODES, ID_RULES, MAX_IMAGE_PIXELS
 from tracking.store import is_local_store, resolve_tracking_uri
 
 
@@ -58,6 +58,7 @@ class ArchiveResource(dg.ConfigurableResource):
     id_rule: str = "auto"  # "auto" or one of ingestion.dicom_index.ID_RULES
     max_quarantine_rate: float = 0.05  # above this share of quarantined files a shard fails
     quarantine_rate_min_files: int = 20  # below this many files, only a shard with no usable file fails
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # a larger frame (Rows x Columns) is quarantined, never decoded
 
     def image_root(self, storage: StorageResource) -> Path:
         return Path(self.root).expanduser() if self.root else storage.layout().corpus

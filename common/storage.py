@@ -7,6 +7,7 @@ torchrun, evaluation) share these helpers without pulling in the orchestrator.""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import hashlib
 import os
@@ -40,6 +41,23 @@ def atomic_path(dest: Path | str, mode: int | None = None) -> Iterator[Path]:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path | str) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created if missing) for the block: another
+    process entering the same lock waits until the block ends. flock(2): the kernel releases it
+    when the holder dies, so a killed run never leaves the lock taken. It serialises the processes
+    of one host; between machines only where their shared filesystem carries flock (see
+    docs/operations.md)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
 
 
 def write_bytes(dest: Path | str, data: bytes, mode: int | None = None) -> Path:

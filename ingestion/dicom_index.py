@@ -38,6 +38,16 @@ ID_RULE_SETTING = "archive.id_rule"
 # SOPInstanceUID where even study folders repeat. See `detect_id_rule`.
 ID_RULES = ("stem", "study_stem", "sop_uid")
 BITS_ALLOCATED = (1, 8, 16, 32)  # what pydicom's decoders produce for image pixels
+# A decoder allocates Rows x Columns of the frame it decodes, whatever bytes the file holds: a
+# header claiming 65535 x 65535 asks for 8 GiB per 16-bit frame, and one such file would OOM-kill
+# its shard. 100 megapixels is 4x the largest real radiographs (MIMIC-CXR up to ~4,300 x 3,500
+# = 15 MP; large mammograms ~4,000 x 6,000 = 24 MP), so no real image comes near it.
+MAX_IMAGE_PIXELS = 100_000_000
+MAX_PIXELS_SETTING = "archive.max_image_pixels"
+# The whole Pixel Data decoded (Rows x Columns x frames x samples x bytes), what pydicom may hold
+# at once: up to this many bytes per pixel of the frame limit (800 MB at the default: four
+# 100-megapixel 16-bit frames, or 26 frames of MIMIC-CXR's size).
+MAX_BYTES_PER_LIMIT_PIXEL = 8
 FRAME_TAKEN = 0  # the frame a multi-frame file contributes (views of one image: any would do)
 # Per-frame functional groups whose values say the frames are different images.
 _FRAME_GEOMETRY = (("PlanePositionSequence", "ImagePositionPatient"),
@@ -105,11 +115,12 @@ def check_options(colour: str = "quarantine", id_rule: str = "stem") -> None:
 
 
 def index_dicom(path: Path, root: Path, shard: str, salt: bytes, *, colour: str = "quarantine",
-                id_rule: str = "stem") -> IndexOutcome:
+                id_rule: str = "stem", max_pixels: int = MAX_IMAGE_PIXELS) -> IndexOutcome:
     """Index one file. Never raises for bad input: any exception its content causes becomes its
     quarantine row (element, exception type, message; identifier values withheld). `colour`:
     "grey" indexes colour images to be decoded as luminance, "quarantine" sets them aside.
-    `id_rule`: how dicom_id is made (ID_RULES)."""
+    `id_rule`: how dicom_id is made (ID_RULES). `max_pixels`: the largest frame (Rows x Columns)
+    indexed, see MAX_IMAGE_PIXELS."""
     check_options(colour, id_rule)
     rel = relative_to_root(path, root)
     stat = path.stat()
@@ -132,7 +143,7 @@ def index_dicom(path: Path, root: Path, shard: str, salt: bytes, *, colour: str 
 
     identifiers = dataset_identifiers(ds)
     try:
-        problem = pixel_data_problem(ds, colour=colour)
+        problem = pixel_data_problem(ds, colour=colour, max_pixels=max_pixels)
         if problem:
             return quarantined(problem, identifiers)
         row = _index_row(ds, path, rel, shard, salt, stat, sha, id_rule)
@@ -276,18 +287,20 @@ def _floats(value: object) -> list[float]:
     return [float(v) for v in items]  # type: ignore[union-attr]
 
 
-def pixel_data_problem(ds: pydicom.Dataset, colour: str = "quarantine") -> str | None:
+def pixel_data_problem(ds: pydicom.Dataset, colour: str = "quarantine",
+                       max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
     """Why the pixels of `ds` cannot be decoded, or None if they can be. Never raises: a header
     value that breaks the check is itself the reason (element, exception, message), and no
-    reason quotes a patient identifier."""
+    reason quotes a patient identifier. A frame over `max_pixels` is a reason: checked here,
+    from the header, before any decoder allocates it."""
     try:
-        problem = _pixel_data_problem(ds, colour)
+        problem = _pixel_data_problem(ds, colour, max_pixels)
     except Exception as exc:
         return describe_failure(exc, dataset_identifiers(ds))
     return safe_text(problem, dataset_identifiers(ds)) if problem else None
 
 
-def _pixel_data_problem(ds: pydicom.Dataset, colour: str) -> str | None:
+def _pixel_data_problem(ds: pydicom.Dataset, colour: str, max_pixels: int) -> str | None:
     if "PixelData" not in ds:
         return "no Pixel Data element (7FE0,0010)"
     for keyword in ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation"):
@@ -301,7 +314,7 @@ def _pixel_data_problem(ds: pydicom.Dataset, colour: str) -> str | None:
     elif photometric not in SUPPORTED_PHOTOMETRIC:
         return (f"PhotometricInterpretation {photometric!r}, expected one of {SUPPORTED_PHOTOMETRIC} "
                 f"(or, with {COLOUR_SETTING}: grey, one of {COLOUR_PHOTOMETRIC})")
-    problem = _geometry_problem(geometry) or _frames_problem(ds, geometry.frames)
+    problem = _geometry_problem(geometry) or _size_problem(geometry, max_pixels) or _frames_problem(ds, geometry.frames)
     if problem:
         return problem
     tsyntax = UID(str(getattr(ds.file_meta, "TransferSyntaxUID", "") or ""))
@@ -347,6 +360,21 @@ def _geometry_problem(g: Geometry) -> str | None:
         return f"SamplesPerPixel {g.samples}: {g.photometric} has {expected} sample(s) per pixel"
     if g.frames < 1:
         return f"NumberOfFrames {g.frames}: must be at least 1"
+    return None
+
+
+def _size_problem(g: Geometry, max_pixels: int) -> str | None:
+    """Why decoding `g` would allocate more than the limits allow, or None."""
+    raise_it = f"raise {MAX_PIXELS_SETTING} if the image is real"
+    if g.rows * g.columns > max_pixels:
+        return (f"image too large: Rows x Columns {g.rows} x {g.columns} = {g.rows * g.columns:,} pixels per frame, "
+                f"over the limit of {max_pixels:,} ({MAX_PIXELS_SETTING}); {raise_it}")
+    decoded = g.rows * g.columns * g.frames * g.samples * -(-g.bits_allocated // 8)
+    if decoded > max_pixels * MAX_BYTES_PER_LIMIT_PIXEL:
+        return (f"Pixel Data too large: {g.rows} x {g.columns} x {g.frames} frame(s) x {g.samples} sample(s) x "
+                f"{-(-g.bits_allocated // 8)} byte(s) = {decoded:,} bytes decoded, over the limit of "
+                f"{max_pixels * MAX_BYTES_PER_LIMIT_PIXEL:,} ({MAX_BYTES_PER_LIMIT_PIXEL} bytes per pixel of "
+                f"{MAX_PIXELS_SETTING}); {raise_it}")
     return None
 
 

@@ -79,6 +79,10 @@ class DecodeTask:
     indexed_as: tuple[int, int] | None = None  # (size, mtime_ns) of the file when the index checked it
 
 
+# (task, pixels, None), or (task, None, why the file is quarantined)
+DecodeOutcome = tuple[DecodeTask, np.ndarray | None, str | None]
+
+
 def build_cxr_images(
     index: pa.Table,
     root: Path,
@@ -93,12 +97,17 @@ def build_cxr_images(
     reduce_jpeg2000: bool = True,
     reuse: bool = True,
     colour: str = "quarantine",
+    decode: Callable[[DecodeTask], DecodeOutcome] | None = None,
 ) -> ImagesResult:
     """Decode every indexed image of one shard; undecodable ones go to the quarantine file.
     With `reuse`, an image whose file (sha256) and decode settings are those of a row already in
     `out_path` is copied from there instead of decoded: a shard re-run because new studies
     arrived decodes only the new files, and the output is byte-identical to a full decode.
-    `colour="grey"` decodes colour images to luminance (index them with the same setting)."""
+    `colour="grey"` decodes colour images to luminance (index them with the same setting).
+    With `workers` >= 2 decoding runs in worker processes, and a file that kills its decoder
+    process (a C decoder's segfault or abort, the OOM killer) is one quarantine row; with
+    workers <= 1 it runs in this process, where such a crash takes the step down. `decode`
+    (default `decode_task`; a module-level function, for spawned workers) decodes one task."""
     check_options(colour)
     start = time.perf_counter()
     options = {"size": size, "pad_to_square": pad_to_square, "reduce_jpeg2000": reduce_jpeg2000,
@@ -124,15 +133,16 @@ def build_cxr_images(
         for rec, key in zip(records, keys) if key not in stored
     )
     shard = index.column("shard")[0].as_py() if index.num_rows else ""
-    # Starting worker processes costs about a second each: not worth it for a small shard.
-    workers = min(workers, max(1, (index.num_rows - len(stored)) // MIN_IMAGES_PER_WORKER))
+    # Starting worker processes costs about a second each: not worth several for a small shard,
+    # but one even so when workers were asked for, so that a decoder crash stays one file's.
+    processes = min(workers, max(1, (index.num_rows - len(stored)) // MIN_IMAGES_PER_WORKER))
     quarantined: list[dict] = []
     sample: list[np.ndarray] = []
     written = 0
 
     def outcomes() -> Iterator[tuple[DecodeTask | None, np.ndarray | dict | None, str | None]]:
         """Index order: a stored row (None, row, None) or a decode (task, pixels, error)."""
-        decoded = ordered_map(decode_task, tasks, workers)
+        decoded = ordered_map(decode or decode_task, tasks, processes, on_crash=crashed_decode, isolate=workers > 1)
         previous = _stored_rows(out_path) if stored else iter(())
         for key in keys:
             if key in stored:  # same order as the index: the next matching stored row
@@ -215,7 +225,7 @@ def _indexed_as(rec: dict) -> tuple[int, int] | None:
     return (int(size), int(mtime)) if size is not None and mtime is not None else None
 
 
-def decode_task(task: DecodeTask) -> tuple[DecodeTask, np.ndarray | None, str | None]:
+def decode_task(task: DecodeTask) -> DecodeOutcome:
     """Runs in a worker process; a bad file becomes an error string, never an exception."""
     try:
         if task.source_format == "jpg":
@@ -229,6 +239,13 @@ def decode_task(task: DecodeTask) -> tuple[DecodeTask, np.ndarray | None, str | 
     except Exception as exc:  # the reason names the element concerned and never an identifier value
         identifiers = file_identifiers(Path(task.path)) if task.source_format != "jpg" else ()
         return task, None, f"decode failed: {describe_failure(exc, identifiers)}"
+
+
+def crashed_decode(task: DecodeTask, why: str) -> DecodeOutcome:
+    """The outcome of a file whose decode killed the worker process (`why`: the exit code);
+    only the exit code is named, never a header value."""
+    return task, None, (f"decode crashed the decoder process ({why}); the file is kept out, "
+                        "nothing else of the shard is lost")
 
 
 def image_record(task: DecodeTask, pixels: np.ndarray) -> dict:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from common.storage import previous_output, write_table
-from ingestion.dicom_index import (INDEX_SCHEMA, QUARANTINE_SCHEMA, check_options, index_dicom, index_ids,
-                                   quarantine_row, split_duplicates)
+from common.storage import exclusive_lock, previous_output, write_table
+from ingestion.dicom_index import (INDEX_SCHEMA, MAX_IMAGE_PIXELS, QUARANTINE_SCHEMA, check_options, index_dicom,
+                                   index_ids, quarantine_row, split_duplicates)
 from ingestion.failures import describe_failure
 from ingestion.identifiers import patient_key
 from ingestion.jpg_index import index_jpg_shard
@@ -27,6 +27,9 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 # never reused (see `index_shard`).
 INDEXER_VERSION = "2"
 _REUSE_KEY = b"medfilip.index_settings"
+# Beside the shards' indexes (one folder): held while a shard reads the ids the others gave and
+# writes its own, so that two shards indexed at once never both give one new id.
+ID_LOCK_NAME = ".dicom_ids.lock"
 
 
 @dataclass
@@ -51,7 +54,8 @@ def index_shard(
     reuse: bool = True,
     colour: str = "quarantine",
     id_rule: str = "stem",
-    taken_ids: Mapping[str, str] | None = None,
+    taken_ids: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> IndexResult:
     """Index every image file of one shard and write index + quarantine Parquet atomically.
     With `reuse`, a file whose size and modification time are those of its row in the previous
@@ -62,12 +66,19 @@ def index_shard(
     No file's content can fail the shard: whatever one file raises is its quarantine row; only
     the archive itself (a folder that cannot be listed) raises.
     `colour` ("quarantine" or "grey") and `id_rule` (ID_RULES; the archive's recorded rule, see
-    `detect_id_rule`) go to `index_dicom`; `taken_ids` (dicom_id -> source_path of the other
-    shards, `index_ids`) quarantines a file whose id another shard already gave."""
+    `detect_id_rule`) go to `index_dicom`, and `max_pixels` (the largest frame indexed). `taken_ids`
+    (dicom_id -> source_path of the other shards, `index_ids`) quarantines a file whose id another
+    shard already gave. Given as a function, it is called after the files are read, under an
+    exclusive lock (ID_LOCK_NAME, beside `index_path`) held until index and quarantine are
+    written: two shards indexed at once by processes of one host read each other's ids in turn.
+    The files themselves are read outside the lock, so shards still index in parallel."""
     check_options(colour, id_rule)
     start = time.perf_counter()
-    settings = json.dumps({"indexer": INDEXER_VERSION, "salt": hashlib.sha256(salt).hexdigest()[:16],
-                           "colour": colour, "id_rule": id_rule}).encode()
+    options = {"indexer": INDEXER_VERSION, "salt": hashlib.sha256(salt).hexdigest()[:16],
+               "colour": colour, "id_rule": id_rule}
+    if max_pixels != MAX_IMAGE_PIXELS:  # only then: indexes written before the limit stay reusable
+        options["max_pixels"] = max_pixels
+    settings = json.dumps(options).encode()
     reused = 0
     identifiers: set[tuple[str, str]] = set()
     if source_format == "jpg":
@@ -82,7 +93,7 @@ def index_shard(
                     rows.append(old)
                     reused += 1
                     continue
-                outcome = index_dicom(path, root, shard, salt, colour=colour, id_rule=id_rule)
+                outcome = index_dicom(path, root, shard, salt, colour=colour, id_rule=id_rule, max_pixels=max_pixels)
             except OSError as exc:  # unreadable file (permissions, vanished): still recorded
                 # The quoted path goes: it is the row's source_path, and its folders may name the patient.
                 reason = f"cannot read: {describe_failure(exc, None)}"
@@ -99,13 +110,14 @@ def index_shard(
                 quarantined.append(outcome.quarantine)
             if progress:
                 progress(count)
-    # Ids given by the previous run stay with their files, even under reread_all.
-    held = index_ids([index_path], id_rule) if source_format != "jpg" else {}
-    rows, duplicates = split_duplicates(rows, taken_ids, held)
-    index = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA.with_metadata({_REUSE_KEY: settings}))
-    quarantine = pa.Table.from_pylist(quarantined + duplicates, schema=QUARANTINE_SCHEMA)
-    write_table(index, index_path)
-    write_table(quarantine, quarantine_path)
+    with exclusive_lock(index_path.parent / ID_LOCK_NAME):
+        # Ids given by the previous run stay with their files, even under reread_all.
+        held = index_ids([index_path], id_rule) if source_format != "jpg" else {}
+        rows, duplicates = split_duplicates(rows, taken_ids() if callable(taken_ids) else taken_ids, held)
+        index = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA.with_metadata({_REUSE_KEY: settings}))
+        quarantine = pa.Table.from_pylist(quarantined + duplicates, schema=QUARANTINE_SCHEMA)
+        write_table(index, index_path)
+        write_table(quarantine, quarantine_path)
     return IndexResult(index, quarantine, identifiers, time.perf_counter() - start, reused)
 
 

@@ -51,6 +51,9 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "archive.quarantine_rate_min_files": ("MEDFILIP_ARCHIVE_QUARANTINE_RATE_MIN_FILES",
                                           "a shard with fewer files fails the rate only when none is usable, "
                                           "else warns (20)"),
+    "archive.max_image_pixels": ("MEDFILIP_ARCHIVE_MAX_IMAGE_PIXELS",
+                                 "largest frame (Rows x Columns) decoded; a file claiming more is quarantined "
+                                 "before any decoder allocates it (100000000)"),
     "extractor.backend": ("MEDFILIP_EXTRACTOR", "rules (offline) or openai (any OpenAI-compatible endpoint)"),
     "extractor.base_url": ("MEDFILIP_LLM_BASE_URL", "the endpoint, e.g. http://host:8000/v1"),
     "extractor.model": ("MEDFILIP_LLM_MODEL", "the LLM's model name"),
@@ -107,6 +110,8 @@ class ArchiveSettings(_Section):
     id_rule: Literal["auto", "stem", "study_stem", "sop_uid"] = "auto"
     max_quarantine_rate: float = Field(0.05, ge=0, le=1)
     quarantine_rate_min_files: int = Field(20, ge=0)
+    # ingestion.dicom_index.MAX_IMAGE_PIXELS, not imported: settings load without pydicom (the CLI's start)
+    max_image_pixels: int = Field(100_000_000, ge=1)
 
     @field_validator("image_format", "colour", "id_rule", mode="before")
     @classmethod

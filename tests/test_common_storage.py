@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from common.storage import atomic_path, write_table, write_text
+from common.storage import atomic_path, exclusive_lock, write_table, write_text
+from tests.locks import held_elsewhere
 
 
 def test_written_files_get_the_umask_permissions_not_mkstemps_0600(tmp_path):
@@ -58,3 +59,22 @@ def test_temp_files_of_a_killed_writer_are_removed_at_the_next_write(tmp_path):
     assert not orphan.exists()
     assert live.exists()
     assert (tmp_path / "model.pt").read_text() == "new"
+
+
+def test_the_exclusive_lock_keeps_other_processes_out_and_dies_with_its_holder(tmp_path):
+    lock = tmp_path / "home" / ".ids.lock"
+    with exclusive_lock(lock):
+        code = "import fcntl, os, sys; fcntl.flock(os.open(sys.argv[1], os.O_RDWR), fcntl.LOCK_EX | fcntl.LOCK_NB)"
+        other = subprocess.run([sys.executable, "-c", code, str(lock)], capture_output=True, text=True)
+        assert other.returncode == 1 and "BlockingIOError" in other.stderr  # another process: refused
+    assert not held_elsewhere(lock)
+    # A holder killed inside the block (kill -9) leaves no lock behind.
+    code = ("import os, sys; from common.storage import exclusive_lock\n"
+            "cm = exclusive_lock(sys.argv[1]); cm.__enter__(); print('in', flush=True); sys.stdin.read(1)\n"
+            "os.kill(os.getpid(), 9)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline().strip() == "in"  # inside the block now
+    assert held_elsewhere(lock)
+    holder.communicate("x")
+    assert holder.returncode == -9 and not held_elsewhere(lock)

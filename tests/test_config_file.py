@@ -160,7 +160,7 @@ def test_a_resource_field_wins_over_the_file_and_the_environment(tmp_path, monke
 def test_the_archive_colour_id_rule_and_quarantine_limits_reach_the_archive_resource(tmp_path):
     from typing import get_args
 
-    from ingestion.dicom_index import COLOUR_MODES, ID_RULES
+    from ingestion.dicom_index import COLOUR_MODES, ID_RULES, MAX_IMAGE_PIXELS
     from pipeline.definitions import build_definitions
     from pipeline.settings import ArchiveSettings
 
@@ -179,5 +179,9 @@ def test_the_archive_colour_id_rule_and_quarantine_limits_reach_the_archive_reso
     path.with_name("empty.yaml").write_text("")
     default = build_definitions(load_settings(path.with_name("empty.yaml"), environ={}))
     assert (default.resources["archive"].colour, default.resources["archive"].id_rule) == ("quarantine", "auto")
+    # The image-size limit: the index's own default unless set, then the value set.
+    assert default.resources["archive"].max_image_pixels == MAX_IMAGE_PIXELS
+    archive = build_definitions(load_settings(path, environ={"MEDFILIP_ARCHIVE_MAX_IMAGE_PIXELS": "250000000"}))
+    assert archive.resources["archive"].max_image_pixels == 250_000_000
     with pytest.raises(UserError, match=r"\$MEDFILIP_ARCHIVE_ID_RULE: setting archive.id_rule = 'uuid' is invalid"):
         load_settings(path, environ={"MEDFILIP_ARCHIVE_ID_RULE": "uuid"})

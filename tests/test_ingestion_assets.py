@@ -85,7 +85,7 @@ def test_missing_report_fails_the_report_check(home, tmp_path):
 
 def test_a_failed_pixel_write_keeps_the_previous_shard_file_and_leaves_no_temp_files(home, tmp_path, monkeypatch):
     from ingestion.images import build_cxr_images
-    from ingestion.shards import index_shard
+    from ingestion.shards import ID_LOCK_NAME, index_shard
 
     archive = tmp_path / "archive"
     build_archive(archive)
@@ -107,7 +107,9 @@ def test_a_failed_pixel_write_keeps_the_previous_shard_file_and_leaves_no_temp_f
         build_cxr_images(index, archive, out / "images.parquet", out / "q.parquet", size=48, row_group_size=1)
     assert len(calls) == 2  # stopped at the failure, not after decoding the rest
     assert (out / "images.parquet").read_bytes() == before
-    assert sorted(p.name for p in out.iterdir()) == ["images.parquet", "index.parquet", "index_q.parquet", "q.parquet"]
+    # No temp file left; the shards' id lock (index_shard's, beside the index) stays, as locks do.
+    assert sorted(p.name for p in out.iterdir()) == [ID_LOCK_NAME, "images.parquet", "index.parquet",
+                                                     "index_q.parquet", "q.parquet"]
 
 
 # --- real-world archives through the real assets (issue 22) -----------------------------------
@@ -223,3 +225,20 @@ def test_an_id_given_in_one_shard_is_not_given_again_in_another(home, tmp_path):
     [reason] = pq.read_table(home / "data" / "quarantine" / "index" / "p11.parquet").column("reason").to_pylist()
     assert reason.startswith("same dicom_id as files/p10/p10000001/s50000001/img0001.dcm under the id rule 'stem'")
     assert reason.endswith("(another shard)")
+
+
+def test_the_archive_image_size_limit_reaches_the_index(home, tmp_path):
+    from ingestion.shards import ID_LOCK_NAME
+    from tests.dicom_factory import chest_like
+
+    archive = tmp_path / "archive"
+    write_dicom(mimic_path(archive, 10000001, 50000001, "small"), chest_like(rows=64, cols=64, seed=1))
+    write_dicom(mimic_path(archive, 10000002, 50000002, "large"), chest_like(rows=128, cols=112, seed=2))
+    with dg.instance_for_test() as instance:
+        assert ingest(home, archive, "p10", instance, max_image_pixels=10_000, max_quarantine_rate=1.0).success
+    assert outcome_of_every_file(home, "p10") == {
+        "files/p10/p10000001/s50000001/small.dcm": "image",
+        "files/p10/p10000002/s50000002/large.dcm": "image too large: Rows x Columns 128 x 112 = 14,336 pixels per "
+        "frame, over the limit of 10,000 (archive.max_image_pixels); raise archive.max_image_pixels if the image is real"}
+    # The shards' id lock lives in the data root, beside the indexes it guards.
+    assert (home / "data" / "dicom_index" / ID_LOCK_NAME).is_file()

@@ -96,3 +96,53 @@ def test_an_id_another_shard_gave_is_not_given_again(tmp_path):
                       taken_ids=index_ids([out / "p10.parquet"], "stem"))
     assert p10.index.num_rows == 1 and p11.index.column("dicom_id").to_pylist() == ["9"]
     assert p11.quarantine.column("reason").to_pylist()[0].endswith("(another shard)")
+
+
+def _index_meeting_at_the_barrier(root: Path, shard: str, other: str, out: Path, barrier, reading, go) -> None:
+    """One shard's run in a process of its own, as a Dagster step would be. It waits at `barrier`
+    once its file is read (both runs have then read their files, and neither has written), and,
+    when it reads the ids the other shard gave, says so on `reading` and waits for `go[shard]`."""
+    def taken_ids():
+        reading.put(shard)
+        go[shard].wait(timeout=120)
+        return index_ids([out / f"{other}.parquet"], "stem")
+
+    # The timeouts only keep a dead partner from hanging the test; nothing waits on time.
+    index_shard(root, shard, SALT, out / f"{shard}.parquet", out / f"q{shard}.parquet", id_rule="stem",
+                progress=lambda count: barrier.wait(timeout=120), taken_ids=taken_ids)
+
+
+def test_two_shards_indexed_at_the_same_moment_never_both_give_one_new_id(tmp_path):
+    import multiprocessing
+
+    import pyarrow.parquet as pq
+
+    from ingestion.shards import ID_LOCK_NAME
+    from tests.locks import held_elsewhere
+
+    root, out = tmp_path / "archive", tmp_path / "out"
+    write_dicom(mimic_path(root, 10000001, 50000001, "img0001"), chest_like(seed=1))
+    write_dicom(mimic_path(root, 11000001, 51000001, "img0001"), chest_like(seed=2))
+    spawn = multiprocessing.get_context("spawn")
+    barrier, reading, go = spawn.Barrier(2), spawn.Queue(), {"p10": spawn.Event(), "p11": spawn.Event()}
+    runs = [spawn.Process(target=_index_meeting_at_the_barrier, args=(root, shard, other, out, barrier, reading, go),
+                          daemon=True)
+            for shard, other in (("p10", "p11"), ("p11", "p10"))]
+    for run in runs:
+        run.start()
+    first = reading.get(timeout=120)
+    assert held_elsewhere(out / ID_LOCK_NAME)  # the ids are read under the lock ...
+    go[first].set()
+    second = reading.get(timeout=120)
+    assert (out / f"{first}.parquet").exists()  # ... held until the index holding them is written
+    go[second].set()
+    for run in runs:
+        run.join()
+    assert [run.exitcode for run in runs] == [0, 0]
+    given = {shard: pq.read_table(out / f"{shard}.parquet").column("source_path").to_pylist() for shard in go}
+    [source] = given[first]  # the id is in one index only
+    assert given[second] == []
+    [row] = pq.read_table(out / f"q{second}.parquet").to_pylist()
+    assert pq.read_table(out / f"q{first}.parquet").num_rows == 0 and row["source_path"].startswith(f"files/{second}/")
+    assert row["reason"].startswith(f"same dicom_id as {source} under the id rule 'stem'")
+    assert row["reason"].endswith("(another shard)")

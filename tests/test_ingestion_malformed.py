@@ -173,3 +173,83 @@ def test_an_unreadable_file_is_recorded_without_its_path_in_the_reason(shard, tm
     reasons = {Path(r["source_path"]).stem: r["reason"] for r in result.quarantine.to_pylist()}
     assert reasons["good0002"] == "cannot read: PermissionError: [Errno 13] Permission denied: '…'"
     assert "good0001" in result.index.column("dicom_id").to_pylist()
+
+
+# --- a file that kills its decoder process, a header claiming a huge image -----------------
+
+def decode_or_crash(task):
+    """decode_task, except that the file named `crashes` segfaults the process decoding it, as a
+    C decoder might (module level: the spawned workers import it)."""
+    import os
+    import signal
+
+    from ingestion.images import decode_task
+
+    if Path(task.source_path).stem == "crashes":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return decode_task(task)
+
+
+def test_a_file_that_crashes_the_decoder_process_is_one_quarantine_row(tmp_path, monkeypatch):
+    import pyarrow.compute as pc
+
+    import ingestion.images as images
+
+    root, out = tmp_path / "archive", tmp_path / "out"
+    for number, name in enumerate(["good0001", "good0002", "crashes", "good0003", "good0004", "good0005"], 1):
+        write_dicom(mimic_path(root, 10000000 + number, 50000000 + number, name), chest_like(seed=number))
+    index = index_shard(root, "p10", SALT, out / "index.parquet", out / "quarantine.parquet").index
+    monkeypatch.setattr(images, "MIN_IMAGES_PER_WORKER", 1)  # two worker processes for these six files
+    result = build_cxr_images(index, root, out / "images.parquet", out / "decode_quarantine.parquet", size=32,
+                              workers=2, decode=decode_or_crash)
+    [row] = pq.read_table(out / "decode_quarantine.parquet").to_pylist()
+    assert (row["source_path"], row["stage"]) == ("files/p10/p10000003/s50000003/crashes.dcm", "decode")
+    assert row["reason"] == ("decode crashed the decoder process (worker process died (exit code -11 / SIGSEGV)); "
+                             "the file is kept out, nothing else of the shard is lost")
+    assert result.images == 5 and result.quarantined == 1
+    # The other files' rows are those of a decode without the crashing file, in the same order.
+    others = index.filter(pc.field("dicom_id") != "crashes")
+    build_cxr_images(others, root, out / "reference.parquet", out / "reference_quarantine.parquet", size=32)
+    assert pq.read_table(out / "images.parquet").equals(pq.read_table(out / "reference.parquet"))
+
+
+def _claiming(path: Path, **header) -> Path:
+    """`path` rewritten with these header values; its Pixel Data stays the small one it has."""
+    ds = pydicom.dcmread(path)
+    for keyword, value in header.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+    return path
+
+
+def test_a_header_claiming_a_huge_image_is_quarantined_before_any_decoder_allocates_it(tmp_path):
+    from pydicom.uid import RLELossless
+
+    root, out = tmp_path / "archive", tmp_path / "out"
+    write_dicom(mimic_path(root, 10000001, 50000001, "good0001"), chest_like(seed=1))
+    # RLE: compressed, so nothing in the file's length gives the lie away before a decode of
+    # 65535 x 65535 x 16 bits (8 GiB), or of 100 frames of 4000 x 4000 (3.2 GB).
+    for number, name, header in [(2, "huge_frame", {"Rows": 65535, "Columns": 65535}),
+                                 (3, "many_frames", {"Rows": 4000, "Columns": 4000, "NumberOfFrames": 100})]:
+        path = write_dicom(mimic_path(root, 10000000 + number, 50000000 + number, name), chest_like(seed=number),
+                           transfer_syntax=RLELossless)
+        _claiming(path, **header)
+    result = index_shard(root, "p10", SALT, out / "index.parquet", out / "quarantine.parquet")
+    reasons = {Path(r["source_path"]).stem: r["reason"] for r in result.quarantine.to_pylist()}
+    assert reasons == {
+        "huge_frame": "image too large: Rows x Columns 65535 x 65535 = 4,294,836,225 pixels per frame, over the "
+                      "limit of 100,000,000 (archive.max_image_pixels); raise archive.max_image_pixels if the image "
+                      "is real",
+        "many_frames": "Pixel Data too large: 4000 x 4000 x 100 frame(s) x 1 sample(s) x 2 byte(s) = 3,200,000,000 "
+                       "bytes decoded, over the limit of 800,000,000 (8 bytes per pixel of archive.max_image_pixels); "
+                       "raise archive.max_image_pixels if the image is real"}
+    assert result.index.column("dicom_id").to_pylist() == ["good0001"]
+    images = build_cxr_images(result.index, root, out / "images.parquet", out / "decode_quarantine.parquet", size=32)
+    assert (images.images, images.quarantined) == (1, 0)
+
+    # The limit is the caller's (archive.max_image_pixels): raised, the header passes the index.
+    raised = index_shard(root, "p10", SALT, out / "raised.parquet", out / "raised_q.parquet", max_pixels=65535 ** 2)
+    assert sorted(raised.index.column("dicom_id").to_pylist()) == ["good0001", "huge_frame", "many_frames"]
+    # Lowered, rows indexed under the old limit are read again, not kept: 128 x 112 is now too large.
+    lowered = index_shard(root, "p10", SALT, out / "index.parquet", out / "quarantine.parquet", max_pixels=10_000)
+    assert lowered.index.num_rows == 0 and lowered.reused == 0
