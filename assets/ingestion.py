@@ -181,6 +181,7 @@ def cxr_images(
         storage.asset_path("quarantine", "decode", f"{shard}.parquet"),
         size=config.image_size, workers=config.workers, row_group_size=config.row_group_size,
         pad_to_square=config.pad_to_square, reduce_jpeg2000=config.reduce_jpeg2000, colour=archive.colour_mode(),
+        max_pixels=archive.max_image_pixels,
         progress=lambda done, total: done % step == 0 and context.log.info(f"{shard}: decoded {done}/{total}"),
     )
     digest = file_sha256(out_path)

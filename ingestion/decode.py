@@ -23,7 +23,7 @@ from pydicom.pixels import (apply_color_lut, apply_modality_lut, apply_voi_lut, 
                             pixel_array)
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000, JPEG2000Lossless
 
-from ingestion.dicom_index import COLOUR_PHOTOMETRIC, FRAME_TAKEN, pixel_data_problem
+from ingestion.dicom_index import COLOUR_PHOTOMETRIC, FRAME_TAKEN, MAX_IMAGE_PIXELS, pixel_data_problem
 from ingestion.dicom_read import read_dicom
 from ingestion.failures import FileProblem, concerning
 
@@ -56,7 +56,8 @@ _BT601_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # R, G, B weigh
 
 
 def decode_dicom(path: Path | str, size: int, pad_to_square: bool = False, fast: bool = True,
-                 reduce_jpeg2000: bool = True, colour: str = "quarantine", checked: bool = False) -> np.ndarray:
+                 reduce_jpeg2000: bool = True, colour: str = "quarantine", checked: bool = False,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode one radiograph to a `size` x `size` uint8 array, bright = dense (MONOCHROME2).
     `fast=False` runs every step at full resolution (the reference the fast path is tested on).
     `reduce_jpeg2000` decodes JPEG 2000 one resolution level down (3x faster) where the header
@@ -65,13 +66,14 @@ def decode_dicom(path: Path | str, size: int, pad_to_square: bool = False, fast:
     not 224 px, not smaller sources); elsewhere in full. False: always in full. Never for
     `pad_to_square` (the image's edge against black is a step no low band reproduces). `colour="grey"` decodes colour images
     (RGB, YBR_*, PALETTE COLOR) to their luminance; by default they fail as at indexing.
-    `checked`: the index's pixel-data checks already passed on this unchanged file."""
+    `checked`: the index's pixel-data checks already passed on this unchanged file; `max_pixels`:
+    the index's size limit (`archive.max_image_pixels`), for a file checked here."""
     ds = read_dicom(path)
     is_colour = str(ds.get("PhotometricInterpretation", "")).strip() in COLOUR_PHOTOMETRIC
     # The index's checks again: a file changed since, or decoded without an index, fails
     # with the same precise reason (FileProblem), not somewhere inside a LUT. A colour file is
     # checked in any case: whether it may pass depends on `colour`, which the index may not share.
-    problem = pixel_data_problem(ds, colour=colour) if not checked or is_colour else None
+    problem = pixel_data_problem(ds, colour=colour, max_pixels=max_pixels) if not checked or is_colour else None
     if problem:
         raise FileProblem(problem)
     if is_colour:

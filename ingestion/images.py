@@ -22,7 +22,7 @@ from PIL import Image
 from common.parallel import ordered_map
 from common.storage import atomic_path, previous_output, write_table
 from ingestion.decode import decode_dicom, decode_jpeg
-from ingestion.dicom_index import QUARANTINE_SCHEMA, check_options, file_identifiers, quarantine_row
+from ingestion.dicom_index import MAX_IMAGE_PIXELS, QUARANTINE_SCHEMA, check_options, file_identifiers, quarantine_row
 from ingestion.failures import describe_failure
 
 T = TypeVar("T")
@@ -77,6 +77,7 @@ class DecodeTask:
     reduce_jpeg2000: bool = True
     colour: str = "quarantine"
     indexed_as: tuple[int, int] | None = None  # (size, mtime_ns) of the file when the index checked it
+    max_pixels: int = MAX_IMAGE_PIXELS  # the index's size limit, for a file that changed since
 
 
 # (task, pixels, None), or (task, None, why the file is quarantined)
@@ -97,6 +98,7 @@ def build_cxr_images(
     reduce_jpeg2000: bool = True,
     reuse: bool = True,
     colour: str = "quarantine",
+    max_pixels: int = MAX_IMAGE_PIXELS,
     decode: Callable[[DecodeTask], DecodeOutcome] | None = None,
 ) -> ImagesResult:
     """Decode every indexed image of one shard; undecodable ones go to the quarantine file.
@@ -128,6 +130,7 @@ def build_cxr_images(
             meta=(rec["dicom_id"], rec["study_id"], rec["patient_key"], rec["view_position"], rec["file_sha256"]),
             reduce_jpeg2000=reduce_jpeg2000,
             colour=colour,
+            max_pixels=max_pixels,
             indexed_as=_indexed_as(rec),
         )
         for rec, key in zip(records, keys) if key not in stored
@@ -235,7 +238,7 @@ def decode_task(task: DecodeTask) -> DecodeOutcome:
         stat = os.stat(task.path)
         checked = task.indexed_as == (stat.st_size, stat.st_mtime_ns)
         return task, decode_dicom(task.path, task.size, task.pad_to_square, reduce_jpeg2000=task.reduce_jpeg2000,
-                                  colour=task.colour, checked=checked), None
+                                  colour=task.colour, checked=checked, max_pixels=task.max_pixels), None
     except Exception as exc:  # the reason names the element concerned and never an identifier value
         identifiers = file_identifiers(Path(task.path)) if task.source_format != "jpg" else ()
         return task, None, f"decode failed: {describe_failure(exc, identifiers)}"

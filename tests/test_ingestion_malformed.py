@@ -253,3 +253,14 @@ def test_a_header_claiming_a_huge_image_is_quarantined_before_any_decoder_alloca
     # Lowered, rows indexed under the old limit are read again, not kept: 128 x 112 is now too large.
     lowered = index_shard(root, "p10", SALT, out / "index.parquet", out / "quarantine.parquet", max_pixels=10_000)
     assert lowered.index.num_rows == 0 and lowered.reused == 0
+
+
+def test_the_decoder_checks_a_changed_file_against_the_archives_own_size_limit(tmp_path):
+    """A file decoded without the index's check (changed since, or no index) meets the limit the
+    archive set, not the default: at the limit it decodes, one pixel under it is refused."""
+    path = write_dicom(mimic_path(tmp_path, 10000001, 50000001, "small"), chest_like(seed=1))
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    rows, columns = int(header.Rows), int(header.Columns)
+    assert decode_dicom(path, 32, max_pixels=rows * columns).shape == (32, 32)  # exactly at the limit
+    with pytest.raises(FileProblem, match="image too large.*archive.max_image_pixels"):
+        decode_dicom(path, 32, max_pixels=rows * columns - 1)
