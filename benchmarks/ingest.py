@@ -8,9 +8,11 @@ Prints images/s of build_cxr_images (1 and N processes) and of a bare loop of
 (each in a fresh process) at every corpus size, to show memory stays flat.
 
 `--source-size 2544x3056` rescales the seed images to MIMIC-CXR's full resolution (width x
-height); `--codec jpeg2000` stores every seed JPEG 2000 lossless. Hard-linked copies of one seed
-are quarantined as duplicates by the index, so only distinct seeds are decoded ("decoded"
-column): give `--seed-images` at least `--images` for full-resolution runs. With jpeg2000 a fourth mode
+height); `--codec jpeg2000` stores every seed JPEG 2000 lossless. Past the seeds, the archive
+holds copies of them that differ in one pixel and the instance UID (`distinct_copy`): every
+file is decoded ("decoded" column), the work per file is the seed's, and the mix of encodings
+stays the seeds' (512 px: 6% JPEG 2000). A JPEG 2000 copy is re-encoded, seconds per copy at
+full resolution: give `--seed-images` near `--images` there. With jpeg2000 a fourth mode
 runs `cxr_images` with `reduce_jpeg2000=False` (every file decoded in full; the default decodes
 one resolution level down where `ingestion.decode.j2k_level_for` allows), and the agreement of
 the default's pixels with the full decode is printed.
@@ -109,13 +111,42 @@ def print_agreement(seeds: list[Path], size: int) -> None:
 
 
 def replicate(seeds: list[Path], root: Path, count: int) -> Path:
-    """A p10 shard of `count` files hard-linked from the seed corpus (same decode work)."""
+    """A p10 shard of `count` distinct files: the seeds hard-linked, then copies of them with one
+    pixel's lowest bit flipped and a new SOPInstanceUID (same decode work; hard links alone
+    would be quarantined as duplicates and only the seeds decoded)."""
     shard = root / "files" / "p10"
     for i in range(count):
         target = shard / f"p1{i // 4:07d}" / f"s5{i // 2:07d}" / f"img{i:06d}.dcm"
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.link(seeds[i % len(seeds)], target)
+        seed = seeds[i % len(seeds)]
+        if i < len(seeds):
+            os.link(seed, target)
+        else:
+            distinct_copy(seed, target, i // len(seeds))
     return root
+
+
+def distinct_copy(seed: Path, target: Path, generation: int) -> None:
+    """`seed` with pixel (0, 0)'s lowest bit flipped `generation` times over the first row (a
+    different Pixel Data hash per generation) and its own instance UID; JPEG 2000 seeds are
+    re-encoded (lossless), so the copy decodes exactly as much as its seed."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(seed)
+    syntax = ds.file_meta.TransferSyntaxUID
+    arr = ds.pixel_array.copy()
+    row = arr[0]
+    for k in range(generation.bit_length()):  # generation's bits, one pixel each: distinct per generation
+        if generation >> k & 1:
+            row[k % row.size] ^= 1
+    uid = generate_uid(entropy_srcs=[str(seed), str(generation)])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+    if syntax.is_compressed:
+        ds.compress(syntax, arr, encoding_plugin="pylibjpeg", generate_instance_uid=False)
+    else:
+        ds.PixelData = arr.tobytes()
+    ds.save_as(target, enforce_file_format=True)
 
 
 def run_child(mode: str, archive: Path, size: int, workers: int) -> dict:
@@ -149,8 +180,7 @@ def child(mode: str, archive: Path, size: int, workers: int) -> None:
     cpu -= cpu_before
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    # Hard links of one seed share a pixel hash: the index quarantines all but one as
-    # duplicates, so the decoded count is the number of distinct seeds used, not --images.
+    # What the index let through ("decoded"): every file, unless a seed itself was a duplicate.
     print(json.dumps({"mode": mode, "workers": workers, "decoded": len(paths), "seconds": round(seconds, 2),
                       "images_per_s": round(len(paths) / seconds, 3), "cpu_ms_per_image": round(1000 * cpu / len(paths), 3),
                       "peak_rss_mb": round(peak_self, 1), "peak_worker_rss_mb": round(peak_children, 1)}))
