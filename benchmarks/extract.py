@@ -25,7 +25,8 @@ set under that policy. On the held-out set, under the binary rule `chestxray14` 
 keyword baseline on every class with >= 20 positives). Last, the rules backend's reports/s on one
 core (one thread, complete() only, over every IU report; per CPU second and per wall second, and
 as a ratio to the keyword baseline timed in the same process) and the comparators' reports per
-CPU second. The figures are in README.md ("Report labelling quality").
+CPU second. Writes benchmarks/results/extract_quality.json (every F1 it prints, the rules'
+precision and recall, the speeds), which README.md ("Report labelling quality") quotes.
 
 --tokens: prompt + completion tokens per report on the LLM path (stub server's usage counts,
 which count words), one report per request against K in (4, 8, 16) reports per request
@@ -236,8 +237,8 @@ def quality(sets: list[str]) -> dict[str, float]:
     rules = make_backend({"kind": "rules"})
     golds = {(c, s): load_gold(c, s) for c in CONVENTIONS for s in SPLITS if s in sets}
     texts = load_iu_texts({rid for gold in golds.values() for rid in gold})
-    comparators, speeds = load_comparators()
-    summary, figures = [], {}
+    comparators, speeds, rates = load_comparators()
+    summary, figures = [], {f"{name}_reports_per_cpu_s": rate for name, rate in rates.items()}
     for (convention, split), gold in golds.items():
         classes = CONVENTIONS[convention]
         part = {rid: texts[rid] for rid in gold}
@@ -254,6 +255,13 @@ def quality(sets: list[str]) -> dict[str, float]:
             key = f"{convention}_{split}_uncertain_{policy.split()[-1]}"
             for name, s in scores.items():
                 figures.update({f"{key}_{name}_micro_f1": s.micro[2], f"{key}_{name}_macro_f1": s.macro_f1})
+                figures.update({f"{key}_{name}_{label}_f1": s.prf(label)[2] for label in classes})
+            # The rules' precision and recall too: the README explains the held-out errors with them.
+            rules_scores = scores["rules"]
+            figures.update({f"{key}_rules_micro_precision": rules_scores.micro[0],
+                            f"{key}_rules_micro_recall": rules_scores.micro[1],
+                            **{f"{key}_rules_{label}_precision": rules_scores.prf(label)[0] for label in classes},
+                            **{f"{key}_rules_{label}_recall": rules_scores.prf(label)[1] for label in classes}})
             if rule and split == "heldout":
                 print(target_check(scores))
     print("\n## Summary: micro-F1 / macro-F1\n")
@@ -289,9 +297,10 @@ def target_check(scores: dict) -> str:
             f"{'yes' if not behind else 'NO, not on ' + ', '.join(behind)}")
 
 
-def load_comparators() -> tuple[dict[str, dict], dict[str, str]]:
-    """Labels and speed of each comparator run by benchmarks/comparators/run.sh, where present."""
-    found, speeds = {}, {}
+def load_comparators() -> tuple[dict[str, dict], dict[str, str], dict[str, float]]:
+    """Labels and speed (a line, and reports per CPU second for the results file) of each
+    comparator run by benchmarks/comparators/run.sh, where present."""
+    found, speeds, rates = {}, {}, {}
     for name in COMPARATORS:
         path = COMPARATORS_OUT / f"{name}.json"
         if path.exists():
@@ -299,7 +308,8 @@ def load_comparators() -> tuple[dict[str, dict], dict[str, str]]:
             found[name] = result["labels"]
             versions = ", ".join(f"{p} {v}" for p, v in result["versions"].items())
             speeds[name] = f"{name} ({versions}) {result['reports_per_cpu_s']:,.0f}"
-    return found, speeds
+            rates[name] = result["reports_per_cpu_s"]
+    return found, speeds, rates
 
 
 def speed_line(rules, texts: list[str], speeds: dict[str, str], figures: dict[str, float]) -> str:

@@ -18,8 +18,8 @@ one resolution level down where `ingestion.decode.j2k_level_for` allows), and th
 the default's pixels with the full decode is printed.
 
 Each mode runs `--repeat` times, the modes taking turns, and the fastest run of each counts
-(as `timeit` does): on a shared 2-core machine one run of a mode swings by about 10%, which
-is as large as the differences being measured. Beside wall time each run reports its CPU
+(as `timeit` does): on a shared 2-core machine one run of a mode swings by as much as the
+differences being measured. Beside wall time each run reports its CPU
 seconds (the process and its decode workers) per image, and "cpu ratio" compares those:
 steadier than wall time when other jobs share the machine. The table is saved to
 benchmarks/results/ingest_<source>_<codec>.json.

@@ -1,7 +1,7 @@
 """The method's core claim on our data: do soft SSM targets beat hard contrastive targets?
 
     .venv/bin/python benchmarks/prepare_demo_data.py --studies 600 --out /tmp/demo600 --image-size 96
-    .venv/bin/python benchmarks/loss_claim.py --data /tmp/demo600 --epochs 4 --seeds 0 1 2
+    .venv/bin/python benchmarks/loss_claim.py --data /tmp/demo600 --epochs 6 --seeds 0 1 2
 
 Arms, at equal budgets (same epochs, batches, seeds, texts with negations kept):
 - `ssm_scaled`: the paper's loss, MSE + BCE on logit_scale * cosine against SSM targets, the
@@ -17,8 +17,9 @@ training corpus (`--eval-images`); arms are compared on it per seed with evaluat
 paired bootstrap (seeds and test images resampled, the same images for both arms).
 
 Why `ssm_scaled` can trail at a short budget: with targets t in [0, 1], MSE(x, t) + BCE(x, t) is
-smallest at x of about -0.2 (t = 0) to 1.13 (t = 1); at scale 14.3 that puts every cosine in about
-[-0.014, 0.08], and Adam moves the log-scale by about the learning rate per step. The diagnostic
+smallest at x of about -0.22 (t = 0) to 1.12 (t = 1) (tests/test_loss.py); at scale 1/0.07 = 14.3
+that puts every cosine in about [-0.016, 0.079], and Adam moves the log-scale by about the
+learning rate per step. The diagnostic
 arm and the logged final scales test that. Results: benchmarks/results/loss_claim[_TAG].json and
 a PNG of the curves beside it. Run by hand, never in the test suite.
 """

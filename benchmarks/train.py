@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/train.py speed --data /tmp/demo --steps 12
     .venv/bin/python benchmarks/train.py ablation --data /tmp/demo --epochs 2
     .venv/bin/python benchmarks/train.py speed --data /tmp/demo --preset reference --texts texts_reference \
-        --ssm ssm_reference --loop-only --set batch_size=8 --steps 3 --warmup 1
+        --ssm ssm_reference --loop-only --set batch_size=8 --steps 4 --warmup 1
 
 `speed` runs, on the same model and the same batches, our step (the locked text tower's outputs
 cached once per run, SSM targets looked up) and a re-implementation of the reference loop (the

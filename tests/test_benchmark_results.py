@@ -1,6 +1,6 @@
 """Every figure has its command: each benchmarks/results/*.json has the keys of testkit/results.py
 and names a command that exists (the script is there, its parser takes the arguments and gives
-back the recorded `args`); every results file the README and docs cite is there."""
+back the recorded `args`); every results file (or pattern of them) the README and docs cite is there."""
 from __future__ import annotations
 
 import argparse
@@ -56,12 +56,32 @@ def test_results_file_names_a_command_that_exists(path):
     check_result(path)
 
 
+def cited_results(text: str) -> set[str]:
+    """The benchmarks/results/ files a text names: results files and their plots, a `*` pattern
+    (`ingest_2544x3056_*.json`) standing for the files it matches."""
+    return set(re.findall(r"benchmarks/results/([\w*-]+\.(?:json|png))", text))
+
+
+def missing_results(names: set[str], results_dir: Path = RESULTS_DIR) -> list[str]:
+    return sorted(name for name in names if not any(results_dir.glob(name)))
+
+
 def test_every_cited_results_file_exists():
     cited = set()
     for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
-        cited |= set(re.findall(r"benchmarks/results/([\w-]+\.json)", doc.read_text()))
+        cited |= cited_results(doc.read_text())
     assert cited, "README and docs cite no results file"
-    assert sorted(name for name in cited if not (RESULTS_DIR / name).is_file()) == []
+    assert missing_results(cited) == [], "README/docs quote results files that are not in benchmarks/results/"
+
+
+def test_a_cited_results_file_that_is_not_there_is_found(tmp_path):
+    (tmp_path / "ingest_512_uncompressed.json").write_text("{}")
+    text = ("measured (`benchmarks/results/ingest_512_uncompressed.json`), the rest in "
+            "benchmarks/results/ingest_*.json and benchmarks/results/gone.json; "
+            "curves: benchmarks/results/gone_curves.png, benchmarks/results/scale_*.json")
+    cited = cited_results(text)
+    assert cited == {"ingest_512_uncompressed.json", "ingest_*.json", "gone.json", "gone_curves.png", "scale_*.json"}
+    assert missing_results(cited, tmp_path) == ["gone.json", "gone_curves.png", "scale_*.json"]
 
 
 def test_the_check_fails_on_a_command_that_does_not_exist(tmp_path):
