@@ -241,3 +241,33 @@ def test_bits_above_bits_stored_leave_the_native_view_to_pydicom(tmp_path):
     raw[0] |= 0x8000  # an overlay bit in the unused high bits
     ds.PixelData = raw.tobytes()
     assert _native_pixels(ds) is None
+
+
+@pytest.mark.parametrize("header", [
+    {"WindowCenter": 2000, "WindowWidth": 1500},
+    {"WindowCenter": 2000, "WindowWidth": 1500, "VOILUTFunction": "LINEAR_EXACT"},
+    {"WindowCenter": [2000, 1000], "WindowWidth": [1500, 400]},  # pydicom takes the first window
+    {"WindowCenter": 2000, "WindowWidth": 1},  # LINEAR with width 1: a step, pydicom's own case
+    {"WindowCenter": -100, "WindowWidth": 900, "PixelRepresentation": 1},
+    {"WindowCenter": 40, "WindowWidth": 350, "RescaleSlope": -0.5, "RescaleIntercept": 1024},
+    {"WindowCenter": 2000, "WindowWidth": 1500, "VOILUTFunction": "SIGMOID"},
+])
+def test_our_linear_window_is_pydicoms_value_for_value(header):
+    """`_voi` computes LINEAR windows itself (speed) and must give pydicom's values exactly:
+    stored rows of earlier decodes are reused byte for byte (DECODER_VERSION unchanged)."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    from ingestion.decode import _voi
+
+    ds = pydicom.Dataset()
+    ds.PhotometricInterpretation, ds.BitsStored, ds.PixelRepresentation = "MONOCHROME2", 12, 0
+    for keyword, value in header.items():
+        setattr(ds, keyword, value)
+    low = -2048 if ds.PixelRepresentation else 0
+    stored = np.arange(low, low + 4096, dtype=np.int16 if low else np.uint16)
+    values = apply_modality_lut(stored, ds)
+    ours = _voi(values.copy(), ds)
+    theirs = apply_voi_lut(values.copy(), ds, prefer_lut=True)
+    np.testing.assert_array_equal(ours, theirs)
+    assert np.unique(theirs).size > 2 or header["WindowWidth"] == 1  # a real ramp was compared
