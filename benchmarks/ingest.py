@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     # Best of the repeats per mode (wall); CPU ms per image of the same run.
     figures = flat_numbers({f"{r['mode'].replace(' ', '_')}_{r['images']}": {
         k: r[k] for k in ("img/s", "ratio vs bare", "cpu ms / image", "cpu ratio vs bare", "index cpu ms / image",
+                          "stored KiB / image",
                           "peak RSS MB", "peak worker RSS MB")}
         for r in rows})
     write_result(f"ingest_{args.source_size}_{args.codec}", args, figures | agreement, started=started)
@@ -182,6 +183,8 @@ def child(mode: str, archive: Path, size: int, workers: int) -> None:
         build_cxr_images(index, archive, archive / "img.parquet", archive / "dq.parquet", size=size, workers=workers,
                          reduce_jpeg2000=mode != "cxr_images_full", reuse=False)  # decode every file
     seconds = time.perf_counter() - start
+    # What cxr_images writes per image (zstd Parquet): the disk figure of the MIMIC-CXR extrapolation.
+    stored_kib = (archive / "img.parquet").stat().st_size / 1024 / len(paths) if mode != "bare" else None
     cpu = sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
     cpu -= cpu_before
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -190,6 +193,7 @@ def child(mode: str, archive: Path, size: int, workers: int) -> None:
     print(json.dumps({"mode": mode, "workers": workers, "decoded": len(paths), "seconds": round(seconds, 2),
                       "images_per_s": round(len(paths) / seconds, 3), "cpu_ms_per_image": round(1000 * cpu / len(paths), 3),
                       "index_cpu_ms_per_image": round(1000 * index_cpu / len(paths), 3),
+                      "stored_kib_per_image": stored_kib and round(stored_kib, 1),
                       "peak_rss_mb": round(peak_self, 1), "peak_worker_rss_mb": round(peak_children, 1)}))
 
 
@@ -204,6 +208,7 @@ def print_table(results: list[dict]) -> list[dict]:
                   "ratio vs bare": round(r["images_per_s"] / bare["images_per_s"], 3),
                   "cpu ms / image": r["cpu_ms_per_image"],
                   "index cpu ms / image": r["index_cpu_ms_per_image"],
+                  "stored KiB / image": r["stored_kib_per_image"],
                   "cpu ratio vs bare": round(bare["cpu_ms_per_image"] / r["cpu_ms_per_image"], 3),
                   "peak RSS MB": r["peak_rss_mb"], "peak worker RSS MB": r["peak_worker_rss_mb"]} for r in group]
     print(markdown_table(rows))
