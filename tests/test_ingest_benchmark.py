@@ -28,4 +28,5 @@ def test_ingest_benchmark_decodes_distinct_copies_and_records_its_ratios(tmp_pat
         expected = figures[f"{mode}.img/s"] / figures["bare_x1_9.img/s"]
         assert abs(figures[f"{mode}.ratio vs bare"] - expected) < 1e-3
         assert figures[f"{mode}.cpu ms / image"] > 0 and figures[f"{mode}.index cpu ms / image"] > 0
-        assert 0 < figures[f"{mode}.stored KiB / image"] < 64 * 64 / 1024  # zstd: under the raw 64 x 64 bytes
+        # The file over the images it holds: more than nothing, less than twice the raw 64 x 64 bytes.
+        assert 0 < figures[f"{mode}.stored KiB / image"] < 2 * 64 * 64 / 1024
