@@ -112,7 +112,8 @@ def finetune_eval(context: dg.AssetExecutionContext, config: EvalConfig, storage
     model_info = latest_model(context)
     data = first_images(load_eval_dataset(config, archive.image_root(storage)), config.max_images)
     report = run_finetune(data, model_info["model_config"], model_info["checkpoint"], seeds=seed_list(config),
-                          config=FinetuneConfig(epochs=config.epochs, seed=config.seed), n_boot=config.n_boot)
+                          config=FinetuneConfig(epochs=config.epochs, seed=config.seed), n_boot=config.n_boot,
+                          weights_dir=storage.weights_folder())
     summary = {}
     for arm in report["arms"]:
         key = f"auc_{arm['mode']}_{arm['init']}_{int(arm['fraction'] * 100)}pct"
@@ -133,7 +134,8 @@ def segmentation_eval(context: dg.AssetExecutionContext, config: EvalConfig, sto
     siim = config.model_copy(update={"dataset": "siim"}) if config.dataset != "siim" else config
     data = first_images(load_eval_dataset(siim, archive.image_root(storage)), config.max_images)
     report = run_segmentation(data, model_info["model_config"], model_info["checkpoint"], seeds=seed_list(config),
-                              config=SegmentationConfig(epochs=config.epochs, seed=config.seed), n_boot=config.n_boot)
+                              config=SegmentationConfig(epochs=config.epochs, seed=config.seed), n_boot=config.n_boot,
+                              weights_dir=storage.weights_folder())
     summary = {f"{metric}_{arm['init']}{suffix}": arm[f"{metric}{suffix}"] for arm in report["arms"]
                for metric in ("mean_dice", "mean_iou", *SUBSET_METRICS) for suffix in ("", "_sd")}
     # "dice_vs_random" (all test images), "dice_with_mask_vs_random", "dice_without_mask_vs_random"

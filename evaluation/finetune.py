@@ -126,11 +126,13 @@ def run_finetune(
     n_boot: int = 1000,
     images: torch.Tensor | None = None,
     seeds: Sequence[int] | None = None,
+    weights_dir: Path | None = None,
 ) -> dict:
     """Every (seed, mode, init, fraction); per seed its own split, label subset, head and random
     init. {"seeds", "splits": {seed: sizes}, "runs": [{"seed", "mode", "init", "fraction",
     "train_images", "report"}], "arms": mean/sd over seeds, "comparisons": pre-trained vs each
-    baseline per (mode, fraction) with a paired bootstrap interval (evaluation.compare), "protocol"}."""
+    baseline per (mode, fraction) with a paired bootstrap interval (evaluation.compare), "protocol"}.
+    `weights_dir`: where the ImageNet baseline's relative weight file names are looked up."""
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     inits = list(inits or available_inits(model_config))
     if checkpoint is None and "pretrained" in inits:
@@ -149,7 +151,7 @@ def run_finetune(
         subsets = {f: label_fraction(data.labels, f, seed=seed, indices=split["train"]) for f in fractions}
         for init in inits:
             torch.manual_seed(seed)  # the random baseline's weights are part of what a seed varies
-            encoder = build_encoder(init, model_config, checkpoint).to(device)
+            encoder = build_encoder(init, model_config, checkpoint, weights_dir).to(device)
             features = _features(encoder, images, device)
             for fraction, train_rows in subsets.items():
                 head = nn.Linear(encoder.out_dim, targets.shape[1]).to(device)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
@@ -90,8 +91,8 @@ class UNetOnEncoder(nn.Module):
 
 
 def build_segmenter(init: Init, model_config: str | dict, checkpoint: str | os.PathLike | None = None,
-                    width: int = 32) -> UNetOnEncoder:
-    return UNetOnEncoder(build_encoder(init, model_config, checkpoint), width)
+                    width: int = 32, weights_dir: Path | None = None) -> UNetOnEncoder:
+    return UNetOnEncoder(build_encoder(init, model_config, checkpoint, weights_dir), width)
 
 
 def run_segmentation(
@@ -104,6 +105,7 @@ def run_segmentation(
     split_fractions: Sequence[float] = (0.7, 0.1, 0.2),
     n_boot: int = 1000,
     seeds: Sequence[int] | None = None,
+    weights_dir: Path | None = None,
 ) -> dict:
     """Per seed (its own split, decoder init and random encoder) one U-Net per init trained on
     TRAIN, Dice/IoU on TEST (val is held for the caller's model selection and is not used for the
@@ -123,7 +125,7 @@ def run_segmentation(
         splits[str(seed)] = {k: int(len(v)) for k, v in split.items()}
         for init in inits:
             torch.manual_seed(seed)  # the random encoder and the decoder are drawn from the seed
-            net = build_segmenter(init, model_config, checkpoint, config.decoder_width).to(device)
+            net = build_segmenter(init, model_config, checkpoint, config.decoder_width, weights_dir).to(device)
             train_segmenter(net, images[split["train"]], masks[split["train"]], seeded, device)
             predicted = predict_masks(net, images[split["test"]], device) >= config.threshold
             truth = masks[split["test"]].numpy().astype(bool)

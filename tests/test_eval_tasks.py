@@ -215,3 +215,32 @@ def test_max_images_takes_the_first_images_of_the_set(sets):
     head = first_images(data, 10)
     assert head.image_ids == data.image_ids[:10] and (head.labels == data.labels[:10]).all()
     assert first_images(data, 0) is data and first_images(data, len(data) + 5) is data
+
+
+def test_the_imagenet_baseline_reads_its_weights_from_the_weights_folder(sets, tmp_path):
+    """A config naming its ImageNet weights by a relative name (as `reference` does) finds them
+    under the data root's weights folder (`storage.weights_dir`, passed by the assets) in
+    fine-tuning and segmentation alike; without the folder the name is not found, and says so."""
+    import torchvision
+
+    from medfilip_model.dual_encoder import load_config
+
+    torch.manual_seed(0)
+    state = torchvision.models.resnet50(weights=None).state_dict()
+    torch.save(state, tmp_path / "resnet50-test.pth")
+    config = load_config("reference")
+    config["vision_cfg"]["image_size"] = 64
+    config["text_cfg"] = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
+    config["image_weights"] = "resnet50-test.pth"
+
+    trunk = build_encoder("imagenet", config, weights_dir=tmp_path).visual.trunk.state_dict()
+    assert all(torch.equal(trunk[k], state[k]) for k in trunk) and len(trunk) > 300
+    tuned = run_finetune(sets["rsna"], config, None, inits=["imagenet"], fractions=(1.0,), modes=("linear",),
+                         seeds=(0,), config=FinetuneConfig(epochs=1, probe_steps=5), n_boot=10, weights_dir=tmp_path)
+    assert {r["init"] for r in tuned["runs"]} == {"imagenet"}
+    segmented = run_segmentation(sets["siim"], config, None, inits=["imagenet"], seeds=(0,),
+                                 config=SegmentationConfig(epochs=1, decoder_width=8), n_boot=10, weights_dir=tmp_path)
+    assert {r["init"] for r in segmented["runs"]} == {"imagenet"}
+    with pytest.raises(Exception, match="resnet50-test.pth"):
+        run_finetune(sets["rsna"], config, None, inits=["imagenet"], fractions=(1.0,), modes=("linear",),
+                     seeds=(0,), config=FinetuneConfig(epochs=1, probe_steps=5), n_boot=10)
