@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from common.tables import markdown_table  # noqa: E402
-from testkit.results import flat_numbers, run_start, write_result  # noqa: E402
+from testkit.results import cpu_seconds, flat_numbers, run_start, write_result  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,8 +167,7 @@ def child(mode: str, archive: Path, size: int, workers: int) -> None:
     index = index_shard(archive, "p10", b"bench", archive / "i.parquet", archive / "q.parquet", reuse=False).index
     index_cpu = time.process_time() - index_start
     paths = [str(archive / p) for p in index.column("source_path").to_pylist()]
-    cpu_before = sum(u.ru_utime + u.ru_stime
-                     for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+    cpu_before = cpu_seconds()
     start = time.perf_counter()
     if mode == "bare":
         import pydicom
@@ -185,8 +184,7 @@ def child(mode: str, archive: Path, size: int, workers: int) -> None:
     seconds = time.perf_counter() - start
     # What cxr_images writes per image (zstd Parquet): the disk figure of the MIMIC-CXR extrapolation.
     stored_kib = (archive / "img.parquet").stat().st_size / 1024 / len(paths) if mode != "bare" else None
-    cpu = sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
-    cpu -= cpu_before
+    cpu = cpu_seconds() - cpu_before
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     # What the index let through ("decoded"): every file, unless a seed itself was a duplicate.

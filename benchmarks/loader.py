@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import resource
 import shutil
 import statistics
 import sys
@@ -50,7 +49,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info  # noqa: E402
 
 from common.tables import markdown_table  # noqa: E402
-from testkit.results import run_start, write_result  # noqa: E402
+from testkit.results import cpu_seconds, run_start, write_result  # noqa: E402
 
 BATCH = 32  # the paper preset's batch
 SALT = b"loader-benchmark"
@@ -86,8 +85,8 @@ def main() -> None:
     print(markdown_table(runs))
     # Figures are medians of interleaved repeats: absolute images/s depend on how busy the machine
     # was (the record's cpu load), the ratios much less.
-    path = write_result("loader", args, figures, started=started)
-    print(f"\n{path.relative_to(REPO)}:")
+    write_result("loader", args, figures, started=started)  # prints where the record went
+    print("\nfigures:")
     for key, value in figures.items():
         print(f"  {key}: {value}")
 
@@ -189,7 +188,7 @@ class BareStream(IterableDataset):
 
 def timed_epoch(loader) -> tuple[int, float, float]:
     """(images, wall seconds, CPU seconds of this process and its loader workers) of one epoch."""
-    cpu_before = _cpu_seconds()
+    cpu_before = cpu_seconds()
     start, count = time.perf_counter(), 0
     batches = iter(loader)
     for batch in batches:
@@ -198,7 +197,7 @@ def timed_epoch(loader) -> tuple[int, float, float]:
     seconds = time.perf_counter() - start
     del batches, batch
     gc.collect()  # the workers exit and are waited for: their CPU time is then counted
-    return count, seconds, _cpu_seconds() - cpu_before
+    return count, seconds, cpu_seconds() - cpu_before
 
 
 def _touch(pixels: torch.Tensor) -> None:
@@ -206,11 +205,6 @@ def _touch(pixels: torch.Tensor) -> None:
     memory costs its page faults where it is first read, in the bare loop as in ours."""
     flat = pixels.view(-1) if pixels.is_contiguous() else pixels.reshape(-1)
     int(flat[::4096].sum())
-
-
-def _cpu_seconds() -> float:
-    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    return sum(u.ru_utime + u.ru_stime for u in usage)
 
 
 def measure(root: Path, args: argparse.Namespace) -> tuple[list[dict], dict]:

@@ -299,10 +299,11 @@ def _answer_readably(backend: Backend, text: str) -> Answer:
 
 def repair_answer(backend: Backend, text: str, answer: Answer) -> Answer:
     """One repair request for an examined, unreadable answer; still unreadable, the answer comes
-    back as an error (so it is not cached). Without `repair` (offline batch) it is that error."""
+    back as an error (so it is not cached). Without `repair` it is that error. (Offline batches
+    never get here: batch._ingest records their unreadable answers itself.)"""
     problem = answer.parsed.error if answer.parsed is not None else None
     repair = getattr(backend, "repair", None)
-    if repair is not None and getattr(backend, "mode", "online") != "offline_batch":
+    if repair is not None:
         second = examine(backend, _safe_call(repair, backend, text, answer.text, problem))
         combined = Usage(answer.usage.prompt_tokens + second.usage.prompt_tokens,
                          answer.usage.completion_tokens + second.usage.completion_tokens)
@@ -408,6 +409,5 @@ def _row(study_id: str, text_sha256: str, key: str | None, backend: Backend,
 
 
 def finding_rows(parsed: ParsedAnswer) -> list[dict[str, object]]:
-    """The parsed findings as rows of the `findings` column."""
-    return [{"severity": f.severity, "location": f.location, "category": f.category,
-             "uncertain": f.uncertain, "sentence": f.sentence} for f in parsed.findings]
+    """The parsed findings as rows of the `findings` column (FINDING_TYPE: ParsedFinding's fields)."""
+    return [asdict(f) for f in parsed.findings]

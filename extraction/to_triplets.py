@@ -73,8 +73,7 @@ def _answer_batches(source: pa.Table | Path | Iterable[pa.RecordBatch]) -> Itera
 def _parsed(row: dict[str, object]) -> ParsedAnswer:
     if "findings" not in row:  # a table without its parse: read the answer here
         return parse_answer(row["answer"])  # type: ignore[arg-type]
-    findings = [ParsedFinding(f["severity"], f["location"], f["category"], f["uncertain"], f["sentence"])
-                for f in row["findings"] or []]
+    findings = [ParsedFinding(**f) for f in row["findings"] or []]
     return ParsedAnswer(findings, row.get("parse_error"))  # type: ignore[arg-type]
 
 

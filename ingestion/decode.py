@@ -218,11 +218,9 @@ def _voi(values: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     return np.clip(out, min(y_min, y_max), max(y_min, y_max), out=out)
 
 
-def _first_value(element: object) -> float | None:
-    """The first value of a window element (pydicom's choice for multi-valued windows), or None."""
-    if element is None:
-        return None
-    value = element.value if isinstance(element, pydicom.DataElement) else element
+def _first_value(value: object) -> float | None:
+    """The first of a window element's values (pydicom's choice for multi-valued windows) as a
+    number, or None (absent, empty or not a number: pydicom then handles, or refuses, the header)."""
     if isinstance(value, (list, tuple, MultiValue)):
         value = value[0] if len(value) else None
     try:

@@ -369,10 +369,11 @@ def _size_problem(g: Geometry, max_pixels: int) -> str | None:
     if g.rows * g.columns > max_pixels:
         return (f"image too large: Rows x Columns {g.rows} x {g.columns} = {g.rows * g.columns:,} pixels per frame, "
                 f"over the limit of {max_pixels:,} ({MAX_PIXELS_SETTING}); {raise_it}")
-    decoded = g.rows * g.columns * g.frames * g.samples * -(-g.bits_allocated // 8)
+    sample_bytes = -(-g.bits_allocated // 8)  # 1-bit pixels decode to a byte each
+    decoded = g.rows * g.columns * g.frames * g.samples * sample_bytes
     if decoded > max_pixels * MAX_BYTES_PER_LIMIT_PIXEL:
         return (f"Pixel Data too large: {g.rows} x {g.columns} x {g.frames} frame(s) x {g.samples} sample(s) x "
-                f"{-(-g.bits_allocated // 8)} byte(s) = {decoded:,} bytes decoded, over the limit of "
+                f"{sample_bytes} byte(s) = {decoded:,} bytes decoded, over the limit of "
                 f"{max_pixels * MAX_BYTES_PER_LIMIT_PIXEL:,} ({MAX_BYTES_PER_LIMIT_PIXEL} bytes per pixel of "
                 f"{MAX_PIXELS_SETTING}); {raise_it}")
     return None

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shlex
 import subprocess
 import sys
@@ -114,6 +115,11 @@ def json_args(args: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:
     """The parsed arguments as JSON values (paths as strings), the form the results test compares."""
     items = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
     return json.loads(json.dumps(items, default=str))
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of its waited-for children (decode or loader workers)."""
+    return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
 
 
 def load_average() -> float:
